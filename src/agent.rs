@@ -1,0 +1,232 @@
+//! Wires the stages together and owns shutdown:
+//! events -> observer (inspect) -> outbox (durable) -> dispatcher (HTTP) -> ack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::deliver::{Dispatcher, HttpSink, Sink};
+use crate::deployment::Selection;
+use crate::engine::events::{EngineEvent, EventReader};
+use crate::engine::resolve::Resolver;
+use crate::engine::Engine;
+use crate::observe::{Observer, View};
+use crate::outbox::Outbox;
+use crate::telemetry::Telemetry;
+
+/// How long `run` keeps trying to reach the engine at start before giving up.
+const ENGINE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A failure that ends the process with exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+impl From<String> for Fatal {
+    fn from(s: String) -> Self {
+        Fatal(s)
+    }
+}
+
+struct Parts {
+    telemetry: Arc<Telemetry>,
+    outbox: Outbox,
+    observer: Observer,
+    dispatcher: Dispatcher,
+    reader: EventReader,
+}
+
+async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
+    let telemetry = Arc::new(Telemetry::new());
+    let (outbox, restored) = Outbox::open(config.state_dir.as_deref(), config.queue_max_entries, telemetry.clone())
+        .map_err(|e| Fatal(e.to_string()))?;
+    telemetry.queue_opened();
+    if let Some((damaged, aside)) = &restored.moved_aside {
+        tracing::error!(
+            damaged = %damaged.display(), moved_to = %aside.display(),
+            "moved the damaged queue database aside and started a fresh one; deployments are reconciled from the engine"
+        );
+    }
+    let engine = Engine::connect(&config.docker_host, ENGINE_PATIENCE)
+        .await
+        .map_err(|e| Fatal(e.to_string()))?;
+    let host = engine.host_name().await.map_err(|e| Fatal(e.to_string()))?;
+    tracing::info!(
+        engine = %config.docker_host, host = %host, environment = %config.environment,
+        endpoint = %config.url.as_ref().map_or("stdout (dry run)".to_string(), |u| crate::config::redact_url(u.as_str())),
+        state = %config.state_dir.as_ref().map_or("memory".to_string(), |d| d.display().to_string()),
+        "deploytrack started"
+    );
+    let selection = Selection {
+        require_label: config.require_label,
+        selector: config.label_selector.clone(),
+    };
+    let label_filters = selection.selector.engine_filters();
+    let resolver = Arc::new(Resolver::new(
+        engine.clone(),
+        host,
+        config.environment.clone(),
+        config.name_template.clone(),
+        selection,
+        config.report_stops,
+    ));
+    let sink = match (&config.url, &config.token, config.dry_run) {
+        (Some(url), Some(token), false) => Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?),
+        _ => Sink::Stdout,
+    };
+    let view = Arc::new(View::restore(restored.running));
+    Ok(Parts {
+        observer: Observer {
+            resolver,
+            outbox: outbox.clone(),
+            telemetry: telemetry.clone(),
+            view,
+            report_stops: config.report_stops,
+            force,
+        },
+        dispatcher: Dispatcher {
+            outbox: outbox.clone(),
+            sink: Arc::new(sink),
+            concurrency: config.concurrency,
+            retry: config.retry.clone(),
+            telemetry: telemetry.clone(),
+        },
+        reader: EventReader {
+            engine,
+            label_filters,
+            cursor: restored.cursor,
+            telemetry: telemetry.clone(),
+        },
+        telemetry,
+        outbox,
+    })
+}
+
+/// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
+pub async fn run(config: Config) -> Result<(), Fatal> {
+    let parts = assemble(&config, false).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
+
+    if let Some(addr) = config.listen {
+        let listener = Admin::bind(addr).await?;
+        tracing::info!(listen = %addr, "admin listener: /healthz /readyz /metrics /deployments");
+        let admin = Admin {
+            telemetry: parts.telemetry.clone(),
+            outbox: parts.outbox.clone(),
+            view: parts.observer.view.clone(),
+        };
+        tokio::spawn(admin.serve(listener, shutdown_rx.clone()));
+    }
+
+    let reader = tokio::spawn(parts.reader.run(events_tx, shutdown_rx.clone()));
+    let observer = tokio::spawn(parts.observer.run(events_rx, fatal_tx.clone()));
+    let dispatcher = {
+        let shutdown = shutdown_rx.clone();
+        let fatal = fatal_tx.clone();
+        let grace = config.shutdown_timeout;
+        tokio::spawn(async move {
+            if let Err(e) = parts.dispatcher.run(shutdown, grace, false).await {
+                let _ = fatal.send(format!("delivery stopped: {e}"));
+            }
+        })
+    };
+    let watchdog = tokio::spawn(systemd_watchdog(parts.telemetry.clone(), parts.outbox.clone()));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let failure = tokio::select! {
+        _ = terminate() => None,
+        msg = fatal_rx.recv() => msg,
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down: no new events; letting requests in flight finish");
+    let _ = shutdown_tx.send(true);
+    watchdog.abort();
+    // The reader stops, which closes the observer's input; the observer drains and queues.
+    let _ = reader.await;
+    let _ = observer.await;
+    let _ = dispatcher.await;
+    if let Err(e) = parts.outbox.flush().await {
+        tracing::warn!(error = %e, "could not flush the queue at shutdown");
+    }
+    match failure {
+        Some(msg) => Err(Fatal(msg)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// `sync --once`: reconcile, deliver everything queued, exit. Gives up after `timeout`.
+pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result<(), Fatal> {
+    let parts = assemble(&config, force).await?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let _ = events_tx.send(EngineEvent::Connected);
+    drop(events_tx);
+    parts.observer.run(events_rx, fatal_tx).await;
+    if let Ok(msg) = fatal_rx.try_recv() {
+        return Err(Fatal(msg));
+    }
+    parts.outbox.flush().await?;
+    let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+    let outbox = parts.outbox.clone();
+    match tokio::time::timeout(timeout, parts.dispatcher.run(shutdown_rx, Duration::ZERO, true)).await {
+        Ok(result) => result.map_err(Fatal),
+        Err(_) => {
+            let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
+            Err(Fatal(format!(
+                "{pending} reports not delivered within {}; they stay queued for the agent or the next sync",
+                humantime::format_duration(timeout)
+            )))
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+pub async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Ping systemd's watchdog only while the loops are alive: the dispatcher and the reader go
+/// round at least every 30 s, and the queue thread must answer.
+async fn systemd_watchdog(telemetry: Arc<Telemetry>, outbox: Outbox) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec / 2);
+    let stale_ms = (Duration::from_micros(usec).as_millis() as i64).max(75_000);
+    loop {
+        tokio::time::sleep(interval).await;
+        let queue_alive = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await.is_ok_and(|r| r.is_ok());
+        if queue_alive && telemetry.stalest_loop_ms() < stale_ms {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("a loop is stuck; withholding the watchdog ping so systemd restarts the agent");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The commands beside `run`: `report`, `check` and `queue`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::Fatal;
+use crate::cli::{QueueAction, ReportArgs};
+use crate::config::{Config, ConfigError};
+use crate::deliver::{backoff, HttpSink, Outcome, Sink};
+use crate::deployment::{Deployment, DeploymentKey, Platform};
+use crate::engine::Engine;
+use crate::outbox::{self, admin, DB_FILE};
+use crate::reference::ImageRef;
+
+/// `report`: one deployment from a pipeline, retried on transient failures until `--timeout`.
+pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
+    let image = ImageRef::parse(&args.image).map_err(|e| Fatal(format!("invalid --image: {e}")))?;
+    let Some(url) = image.pinned() else {
+        return Err(Fatal(format!(
+            "invalid --image: {:?} is not pinned by digest (REPOSITORY[:TAG]@sha256:...)",
+            args.image
+        )));
+    };
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p).map_err(|e| Fatal(format!("invalid --platform: {e}")))?,
+        None => Platform::new("linux", "amd64", None),
+    };
+    let timeout = humantime::parse_duration(args.timeout.as_deref().unwrap_or("2m"))
+        .map_err(|e| Fatal(format!("invalid --timeout: {e}")))?;
+    let deployment = Deployment {
+        key: DeploymentKey {
+            environment: config.environment.clone(),
+            name: args.name.clone().unwrap_or_else(|| image.repository.clone()),
+        },
+        image_url: url,
+        platform,
+        container: None,
+    };
+    let sink = match (&config.url, &config.token, config.dry_run) {
+        (Some(url), Some(token), false) => Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?),
+        _ => Sink::Stdout,
+    };
+    let body = deployment.report_body();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut failures = 0;
+    loop {
+        match sink.send(&body).await {
+            Outcome::Delivered => {
+                tracing::info!(key = %deployment.key, image = %deployment.image_url, "deployment reported");
+                return Ok(());
+            }
+            Outcome::Rejected { status, response } => {
+                return Err(Fatal(format!("the endpoint refused the report ({status}): {response}")))
+            }
+            Outcome::Unauthorized { status } => {
+                return Err(Fatal(format!(
+                    "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
+                )))
+            }
+            Outcome::Transient { reason, retry_after } => {
+                let delay = backoff(&config.retry, failures).max(retry_after.unwrap_or_default());
+                failures += 1;
+                if tokio::time::Instant::now() + delay >= deadline {
+                    return Err(Fatal(format!(
+                        "not delivered within {}: {reason}",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                tracing::warn!(reason = %reason, retry_in = ?delay, "report not delivered yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// `check`: one line per check, OK or FAIL with the fix; non-zero if anything failed.
+pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
+    let mut failed = 0;
+    let mut line = |ok: bool, what: &str, detail: String| {
+        println!("{} {what}: {detail}", if ok { "OK  " } else { "FAIL" });
+        failed += usize::from(!ok);
+    };
+    let config = match config {
+        Ok(c) => {
+            line(true, "config", "valid".into());
+            c
+        }
+        Err(e) => {
+            line(false, "config", e.to_string());
+            return Err(Fatal("1 check failed".into()));
+        }
+    };
+    match (&config.token, config.dry_run) {
+        (Some(_), _) => line(true, "token", "present".into()),
+        (None, true) => line(true, "token", "not needed for a dry run (no --url)".into()),
+        (None, false) => line(false, "token", "missing".into()),
+    }
+    match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
+        Ok(engine) => {
+            line(true, "engine", format!("reachable at {}", config.docker_host));
+            match engine.api_version().await {
+                Ok(v) => {
+                    let ok = version_at_least(&v, (1, 24));
+                    line(ok, "engine API", format!("version {v}{}", if ok { "" } else { " (1.24 or newer needed)" }));
+                }
+                Err(e) => line(false, "engine API", e.to_string()),
+            }
+        }
+        Err(e) => line(false, "engine", e.to_string()),
+    }
+    match &config.state_dir {
+        None => line(true, "state dir", "none (dry run keeps the queue in memory)".into()),
+        Some(dir) => match check_state_dir(dir) {
+            Ok(()) => line(true, "state dir", format!("{} is writable", dir.display())),
+            Err(e) => line(false, "state dir", e),
+        },
+    }
+    match (&config.url, &config.token) {
+        (Some(url), Some(token)) => {
+            let shown = crate::config::redact_url(url.as_str());
+            match probe_endpoint(url, token.expose(), config.request_timeout).await {
+                Ok(401 | 403) => line(false, "endpoint", format!("{shown} rejected the API token")),
+                Ok(status) => line(true, "endpoint", format!("{shown} reachable (answered {status} to GET)")),
+                Err(e) => line(false, "endpoint", format!("{shown}: {e}")),
+            }
+        }
+        _ => line(true, "endpoint", "none configured: reports are printed (dry run)".into()),
+    }
+    if failed > 0 {
+        return Err(Fatal(format!("{failed} check(s) failed")));
+    }
+    Ok(())
+}
+
+fn version_at_least(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= min
+}
+
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(".deploytrack-check");
+    std::fs::write(&probe, b"ok").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let db = dir.join(DB_FILE);
+    if db.exists() {
+        outbox::open_file(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    }
+    Ok(())
+}
+
+/// A GET with the credentials: the API defines no probe, but a 401/403 here tells a wrong
+/// token without sending a deployment.
+async fn probe_endpoint(url: &reqwest::Url, token: &str, timeout: Duration) -> Result<u16, String> {
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
+    auth.set_sensitive(true);
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(crate::deliver::USER_AGENT_VALUE)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(url.clone())
+        .header(reqwest::header::AUTHORIZATION, auth)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    Ok(response.status().as_u16())
+}
+
+/// `queue list|dead|retry|purge` against the queue file in the state dir.
+pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
+    let path = state_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(Fatal(format!("no queue at {}", path.display())));
+    }
+    let db_err = |e: rusqlite::Error| Fatal(format!("{}: {e}", path.display()));
+    let mut conn = outbox::open_file(&path).map_err(db_err)?;
+    let now = outbox::now_ms();
+    let ago = |ms: i64| humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64)).to_string();
+    match action {
+        QueueAction::List => {
+            let pending = admin::list_pending(&conn).map_err(db_err)?;
+            println!("{} pending", pending.len());
+            for p in pending {
+                let next = if p.next_attempt_ms <= now {
+                    "now".to_string()
+                } else {
+                    format!(
+                        "in {}",
+                        humantime::format_duration(Duration::from_secs(((p.next_attempt_ms - now) / 1000) as u64))
+                    )
+                };
+                println!(
+                    "{}\tattempts={}\tnext={}\tqueued={} ago\tlast_error={}\t{}",
+                    p.key,
+                    p.attempts,
+                    next,
+                    ago(p.enqueued_ms),
+                    p.last_error.as_deref().unwrap_or("-"),
+                    p.body
+                );
+            }
+        }
+        QueueAction::Dead => {
+            let dead = admin::list_dead(&conn).map_err(db_err)?;
+            println!("{} dead letters", dead.len());
+            for d in dead {
+                println!(
+                    "{}\tstatus={}\tfailed={} ago\tresponse={}\t{}",
+                    d.key,
+                    d.status,
+                    ago(d.failed_ms),
+                    d.response,
+                    d.body
+                );
+            }
+        }
+        QueueAction::Retry => {
+            let moved = admin::retry_dead(&mut conn).map_err(db_err)?;
+            println!("{moved} dead letters moved back into the queue");
+        }
+        QueueAction::Purge { yes } => {
+            if !yes {
+                return Err(Fatal("purge deletes every pending report and dead letter: confirm with --yes".into()));
+            }
+            let (pending, dead) = admin::purge(&mut conn).map_err(db_err)?;
+            println!("purged {pending} pending reports and {dead} dead letters");
+        }
+    }
+    Ok(())
+}

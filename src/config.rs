@@ -1,0 +1,419 @@
+//! Flags, environment, config file and defaults merged into one validated `Config`.
+//! Precedence: flag > environment > file > default. Clap already folds the environment
+//! into the flags, so here a value is `cli.or(file).unwrap_or(default)`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::RunArgs;
+use crate::deployment::{LabelSelector, NameTemplate};
+
+pub const DEFAULT_ENVIRONMENT: &str = "deployed";
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+const DEFAULT_STATE_DIR: &str = "/var/lib/deploytrack";
+
+/// A setting the user got wrong; the process exits 64 (EX_USAGE) with this sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The config file: the long flag names in snake_case. A typo is an error, not a silent default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub environment: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub docker_host: Option<String>,
+    pub dry_run: Option<bool>,
+    pub name_template: Option<String>,
+    pub require_label: Option<bool>,
+    pub label_selector: Option<Vec<String>>,
+    pub report_stops: Option<bool>,
+    pub concurrency: Option<usize>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub queue_max_entries: Option<u64>,
+    pub shutdown_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub listen: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            // toml's message spans several lines (it quotes the file); keep the first.
+            let msg = e.message().lines().next().unwrap_or("parse error").to_string();
+            let at = e
+                .span()
+                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError::new("--config", format!("{}{at}: {msg}", path.display()))
+        })
+    }
+}
+
+/// The API token. Never printed: `Debug` is redacted and there is no `Display`.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// Everything the agent and its commands need, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Option<reqwest::Url>,
+    pub token: Option<Token>,
+    pub environment: String,
+    /// `None` keeps the queue in memory (dry run without an explicit state dir).
+    pub state_dir: Option<PathBuf>,
+    pub docker_host: String,
+    pub dry_run: bool,
+    pub name_template: NameTemplate,
+    pub require_label: bool,
+    pub label_selector: LabelSelector,
+    pub report_stops: bool,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub queue_max_entries: u64,
+    pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub listen: Option<SocketAddr>,
+}
+
+fn duration(setting: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    humantime::parse_duration(text.trim())
+        .map_err(|e| ConfigError::new(setting, format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})")))
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
+    setting: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let Some(text) = value else { return Ok(default) };
+    match text.trim().parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(ConfigError::new(setting, format!("{text:?} is not a positive whole number"))),
+    }
+}
+
+impl Config {
+    /// Merge `args` (flags and environment) over `file`, then validate everything.
+    pub fn build(args: &RunArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let url = match args.url.clone().or_else(|| file.url.clone()) {
+            None => None,
+            Some(text) => Some(parse_url(&text)?),
+        };
+        let explicit_dry_run = args.dry_run.or(file.dry_run).unwrap_or(false);
+        let dry_run = explicit_dry_run || url.is_none();
+
+        let environment = args
+            .environment
+            .clone()
+            .or_else(|| file.environment.clone())
+            .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+        crate::deployment::validate_environment(&environment)
+            .map_err(|reason| ConfigError::new("--environment", reason))?;
+
+        let explicit_state_dir = args
+            .state_dir
+            .clone()
+            .or_else(|| file.state_dir.clone())
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)));
+        let state_dir = match explicit_state_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(ConfigError::new("--state-dir", "the path is empty"))
+            }
+            Some(dir) => Some(dir),
+            None if dry_run => None,
+            None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
+        };
+
+        let docker_host = args
+            .docker_host
+            .clone()
+            .or_else(|| file.docker_host.clone())
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        crate::engine::validate_host(&docker_host).map_err(|r| ConfigError::new("--docker-host", r))?;
+
+        let template = args
+            .name_template
+            .clone()
+            .or_else(|| file.name_template.clone())
+            .unwrap_or_else(|| crate::deployment::DEFAULT_NAME_TEMPLATE.to_string());
+        let name_template =
+            NameTemplate::parse(&template).map_err(|r| ConfigError::new("--name-template", r))?;
+
+        let selectors = if args.label_selector.is_empty() {
+            file.label_selector.clone().unwrap_or_default()
+        } else {
+            args.label_selector.clone()
+        };
+        let label_selector =
+            LabelSelector::parse(&selectors).map_err(|r| ConfigError::new("--label-selector", r))?;
+
+        let concurrency = positive(
+            "--concurrency",
+            args.concurrency.clone().or(file.concurrency.map(|n| n.to_string())),
+            4usize,
+        )?;
+        if concurrency > 256 {
+            return Err(ConfigError::new("--concurrency", format!("{concurrency} is more than 256")));
+        }
+        let retry = RetryPolicy {
+            initial: duration("--retry-initial", args.retry_initial.clone().or(file.retry_initial.clone()), "1s")?,
+            max: duration("--retry-max", args.retry_max.clone().or(file.retry_max.clone()), "5m")?,
+        };
+        if retry.initial.is_zero() {
+            return Err(ConfigError::new("--retry-initial", "must be longer than zero"));
+        }
+        if retry.max < retry.initial {
+            return Err(ConfigError::new("--retry-max", "must not be shorter than --retry-initial"));
+        }
+        let queue_max_entries = positive(
+            "--queue-max-entries",
+            args.queue_max_entries.clone().or(file.queue_max_entries.map(|n| n.to_string())),
+            100_000u64,
+        )?;
+        let shutdown_timeout = duration(
+            "--shutdown-timeout",
+            args.shutdown_timeout.clone().or(file.shutdown_timeout.clone()),
+            "10s",
+        )?;
+        let request_timeout = duration(
+            "--request-timeout",
+            args.request_timeout.clone().or(file.request_timeout.clone()),
+            "15s",
+        )?;
+        if request_timeout.is_zero() {
+            return Err(ConfigError::new("--request-timeout", "must be longer than zero"));
+        }
+        let listen = match args.listen.clone().or(file.listen.clone()) {
+            None => None,
+            Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new("--listen", format!("{text:?} is not an address like 127.0.0.1:9464"))
+            })?),
+        };
+
+        let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
+        let token = load_token(token_file.as_deref())?;
+        if !dry_run && token.is_none() {
+            return Err(ConfigError::new(
+                "token",
+                "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
+            ));
+        }
+
+        Ok(Config {
+            url,
+            token,
+            environment,
+            state_dir,
+            docker_host,
+            dry_run,
+            name_template,
+            require_label: args.require_label.or(file.require_label).unwrap_or(false),
+            label_selector,
+            report_stops: args.report_stops.or(file.report_stops).unwrap_or(false),
+            concurrency,
+            retry,
+            queue_max_entries,
+            shutdown_timeout,
+            request_timeout,
+            listen,
+        })
+    }
+}
+
+/// The state dir alone, for `queue` commands (which need no token or endpoint).
+pub fn state_dir(args: &RunArgs, file: &FileConfig) -> PathBuf {
+    args.state_dir
+        .clone()
+        .or_else(|| file.state_dir.clone())
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// `$STATE_DIRECTORY` may list several directories separated by colons; the first is ours.
+fn first_path(value: &std::ffi::OsStr) -> PathBuf {
+    let text = value.to_string_lossy();
+    PathBuf::from(text.split(':').next().unwrap_or_default())
+}
+
+pub fn parse_url(text: &str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| ConfigError::new("--url", format!("{:?} is not a URL ({e})", redact_url(text))))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            "--url",
+            format!("{:?} is not an http:// or https:// URL", redact_url(text)),
+        ));
+    }
+    Ok(url)
+}
+
+/// A URL with any user:password part removed, for messages.
+pub fn redact_url(text: &str) -> String {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return format!("{scheme}://<redacted>@{host}{}", &rest[authority.len()..]);
+        }
+    }
+    text.to_string()
+}
+
+/// The token from `--token-file`, else `DEPLOYTRACK_TOKEN`, else `$CREDENTIALS_DIRECTORY/token`.
+fn load_token(file: Option<&Path>) -> Result<Option<Token>, ConfigError> {
+    let (source, text) = if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("--token-file", format!("cannot read {}: {e}", path.display()))
+        })?;
+        ("--token-file", text)
+    } else if let Ok(text) = std::env::var("DEPLOYTRACK_TOKEN") {
+        ("DEPLOYTRACK_TOKEN", text)
+    } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join("token");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => ("systemd credential token", text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "token",
+                    format!("cannot read the systemd credential {}: {e}", path.display()),
+                ))
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::new(source_setting(source), format!("the token from {source} is empty")));
+    }
+    if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err(ConfigError::new(
+            source_setting(source),
+            format!("the token from {source} holds characters an HTTP header cannot carry"),
+        ));
+    }
+    Ok(Some(Token(token.to_string())))
+}
+
+fn source_setting(source: &'static str) -> &'static str {
+    if source == "--token-file" {
+        "--token-file"
+    } else {
+        "token"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs::default()
+    }
+
+    #[test]
+    fn defaults_without_url_are_a_dry_run_in_memory() {
+        let config = Config::build(&args(), &FileConfig::default()).unwrap();
+        assert!(config.dry_run);
+        assert_eq!(config.environment, "deployed");
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.retry.max, Duration::from_secs(300));
+        assert_eq!(config.queue_max_entries, 100_000);
+    }
+
+    #[test]
+    fn flag_beats_file() {
+        let file: FileConfig = toml::from_str("environment = \"staging\"\nconcurrency = 2").unwrap();
+        let mut a = args();
+        a.environment = Some("production".into());
+        let config = Config::build(&a, &file).unwrap();
+        assert_eq!(config.environment, "production");
+        assert_eq!(config.concurrency, 2);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let err = toml::from_str::<FileConfig>("environmnet = \"x\"").unwrap_err();
+        assert!(err.message().contains("unknown field"), "{}", err.message());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: Vec<(fn(&mut RunArgs), &str)> = vec![
+            (|a| a.url = Some("not a url".into()), "--url"),
+            (|a| a.url = Some("ftp://x/y".into()), "--url"),
+            (|a| a.environment = Some(" ".into()), "--environment"),
+            (|a| a.retry_max = Some("soon".into()), "--retry-max"),
+            (|a| a.name_template = Some("{host}/{nope}".into()), "--name-template"),
+            (|a| a.concurrency = Some("0".into()), "--concurrency"),
+            (|a| a.listen = Some("everywhere".into()), "--listen"),
+            (|a| a.label_selector = vec!["=x".into()], "--label-selector"),
+            (|a| a.docker_host = Some("ftp://engine".into()), "--docker-host"),
+        ];
+        for (set, setting) in cases {
+            let mut a = args();
+            set(&mut a);
+            let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+        }
+    }
+
+    #[test]
+    fn redacts_userinfo() {
+        assert_eq!(redact_url("https://u:p@host/x"), "https://<redacted>@host/x");
+        assert_eq!(redact_url("https://host/x@y"), "https://host/x@y");
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Token("s3cret".into())), "Token(<redacted>)");
+    }
+}

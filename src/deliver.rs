@@ -1,0 +1,399 @@
+//! Delivery: the HTTP client, the classification of answers, and the dispatcher that drains
+//! the outbox with bounded concurrency, backoff and an endpoint-wide hold.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::StatusCode;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{RetryPolicy, Token};
+use crate::deployment::DeploymentKey;
+use crate::outbox::{now_ms, Outbox, Pending, Settle};
+use crate::telemetry::Telemetry;
+
+pub const USER_AGENT_VALUE: &str = concat!("deploytrack/", env!("CARGO_PKG_VERSION"));
+/// How much of a refusing answer's body is kept with a dead letter.
+const RESPONSE_EXCERPT: usize = 512;
+/// The dispatcher looks at the queue at least this often (operators may change it).
+const IDLE_POLL: Duration = Duration::from_secs(2);
+/// A `Retry-After` beyond this is treated as this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Network error, timeout, 408, 425, 429, 5xx: try again later.
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// 401/403: the credentials are wrong for every report.
+    Unauthorized { status: u16 },
+    /// Any other 4xx: this report will never be accepted.
+    Rejected { status: u16, response: String },
+}
+
+/// Classify an HTTP answer per the API contract.
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
+    let code = status.as_u16();
+    match code {
+        200..=299 => Outcome::Delivered,
+        401 | 403 => Outcome::Unauthorized { status: code },
+        408 | 425 | 429 | 500..=599 => Outcome::Transient {
+            reason: format!("the endpoint answered {status}"),
+            retry_after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        },
+        _ => Outcome::Rejected {
+            status: code,
+            response: excerpt(body),
+        },
+    }
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(RESPONSE_EXCERPT)]);
+    text.chars().filter(|c| !c.is_control() || *c == ' ').collect()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(RETRY_AFTER_MAX))
+}
+
+/// Where reports go: the endpoint, or stdout in a dry run.
+pub enum Sink {
+    Http(HttpSink),
+    Stdout,
+}
+
+impl Sink {
+    pub async fn send(&self, body: &str) -> Outcome {
+        match self {
+            Sink::Http(http) => http.send(body).await,
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                match writeln!(out, "{body}").and_then(|()| out.flush()) {
+                    Ok(()) => Outcome::Delivered,
+                    Err(e) => Outcome::Transient {
+                        reason: format!("cannot write to stdout: {e}"),
+                        retry_after: None,
+                    },
+                }
+            }
+        }
+    }
+}
+
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    authorization: HeaderValue,
+}
+
+impl HttpSink {
+    pub fn new(url: reqwest::Url, token: &Token, timeout: Duration) -> Result<Self, String> {
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
+        authorization.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(HttpSink {
+            client,
+            url,
+            authorization,
+        })
+    }
+
+    pub async fn send(&self, body: &str) -> Outcome {
+        let request = self
+            .client
+            .post(self.url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .body(body.to_string());
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = if status.is_success() {
+                    Vec::new()
+                } else {
+                    response.bytes().await.map(|b| b.to_vec()).unwrap_or_default()
+                };
+                classify(status, &headers, &body)
+            }
+            Err(e) => Outcome::Transient {
+                reason: describe_error(&e.without_url()),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// reqwest's message plus the innermost cause ("connection refused"), without the URL.
+fn describe_error(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {cause}")
+}
+
+/// Full-jitter exponential backoff: a random delay up to `initial * 2^n`, capped at `max`.
+pub fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+    let cap = policy
+        .initial
+        .saturating_mul(2u32.saturating_pow(failures.min(30)))
+        .min(policy.max);
+    let millis = cap.as_millis().max(1) as u64;
+    Duration::from_millis(fastrand::u64(millis / 10..=millis))
+}
+
+/// The endpoint-wide state: while the endpoint fails, everything waits and one probe at a
+/// time tests it, so an outage of hours costs a bounded number of attempts.
+#[derive(Debug, Default)]
+struct Hold {
+    failures: u32,
+    until: Option<Instant>,
+    probing: bool,
+    unauthorized: bool,
+}
+
+pub struct Dispatcher {
+    pub outbox: Outbox,
+    pub sink: Arc<Sink>,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Dispatcher {
+    /// Deliver until shutdown; then let in-flight requests finish within `grace`.
+    /// With `until_empty`, return as soon as nothing is pending (sync --once).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration, until_empty: bool) -> Result<(), String> {
+        let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
+        let mut inflight_keys: HashSet<DeploymentKey> = HashSet::new();
+        let mut buffer: VecDeque<Pending> = VecDeque::new();
+        let mut hold = Hold::default();
+        let mut stopping: Option<Instant> = None;
+        let mut next_due: Option<i64> = None;
+        loop {
+            self.telemetry.heartbeat_dispatcher();
+            if stopping.is_none() {
+                let now = Instant::now();
+                let held = hold.until.is_some_and(|u| u > now);
+                let capacity = if hold.until.is_some() {
+                    usize::from(!held && !hold.probing && inflight.is_empty())
+                } else {
+                    self.concurrency.saturating_sub(inflight.len())
+                };
+                if capacity > 0 && buffer.is_empty() {
+                    let probe = hold.until.is_some();
+                    let (items, next) = self.outbox.due(64 + inflight.len(), !probe).await?;
+                    next_due = next;
+                    buffer.extend(items.into_iter().filter(|p| !inflight_keys.contains(&p.key)));
+                }
+                for _ in 0..capacity {
+                    let Some(pending) = buffer.pop_front() else { break };
+                    if !inflight_keys.insert(pending.key.clone()) {
+                        continue;
+                    }
+                    if hold.until.is_some() {
+                        hold.probing = true;
+                    }
+                    let sink = self.sink.clone();
+                    inflight.spawn(async move {
+                        let outcome = sink.send(&pending.body).await;
+                        (pending, outcome)
+                    });
+                }
+            }
+            if until_empty && inflight.is_empty() && buffer.is_empty() && next_due.is_none() && hold.until.is_none() {
+                // Make sure the acknowledgements are on disk and nothing else arrived.
+                self.outbox.flush().await?;
+                if self.outbox.due(1, false).await?.0.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if let Some(deadline) = stopping {
+                if inflight.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(in_flight = inflight.len(), "shutdown grace period over; abandoning requests in flight (they stay queued)");
+                    inflight.abort_all();
+                    break;
+                }
+            }
+            let wake = match (stopping, hold.until) {
+                (Some(deadline), _) => deadline,
+                (None, Some(until)) if !hold.probing => until,
+                _ => {
+                    let poll = Instant::now() + IDLE_POLL;
+                    match next_due {
+                        Some(ms) if buffer.is_empty() => {
+                            let wait = Duration::from_millis((ms - now_ms()).max(0) as u64);
+                            poll.min(Instant::now() + wait)
+                        }
+                        _ => poll,
+                    }
+                }
+            };
+            let busy = !buffer.is_empty() && inflight.len() >= self.concurrency;
+            tokio::select! {
+                Some(joined) = inflight.join_next() => {
+                    if let Ok((pending, outcome)) = joined {
+                        inflight_keys.remove(&pending.key);
+                        self.settle(pending, outcome, &mut hold);
+                    }
+                }
+                _ = self.outbox.work.notified(), if !busy => {}
+                _ = tokio::time::sleep_until(wake), if !busy || stopping.is_some() => {}
+                changed = shutdown.changed(), if stopping.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        stopping = Some(Instant::now() + grace);
+                    }
+                }
+            }
+        }
+        self.outbox.flush().await
+    }
+
+    fn settle(&self, pending: Pending, outcome: Outcome, hold: &mut Hold) {
+        let key = pending.key.clone();
+        match outcome {
+            Outcome::Delivered => {
+                self.telemetry.delivered();
+                tracing::debug!(key = %key, "delivered");
+                if hold.until.is_some() {
+                    tracing::info!(after_failures = hold.failures, "the endpoint accepts reports again; draining the queue");
+                    self.outbox.reset_backoff();
+                }
+                *hold = Hold::default();
+                self.outbox.settle(key, pending.version, Settle::Delivered);
+            }
+            Outcome::Rejected { status, response } => {
+                self.telemetry.dead_lettered();
+                tracing::warn!(key = %key, status, response = %response, "the endpoint refused this report; moved it to the dead letters (deploytrack queue dead)");
+                hold.probing = false;
+                self.outbox.settle(key, pending.version, Settle::Dead { status, response });
+            }
+            Outcome::Transient { reason, retry_after } => {
+                self.telemetry.delivery_failed("transient");
+                let delay = backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
+                if hold.until.is_none() {
+                    tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
+                } else {
+                    tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
+                }
+                self.hold(hold, delay);
+                self.outbox.settle(key, pending.version, Settle::RetryAt { next_attempt_ms: now_ms() + delay.as_millis() as i64, error: reason });
+            }
+            Outcome::Unauthorized { status } => {
+                self.telemetry.delivery_failed("unauthorized");
+                let delay = backoff(&self.retry, hold.failures);
+                if !hold.unauthorized {
+                    tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
+                }
+                hold.unauthorized = true;
+                self.hold(hold, delay);
+                let error = format!("the endpoint answered {status}: credentials rejected");
+                self.outbox.settle(key, pending.version, Settle::RetryAt { next_attempt_ms: now_ms() + delay.as_millis() as i64, error });
+            }
+        }
+    }
+
+    fn hold(&self, hold: &mut Hold, delay: Duration) {
+        hold.failures = hold.failures.saturating_add(1);
+        hold.probing = false;
+        let until = Instant::now() + delay;
+        hold.until = Some(hold.until.map_or(until, |u| u.max(until)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let h = HeaderMap::new();
+        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Delivered);
+        assert_eq!(classify(StatusCode::ACCEPTED, &h, b""), Outcome::Delivered);
+        assert_eq!(classify(StatusCode::UNAUTHORIZED, &h, b""), Outcome::Unauthorized { status: 401 });
+        assert_eq!(classify(StatusCode::FORBIDDEN, &h, b""), Outcome::Unauthorized { status: 403 });
+        for s in [408, 425, 429, 500, 502, 503] {
+            let outcome = classify(StatusCode::from_u16(s).unwrap(), &h, b"");
+            assert!(matches!(outcome, Outcome::Transient { .. }), "{s}: {outcome:?}");
+        }
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, &h, b"bad\nimage"),
+            Outcome::Rejected {
+                status: 400,
+                response: "badimage".into()
+            }
+        );
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, &h, b""),
+            Outcome::Transient {
+                reason: "the endpoint answered 503 Service Unavailable".into(),
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let p = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        };
+        for n in 0..40 {
+            let d = backoff(&p, n);
+            assert!(d <= Duration::from_secs(300), "{n}: {d:?}");
+        }
+        assert!(backoff(&p, 0) <= Duration::from_secs(1));
+    }
+}

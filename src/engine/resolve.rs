@@ -1,0 +1,299 @@
+//! Inspection: a container id becomes a `Deployment` (or a reason to skip it).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+
+use bollard::query_parameters::InspectContainerOptions;
+
+use super::{Engine, EngineError};
+use crate::deployment::{
+    ContainerState, ContainerStatus, Deployment, DeploymentKey, NameFacts, NameTemplate, Platform,
+    Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
+};
+use crate::reference::ImageRef;
+
+/// Images are immutable by id, so their facts are cached; the cache is small and bounded.
+const IMAGE_CACHE_MAX: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    Report(Deployment),
+    Skip(SkipReason),
+}
+
+#[derive(Debug, Clone)]
+struct ImageFacts {
+    repo_digests: Vec<String>,
+    platform: Platform,
+}
+
+/// What the resolver needs from an event when the container is already gone (`--rm`).
+#[derive(Debug, Clone, Default)]
+pub struct EventHint {
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub labels: HashMap<String, String>,
+}
+
+pub struct Resolver {
+    engine: Engine,
+    host: RwLock<String>,
+    default_environment: String,
+    template: NameTemplate,
+    selection: Selection,
+    report_stops: bool,
+    images: Mutex<HashMap<String, ImageFacts>>,
+    warned: Mutex<HashSet<String>>,
+}
+
+impl Resolver {
+    pub fn new(
+        engine: Engine,
+        host: String,
+        default_environment: String,
+        template: NameTemplate,
+        selection: Selection,
+        report_stops: bool,
+    ) -> Self {
+        Resolver {
+            engine,
+            host: RwLock::new(host),
+            default_environment,
+            template,
+            selection,
+            report_stops,
+            images: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    /// The engine's host name may change (an engine restart on another machine behind tcp://).
+    pub fn set_host(&self, host: String) {
+        if let Ok(mut h) = self.host.write() {
+            *h = host;
+        }
+    }
+
+    /// Resolve container `id`. The hint (from the event) lets a container removed before it
+    /// could be inspected still be reported, from its image reference.
+    pub async fn resolve(&self, id: &str, hint: Option<&EventHint>) -> Result<Resolution, EngineError> {
+        if let Some(hint) = hint {
+            if let Err(reason) = self.selection.check(&hint.labels) {
+                return Ok(Resolution::Skip(reason));
+            }
+        }
+        let inspected = self
+            .engine
+            .api
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| EngineError::from_bollard(&self.engine.host, e));
+        let (name, reference, image_id, labels) = match inspected {
+            Ok(c) => {
+                let config = c.config.unwrap_or_default();
+                let name = c.name.unwrap_or_default().trim_start_matches('/').to_string();
+                let reference = config.image.unwrap_or_default();
+                let image_id = c.image.unwrap_or_else(|| reference.clone());
+                (name, reference, image_id, config.labels.unwrap_or_default())
+            }
+            Err(e) if e.is_not_found() => match hint {
+                Some(EventHint {
+                    name: Some(name),
+                    image: Some(image),
+                    labels,
+                }) => {
+                    tracing::debug!(container = id, "container gone before inspection; resolving from its event");
+                    (name.clone(), image.clone(), image.clone(), labels.clone())
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        if hint.is_none() {
+            if let Err(reason) = self.selection.check(&labels) {
+                return Ok(Resolution::Skip(reason));
+            }
+        }
+        let facts = self.image_facts(&image_id).await?;
+        let image_url = match pick_repo_digest(&reference, &facts.repo_digests) {
+            Ok(Picked::Matching(url)) => url,
+            Ok(Picked::Only(url)) => url,
+            Ok(Picked::Arbitrary(url)) => {
+                self.warn_once(&image_id, || {
+                    tracing::info!(
+                        image = %reference, chosen = %url, candidates = facts.repo_digests.len(),
+                        "no repo digest of the image matches the repository it was started as; reporting the first in sorted order"
+                    )
+                });
+                url
+            }
+            Err(()) => {
+                self.warn_once(&image_id, || {
+                    tracing::warn!(
+                        image = %reference, image_id = %image_id,
+                        "image has no repo digest (built or imported locally, never pushed or pulled): its containers cannot be reported by digest and are skipped"
+                    )
+                });
+                return Ok(Resolution::Skip(SkipReason::NoDigest));
+            }
+        };
+        let environment = labels
+            .get(LABEL_ENVIRONMENT)
+            .filter(|e| crate::deployment::validate_environment(e).is_ok())
+            .cloned()
+            .unwrap_or_else(|| self.default_environment.clone());
+        let deployment_name = match labels.get(LABEL_NAME).filter(|n| !n.trim().is_empty()) {
+            Some(n) => n.clone(),
+            None => {
+                let host = self.host.read().map(|h| h.clone()).unwrap_or_default();
+                self.template.render(&NameFacts {
+                    host: &host,
+                    container: &name,
+                    id,
+                    labels: Some(&labels),
+                })
+            }
+        };
+        Ok(Resolution::Report(Deployment {
+            key: DeploymentKey {
+                environment,
+                name: deployment_name,
+            },
+            image_url,
+            platform: facts.platform,
+            container: self.report_stops.then(|| ContainerStatus {
+                id: id.to_string(),
+                state: ContainerState::Running,
+                exit_code: None,
+            }),
+        }))
+    }
+
+    fn warn_once(&self, image_id: &str, log: impl FnOnce()) {
+        let first = self.warned.lock().map(|mut w| w.insert(image_id.to_string())).unwrap_or(true);
+        if first {
+            log();
+        }
+    }
+
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts, EngineError> {
+        let cacheable = image.starts_with("sha256:");
+        if cacheable {
+            if let Some(f) = self.images.lock().ok().and_then(|c| c.get(image).cloned()) {
+                return Ok(f);
+            }
+        }
+        let inspect = self
+            .engine
+            .api
+            .inspect_image(image)
+            .await
+            .map_err(|e| EngineError::from_bollard(&self.engine.host, e))?;
+        let facts = ImageFacts {
+            repo_digests: inspect.repo_digests.unwrap_or_default(),
+            platform: Platform::new(
+                inspect.os.as_deref().filter(|s| !s.is_empty()).unwrap_or("linux"),
+                inspect.architecture.as_deref().filter(|s| !s.is_empty()).unwrap_or("amd64"),
+                inspect.variant.as_deref(),
+            ),
+        };
+        // An image without digests may get one when pushed: only cache the reportable.
+        if cacheable && !facts.repo_digests.is_empty() {
+            if let Ok(mut cache) = self.images.lock() {
+                if cache.len() >= IMAGE_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(image.to_string(), facts.clone());
+            }
+        }
+        Ok(facts)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Picked {
+    /// A repo digest of the repository the container was started as (or the reference's own digest).
+    Matching(String),
+    /// The image has a single repo digest.
+    Only(String),
+    /// Several digests, none of the started repository: the first in sorted order.
+    Arbitrary(String),
+}
+
+/// Choose `image.url` for a container started as `reference` from the image's RepoDigests.
+pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Result<Picked, ()> {
+    let wanted = ImageRef::parse(reference).ok();
+    if let Some(pinned) = wanted.as_ref().and_then(ImageRef::pinned) {
+        return Ok(Picked::Matching(pinned));
+    }
+    let mut candidates: Vec<String> = repo_digests
+        .iter()
+        .filter_map(|d| ImageRef::parse(d).ok())
+        .filter_map(|r| r.pinned())
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    if let Some(wanted) = &wanted {
+        let prefix = format!("{}@", wanted.repository);
+        if let Some(m) = candidates.iter().find(|c| c.starts_with(&prefix)) {
+            return Ok(Picked::Matching(m.clone()));
+        }
+    }
+    match candidates.len() {
+        0 => Err(()),
+        1 => Ok(Picked::Only(candidates.remove(0))),
+        _ => Ok(Picked::Arbitrary(candidates.remove(0))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn picks_the_repository_started() {
+        let digests = vec![format!("localhost:5000/mirror@{B}"), format!("nginx@{A}")];
+        assert_eq!(
+            pick_repo_digest("nginx:1.25", &digests),
+            Ok(Picked::Matching(format!("docker.io/library/nginx@{A}")))
+        );
+        assert_eq!(
+            pick_repo_digest("localhost:5000/mirror:1", &digests),
+            Ok(Picked::Matching(format!("localhost:5000/mirror@{B}")))
+        );
+    }
+
+    #[test]
+    fn reference_digest_wins() {
+        assert_eq!(
+            pick_repo_digest(&format!("nginx@{B}"), &[format!("nginx@{A}")]),
+            Ok(Picked::Matching(format!("docker.io/library/nginx@{B}")))
+        );
+    }
+
+    #[test]
+    fn single_several_none() {
+        let one = vec![format!("registry.example/x/app@{A}")];
+        assert_eq!(
+            pick_repo_digest("sha256:0123", &one),
+            Ok(Picked::Only(format!("registry.example/x/app@{A}")))
+        );
+        let two = vec![format!("z.example/app@{A}"), format!("a.example/app@{B}")];
+        assert_eq!(
+            pick_repo_digest("other", &two),
+            Ok(Picked::Arbitrary(format!("a.example/app@{B}")))
+        );
+        assert_eq!(pick_repo_digest("local/app:1", &[]), Err(()));
+    }
+}

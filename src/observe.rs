@@ -1,0 +1,228 @@
+//! The observer: turns engine events into outbox batches. Inspections run concurrently but
+//! their results are applied in event order, so a start is always seen before its stop.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use bollard::query_parameters::ListContainersOptions;
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::deployment::{Deployment, DeploymentKey};
+use crate::engine::events::{Action, ContainerEvent, EngineEvent};
+use crate::engine::resolve::{Resolution, Resolver};
+use crate::engine::EngineError;
+use crate::outbox::{Batch, Outbox};
+use crate::telemetry::Telemetry;
+
+/// Inspections in flight at once; enough to hide the engine's latency, few enough to be polite.
+const INSPECT_CONCURRENCY: usize = 16;
+
+/// What the agent believes runs now: container id -> deployment. Shared with `/deployments`.
+#[derive(Default)]
+pub struct View(RwLock<HashMap<String, Deployment>>);
+
+impl View {
+    pub fn restore(entries: Vec<(String, DeploymentKey, String)>) -> Self {
+        let map = entries
+            .into_iter()
+            .filter_map(|(id, _, body)| Deployment::from_body(&body).map(|d| (id, d)))
+            .collect();
+        View(RwLock::new(map))
+    }
+
+    /// Per environment, per name: the image and platform, as JSON for `/deployments`.
+    pub fn to_json(&self) -> String {
+        let map = self.0.read().map(|m| m.clone()).unwrap_or_default();
+        let mut out: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+        for (id, d) in map {
+            out.entry(d.key.environment.clone()).or_default().insert(
+                d.key.name.clone(),
+                serde_json::json!({ "image": d.image_url, "platform": d.platform, "container_id": id }),
+            );
+        }
+        serde_json::to_string_pretty(&out).unwrap_or_default()
+    }
+
+    fn insert(&self, id: &str, d: Deployment) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(id.to_string(), d);
+        }
+    }
+
+    fn remove(&self, id: &str) -> Option<Deployment> {
+        self.0.write().ok().and_then(|mut m| m.remove(id))
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.0.read().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+enum Outcome {
+    Snapshot(Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError>),
+    Started(ContainerEvent, Result<Resolution, EngineError>),
+    Stopped(ContainerEvent),
+}
+
+#[derive(Clone)]
+pub struct Observer {
+    pub resolver: Arc<Resolver>,
+    pub outbox: Outbox,
+    pub telemetry: Arc<Telemetry>,
+    pub view: Arc<View>,
+    pub report_stops: bool,
+    /// Replaced by `sync --force`: re-send what the endpoint already has.
+    pub force: bool,
+}
+
+impl Observer {
+    /// Process events until the sender closes. Enqueue failures (a full disk, a broken file)
+    /// are fatal: they are sent on `fatal` and the agent exits, to restart from the engine's truth.
+    pub async fn run(self, rx: mpsc::UnboundedReceiver<EngineEvent>, fatal: mpsc::UnboundedSender<String>) {
+        let me = self.clone();
+        let mut outcomes = UnboundedReceiverStream::new(rx)
+            .map(move |event| me.clone().process(event))
+            .buffered(INSPECT_CONCURRENCY * 2)
+            .ready_chunks(512);
+        let mut writes = tokio::task::JoinSet::new();
+        while let Some(chunk) = outcomes.next().await {
+            let batch = self.apply(chunk);
+            if batch.is_empty() {
+                continue;
+            }
+            // Not awaited here: the queue thread keeps order, and waiting for each sync
+            // would stall the inspections behind it.
+            let outbox = self.outbox.clone();
+            let fatal = fatal.clone();
+            writes.spawn(async move {
+                if let Err(e) = outbox.enqueue(batch).await {
+                    let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                }
+            });
+            while writes.try_join_next().is_some() {}
+        }
+        while writes.join_next().await.is_some() {}
+    }
+
+    async fn process(self, event: EngineEvent) -> Outcome {
+        match event {
+            EngineEvent::Connected => Outcome::Snapshot(self.snapshot().await),
+            EngineEvent::Container(ev) => match ev.action {
+                Action::Start => {
+                    let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
+                    Outcome::Started(ev, result)
+                }
+                Action::Die | Action::Destroy => Outcome::Stopped(ev),
+            },
+        }
+    }
+
+    /// List and resolve every running container in scope.
+    pub async fn snapshot(&self) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
+        let engine = self.resolver.engine();
+        if let Ok(host) = engine.host_name().await {
+            self.resolver.set_host(host);
+        }
+        let mut filters = HashMap::from([("status".to_string(), vec!["running".to_string()])]);
+        let labels = self.resolver.selection().selector.engine_filters();
+        if !labels.is_empty() {
+            filters.insert("label".to_string(), labels);
+        }
+        let list = engine
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| EngineError::from_bollard(&engine.host, e))?;
+        let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+        let resolver = self.resolver.clone();
+        Ok(stream::iter(ids)
+            .map(|id| {
+                let resolver = resolver.clone();
+                async move {
+                    let r = resolver.resolve(&id, None).await;
+                    (id, r)
+                }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await)
+    }
+
+    /// Apply outcomes in order to the view and collect what must be queued.
+    fn apply(&self, outcomes: Vec<Outcome>) -> Batch {
+        let mut batch = Batch {
+            force: self.force,
+            ..Batch::default()
+        };
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Started(ev, result) => {
+                    self.started(&ev.id, result, &mut batch);
+                    batch.cursor = Some(ev.cursor());
+                }
+                Outcome::Stopped(ev) => {
+                    self.stopped(&ev.id, ev.exit_code, &mut batch);
+                    batch.cursor = Some(ev.cursor());
+                }
+                Outcome::Snapshot(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot list the running containers; will retry on the next reconnect");
+                }
+                Outcome::Snapshot(Ok(running)) => {
+                    let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
+                    let count = running.len();
+                    for (id, result) in running {
+                        self.started(&id, result, &mut batch);
+                    }
+                    for id in self.view.ids() {
+                        if !seen.contains(&id) {
+                            self.stopped(&id, None, &mut batch);
+                        }
+                    }
+                    tracing::info!(running = count, queued = batch.reports.len(), "reconciled with the engine");
+                }
+            }
+        }
+        batch
+    }
+
+    fn started(&self, id: &str, result: Result<Resolution, EngineError>, batch: &mut Batch) {
+        match result {
+            Ok(Resolution::Report(d)) => {
+                tracing::debug!(container = id, key = %d.key, image = %d.image_url, "container running");
+                self.view.insert(id, d.clone());
+                batch.running.push((id.to_string(), d.clone()));
+                batch.reports.push(d);
+            }
+            Ok(Resolution::Skip(reason)) => {
+                self.telemetry.skipped(reason.as_str());
+                tracing::debug!(container = id, reason = reason.as_str(), "container not reported");
+            }
+            Err(e) if e.is_not_found() => {
+                self.telemetry.skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                tracing::debug!(container = id, "container gone before it could be inspected");
+            }
+            Err(e) => {
+                self.telemetry.skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                tracing::warn!(container = id, error = %e, "cannot inspect container; it will be picked up at the next reconciliation");
+            }
+        }
+    }
+
+    fn stopped(&self, id: &str, exit_code: Option<i64>, batch: &mut Batch) {
+        if let Some(d) = self.view.remove(id) {
+            tracing::debug!(container = id, key = %d.key, ?exit_code, "container stopped");
+            batch.gone.push(id.to_string());
+            // The start may sit in this same batch: it must not be re-added by it.
+            batch.running.retain(|(rid, _)| rid != id);
+            if self.report_stops {
+                batch.reports.push(d.stopped(exit_code));
+            }
+        }
+    }
+}

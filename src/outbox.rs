@@ -1,0 +1,873 @@
+//! The persistent queue between resolving a deployment and delivering it.
+//!
+//! SQLite (bundled) in WAL mode with `synchronous=FULL`: a report is on disk before the agent
+//! treats it as queued, operators can read the file with the stock `sqlite3` tool, and the
+//! crash semantics are the best documented of the embedded stores.
+//!
+//! One thread owns the connection and applies commands in order. Writes are group-committed:
+//! an isolated change commits at once, but while changes keep arriving the thread commits at
+//! most once per `COMMIT_WINDOW`, so a burst of hundreds of starts costs a handful of syncs.
+//! A write's reply is sent only after its commit; reads answer at once and see every
+//! earlier command.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{oneshot, Notify};
+
+use crate::deployment::{Deployment, DeploymentKey};
+use crate::engine::events::EventCursor;
+use crate::telemetry::Telemetry;
+
+pub const DB_FILE: &str = "deploytrack.db";
+const COMMIT_WINDOW: Duration = Duration::from_millis(50);
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("queue database {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("the queue is closed")]
+    Closed,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A report waiting for delivery. `version` tells a resend of this report from a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub version: i64,
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
+    pub enqueued_ms: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub status: u16,
+    pub response: String,
+    pub failed_ms: i64,
+}
+
+/// One step of the observer: new reports, changes to the view of running containers, and the
+/// event cursor, committed together so a restart resumes exactly where the disk says.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub reports: Vec<Deployment>,
+    pub running: Vec<(String, Deployment)>,
+    pub gone: Vec<String>,
+    pub cursor: Option<EventCursor>,
+    /// Re-send even what the endpoint already has (`sync --force`).
+    pub force: bool,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty() && self.running.is_empty() && self.gone.is_empty() && self.cursor.is_none()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    pub queued: usize,
+    pub unchanged: usize,
+    pub dropped: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub pending: i64,
+    pub dead: i64,
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// What a delivery attempt came to, as the queue records it.
+#[derive(Debug)]
+pub enum Settle {
+    Delivered,
+    RetryAt { next_attempt_ms: i64, error: String },
+    Dead { status: u16, response: String },
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Command {
+    Enqueue(Batch, Reply<EnqueueOutcome>),
+    Settle(DeploymentKey, i64, Settle),
+    Due { limit: usize, due_only: bool, reply: Reply<(Vec<Pending>, Option<i64>)> },
+    ResetBackoff,
+    Stats(Reply<Stats>),
+    Flush(Reply<()>),
+}
+
+/// What was found on disk when the queue opened.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub cursor: Option<EventCursor>,
+    pub running: Vec<(String, DeploymentKey, String)>,
+    /// Set when a damaged file was moved aside: (damaged, moved to).
+    pub moved_aside: Option<(PathBuf, PathBuf)>,
+}
+
+/// Handle to the queue thread; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: std_mpsc::Sender<Command>,
+    /// Signalled after every commit that added work.
+    pub work: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Open `state_dir/deploytrack.db` (or an in-memory queue for `None`). A damaged file is
+    /// moved aside and a fresh queue started, so a bad disk block never becomes a crash loop.
+    pub fn open(
+        state_dir: Option<&Path>,
+        max_entries: u64,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<(Outbox, Restored), OutboxError> {
+        let (conn, moved_aside, label) = match state_dir {
+            None => (open_memory()?, None, ":memory:".to_string()),
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| OutboxError::StateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                let path = dir.join(DB_FILE);
+                let label = path.display().to_string();
+                match open_file(&path) {
+                    Ok(conn) => (conn, None, label),
+                    Err(e) if is_damage(&e) => {
+                        let aside = move_aside(&path).map_err(|source| OutboxError::StateDir {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        tracing::error!(error = %e, "the queue database is damaged");
+                        let conn = open_file(&path).map_err(|source| OutboxError::Sqlite {
+                            path: label.clone(),
+                            source,
+                        })?;
+                        (conn, Some((path, aside)), label)
+                    }
+                    Err(source) => return Err(OutboxError::Sqlite { path: label, source }),
+                }
+            }
+        };
+        let sql_err = |source| OutboxError::Sqlite {
+            path: label.clone(),
+            source,
+        };
+        let restored = Restored {
+            cursor: read_meta(&conn, "cursor").map_err(sql_err)?.and_then(|c| EventCursor::decode(&c)),
+            running: read_running(&conn).map_err(sql_err)?,
+            moved_aside,
+        };
+        let mut store = Store::new(conn, max_entries, telemetry).map_err(sql_err)?;
+        let (tx, rx) = std_mpsc::channel();
+        let work = Arc::new(Notify::new());
+        let notify = work.clone();
+        std::thread::Builder::new()
+            .name("deploytrack-outbox".into())
+            .spawn(move || store.serve(rx, &notify))
+            .map_err(|source| OutboxError::StateDir {
+                path: PathBuf::from(&label),
+                source,
+            })?;
+        Ok((Outbox { tx, work }, restored))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| OutboxError::Closed.to_string())?;
+        rx.await.map_err(|_| OutboxError::Closed.to_string())?
+    }
+
+    /// Queue a batch; returns once it is on disk.
+    pub async fn enqueue(&self, batch: Batch) -> Result<EnqueueOutcome, String> {
+        self.ask(|r| Command::Enqueue(batch, r)).await
+    }
+
+    /// Record a delivery attempt's result. Not awaited: a crash before the commit only means
+    /// the report is sent once more, which the API tolerates.
+    pub fn settle(&self, key: DeploymentKey, version: i64, settle: Settle) {
+        let _ = self.tx.send(Command::Settle(key, version, settle));
+    }
+
+    /// Up to `limit` reports, the most overdue first, and the time the next one falls due.
+    /// With `due_only` false, reports not yet due count too (a probe while the endpoint is down).
+    pub async fn due(&self, limit: usize, due_only: bool) -> Result<(Vec<Pending>, Option<i64>), String> {
+        self.ask(|reply| Command::Due {
+            limit,
+            due_only,
+            reply,
+        })
+        .await
+    }
+
+    /// Everything waiting becomes due now (the endpoint is back).
+    pub fn reset_backoff(&self) {
+        let _ = self.tx.send(Command::ResetBackoff);
+    }
+
+    pub async fn stats(&self) -> Result<Stats, String> {
+        self.ask(Command::Stats).await
+    }
+
+    /// Returns once every earlier command is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.ask(Command::Flush).await
+    }
+}
+
+fn open_memory() -> Result<Connection, OutboxError> {
+    let conn = Connection::open_in_memory().map_err(|source| OutboxError::Sqlite {
+        path: ":memory:".into(),
+        source,
+    })?;
+    init_schema(&conn).map_err(|source| OutboxError::Sqlite {
+        path: ":memory:".into(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// Open a queue file for the agent or for an operator command, checking it is sound.
+pub fn open_file(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode = %mode, "the queue database could not switch to WAL mode");
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("integrity check failed: {check}")),
+        ));
+    }
+    init_schema(&conn)?;
+    Ok(conn)
+}
+
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Rename the file (and its WAL and shared-memory files) to `<file>.damaged-<unix time>`.
+fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    std::fs::rename(path, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
+        }
+    }
+    Ok(aside)
+}
+
+fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "the queue was written by a newer deploytrack (schema {version}, this one knows {SCHEMA_VERSION})"
+            )),
+        ));
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS pending (
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            enqueued_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (environment, name)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS pending_due ON pending (next_attempt_ms, version);
+        CREATE INDEX IF NOT EXISTS pending_age ON pending (version);
+        CREATE TABLE IF NOT EXISTS delivered (
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            delivered_ms INTEGER NOT NULL,
+            PRIMARY KEY (environment, name)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS dead (
+            id INTEGER PRIMARY KEY,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            response TEXT NOT NULL,
+            failed_ms INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS running (
+            container_id TEXT PRIMARY KEY,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        PRAGMA user_version = 1;",
+    )
+}
+
+fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn read_running(conn: &Connection) -> rusqlite::Result<Vec<(String, DeploymentKey, String)>> {
+    let mut stmt = conn.prepare("SELECT container_id, environment, name, body FROM running")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            DeploymentKey {
+                environment: r.get(1)?,
+                name: r.get(2)?,
+            },
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+/// The queue thread's state.
+struct Store {
+    conn: Connection,
+    max_entries: u64,
+    pending: i64,
+    next_version: i64,
+    telemetry: Arc<Telemetry>,
+    /// Drops since the last log line, reported once per burst.
+    dropped_unlogged: usize,
+}
+
+impl Store {
+    fn new(conn: Connection, max_entries: u64, telemetry: Arc<Telemetry>) -> rusqlite::Result<Self> {
+        let pending: i64 = conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
+        let max_version: Option<i64> = conn.query_row("SELECT max(version) FROM pending", [], |r| r.get(0))?;
+        telemetry.queue_depth(pending);
+        Ok(Store {
+            conn,
+            max_entries,
+            pending,
+            next_version: max_version.unwrap_or(0) + 1,
+            telemetry,
+            dropped_unlogged: 0,
+        })
+    }
+
+    fn serve(&mut self, rx: std_mpsc::Receiver<Command>, work: &Notify) {
+        let mut last_commit = Instant::now() - COMMIT_WINDOW;
+        let mut open = false;
+        let mut waiting: Vec<Box<dyn FnOnce(Result<(), String>) + Send>> = Vec::new();
+        let mut added_work = false;
+        loop {
+            let command = if open {
+                let wait = (last_commit + COMMIT_WINDOW).saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        self.commit(&mut waiting);
+                        return;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
+            let Some(command) = command else {
+                self.commit(&mut waiting);
+                open = false;
+                last_commit = Instant::now();
+                if std::mem::take(&mut added_work) {
+                    work.notify_one();
+                }
+                continue;
+            };
+            if !open {
+                if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = %e, "cannot start a queue transaction");
+                    fail(command, &e.to_string());
+                    continue;
+                }
+                open = true;
+            }
+            added_work |= self.apply(command, &mut waiting);
+            // Take whatever else is already waiting into the same transaction.
+            while let Ok(more) = rx.try_recv() {
+                added_work |= self.apply(more, &mut waiting);
+            }
+            if last_commit.elapsed() >= COMMIT_WINDOW {
+                self.commit(&mut waiting);
+                open = false;
+                last_commit = Instant::now();
+                if std::mem::take(&mut added_work) {
+                    work.notify_one();
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, waiting: &mut Vec<Box<dyn FnOnce(Result<(), String>) + Send>>) {
+        let result = self.conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // The in-memory count may be off after a rollback; re-read it.
+            if let Ok(n) = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0)) {
+                self.pending = n;
+            }
+            tracing::error!(error = %e, "cannot commit to the queue database");
+            e.to_string()
+        });
+        if result.is_ok() {
+            self.telemetry.queue_commit();
+        }
+        self.telemetry.queue_depth(self.pending);
+        if self.dropped_unlogged > 0 {
+            tracing::warn!(
+                dropped = self.dropped_unlogged, max_entries = self.max_entries,
+                "the queue is full: dropped the oldest pending reports"
+            );
+            self.dropped_unlogged = 0;
+        }
+        for reply in waiting.drain(..) {
+            reply(result.clone());
+        }
+    }
+
+    /// Apply one command inside the open transaction. Returns true if it added work.
+    fn apply(&mut self, command: Command, waiting: &mut Vec<Box<dyn FnOnce(Result<(), String>) + Send>>) -> bool {
+        match command {
+            Command::Enqueue(batch, reply) => match self.enqueue(batch) {
+                Ok(outcome) => {
+                    let added = outcome.queued > 0;
+                    waiting.push(Box::new(move |r| {
+                        let _ = reply.send(r.map(|()| outcome));
+                    }));
+                    added
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                    false
+                }
+            },
+            Command::Settle(key, version, settle) => {
+                if let Err(e) = self.settle(&key, version, settle) {
+                    tracing::error!(key = %key, error = %e, "cannot record a delivery result");
+                }
+                false
+            }
+            Command::Due { limit, due_only, reply } => {
+                let _ = reply.send(self.due(limit, due_only).map_err(|e| e.to_string()));
+                false
+            }
+            Command::ResetBackoff => {
+                if let Err(e) = self.conn.execute("UPDATE pending SET next_attempt_ms = 0", []) {
+                    tracing::error!(error = %e, "cannot reset retry times");
+                }
+                true
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats().map_err(|e| e.to_string()));
+                false
+            }
+            Command::Flush(reply) => {
+                waiting.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+                false
+            }
+        }
+    }
+
+    fn enqueue(&mut self, batch: Batch) -> rusqlite::Result<EnqueueOutcome> {
+        let mut outcome = EnqueueOutcome::default();
+        let now = now_ms();
+        // Within one batch the last report of a key wins.
+        let mut latest: Vec<&Deployment> = Vec::with_capacity(batch.reports.len());
+        let mut index: HashMap<&DeploymentKey, usize> = HashMap::new();
+        for d in &batch.reports {
+            match index.get(&d.key) {
+                Some(&i) => latest[i] = d,
+                None => {
+                    index.insert(&d.key, latest.len());
+                    latest.push(d);
+                }
+            }
+        }
+        outcome.unchanged += batch.reports.len() - latest.len();
+        for d in latest {
+            let body = d.report_body();
+            let pending: Option<String> = self
+                .conn
+                .prepare_cached("SELECT body FROM pending WHERE environment = ?1 AND name = ?2")?
+                .query_row(params![d.key.environment, d.key.name], |r| r.get(0))
+                .optional()?;
+            let unchanged = match &pending {
+                Some(p) => *p == body && !batch.force,
+                None => {
+                    !batch.force
+                        && self
+                            .conn
+                            .prepare_cached("SELECT body FROM delivered WHERE environment = ?1 AND name = ?2")?
+                            .query_row(params![d.key.environment, d.key.name], |r| r.get::<_, String>(0))
+                            .optional()?
+                            .is_some_and(|delivered| delivered == body)
+                }
+            };
+            if unchanged {
+                outcome.unchanged += 1;
+                continue;
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO pending (environment, name, body, version, enqueued_ms, attempts, next_attempt_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
+                     ON CONFLICT (environment, name) DO UPDATE SET
+                       body = excluded.body, version = excluded.version, enqueued_ms = excluded.enqueued_ms,
+                       attempts = 0, next_attempt_ms = 0, last_error = NULL",
+                )?
+                .execute(params![d.key.environment, d.key.name, body, self.next_version, now])?;
+            self.next_version += 1;
+            if pending.is_none() {
+                self.pending += 1;
+            }
+            outcome.queued += 1;
+        }
+        for (id, d) in &batch.running {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO running (container_id, environment, name, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, d.key.environment, d.key.name, d.report_body()])?;
+        }
+        for id in &batch.gone {
+            self.conn
+                .prepare_cached("DELETE FROM running WHERE container_id = ?1")?
+                .execute([id])?;
+        }
+        if let Some(cursor) = &batch.cursor {
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?1)")?
+                .execute([cursor.encode()])?;
+        }
+        let excess = self.pending - self.max_entries as i64;
+        if excess > 0 {
+            let dropped = self.conn.execute(
+                "DELETE FROM pending WHERE version IN (SELECT version FROM pending ORDER BY version LIMIT ?1)",
+                [excess],
+            )?;
+            self.pending -= dropped as i64;
+            outcome.dropped = dropped;
+            self.dropped_unlogged += dropped;
+            self.telemetry.reports_dropped(dropped as u64);
+        }
+        self.telemetry.reports_enqueued(outcome.queued as u64, outcome.unchanged as u64);
+        Ok(outcome)
+    }
+
+    fn settle(&mut self, key: &DeploymentKey, version: i64, settle: Settle) -> rusqlite::Result<()> {
+        match settle {
+            Settle::Delivered => {
+                let body: Option<String> = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM pending WHERE environment = ?1 AND name = ?2 AND version = ?3 RETURNING body",
+                    )?
+                    .query_row(params![key.environment, key.name, version], |r| r.get(0))
+                    .optional()?;
+                if let Some(body) = body {
+                    self.pending -= 1;
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO delivered (environment, name, body, delivered_ms) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![key.environment, key.name, body, now_ms()])?;
+                }
+            }
+            Settle::RetryAt {
+                next_attempt_ms,
+                error,
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE pending SET attempts = attempts + 1, next_attempt_ms = ?4, last_error = ?5
+                         WHERE environment = ?1 AND name = ?2 AND version = ?3",
+                    )?
+                    .execute(params![key.environment, key.name, version, next_attempt_ms, error])?;
+            }
+            Settle::Dead { status, response } => {
+                let body: Option<String> = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM pending WHERE environment = ?1 AND name = ?2 AND version = ?3 RETURNING body",
+                    )?
+                    .query_row(params![key.environment, key.name, version], |r| r.get(0))
+                    .optional()?;
+                if let Some(body) = body {
+                    self.pending -= 1;
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO dead (environment, name, body, status, response, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![key.environment, key.name, body, status, response, now_ms()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn due(&mut self, limit: usize, due_only: bool) -> rusqlite::Result<(Vec<Pending>, Option<i64>)> {
+        let now = now_ms();
+        let horizon = if due_only { now } else { i64::MAX };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT environment, name, body, version, attempts, next_attempt_ms, enqueued_ms, last_error
+             FROM pending WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms, version LIMIT ?2",
+        )?;
+        let items = stmt
+            .query_map(params![horizon, limit as i64], pending_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let next: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(next_attempt_ms) FROM pending WHERE next_attempt_ms > ?1")?
+            .query_row([now], |r| r.get(0))?;
+        Ok((items, next))
+    }
+
+    fn stats(&mut self) -> rusqlite::Result<Stats> {
+        let dead: i64 = self.conn.query_row("SELECT count(*) FROM dead", [], |r| r.get(0))?;
+        let oldest: Option<i64> = self.conn.query_row("SELECT min(enqueued_ms) FROM pending", [], |r| r.get(0))?;
+        Ok(Stats {
+            pending: self.pending,
+            dead,
+            oldest_pending_ms: oldest,
+        })
+    }
+}
+
+fn fail(command: Command, error: &str) {
+    let e = error.to_string();
+    match command {
+        Command::Enqueue(_, r) => drop(r.send(Err(e))),
+        Command::Due { reply, .. } => drop(reply.send(Err(e))),
+        Command::Stats(r) => drop(r.send(Err(e))),
+        Command::Flush(r) => drop(r.send(Err(e))),
+        Command::Settle(..) | Command::ResetBackoff => {}
+    }
+}
+
+fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
+    Ok(Pending {
+        key: DeploymentKey {
+            environment: r.get(0)?,
+            name: r.get(1)?,
+        },
+        body: r.get(2)?,
+        version: r.get(3)?,
+        attempts: r.get(4)?,
+        next_attempt_ms: r.get(5)?,
+        enqueued_ms: r.get(6)?,
+        last_error: r.get(7)?,
+    })
+}
+
+/// Operator commands (`deploytrack queue ...`) on their own connection, safe beside a running agent.
+pub mod admin {
+    use super::*;
+
+    pub fn list_pending(conn: &Connection) -> rusqlite::Result<Vec<Pending>> {
+        let mut stmt = conn.prepare(
+            "SELECT environment, name, body, version, attempts, next_attempt_ms, enqueued_ms, last_error
+             FROM pending ORDER BY version",
+        )?;
+        let rows = stmt.query_map([], pending_row)?;
+        rows.collect()
+    }
+
+    pub fn list_dead(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt =
+            conn.prepare("SELECT environment, name, body, status, response, failed_ms FROM dead ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetter {
+                key: DeploymentKey {
+                    environment: r.get(0)?,
+                    name: r.get(1)?,
+                },
+                body: r.get(2)?,
+                status: r.get(3)?,
+                response: r.get(4)?,
+                failed_ms: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Move dead letters back into the queue; a newer pending report of the same key stays.
+    pub fn retry_dead(conn: &mut Connection) -> rusqlite::Result<usize> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let next: i64 = tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM pending", [], |r| r.get(0))?;
+        let moved = tx.execute(
+            "INSERT INTO pending (environment, name, body, version, enqueued_ms, attempts, next_attempt_ms)
+             SELECT environment, name, body, ?1 + id, failed_ms, 0, 0 FROM dead WHERE id IN
+               (SELECT max(id) FROM dead GROUP BY environment, name)
+             ON CONFLICT (environment, name) DO NOTHING",
+            [next],
+        )?;
+        tx.execute("DELETE FROM dead", [])?;
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    pub fn purge(conn: &mut Connection) -> rusqlite::Result<(usize, usize)> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let pending = tx.execute("DELETE FROM pending", [])?;
+        let dead = tx.execute("DELETE FROM dead", [])?;
+        tx.commit()?;
+        Ok((pending, dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::Platform;
+
+    fn deployment(name: &str, digest: &str) -> Deployment {
+        Deployment {
+            key: DeploymentKey {
+                environment: "test".into(),
+                name: name.into(),
+            },
+            image_url: format!("example.com/app@sha256:{digest}"),
+            platform: Platform::new("linux", "amd64", None),
+            container: None,
+        }
+    }
+
+    fn open(dir: &Path) -> Outbox {
+        Outbox::open(Some(dir), 3, Arc::new(Telemetry::new())).unwrap().0
+    }
+
+    fn batch(reports: Vec<Deployment>) -> Batch {
+        Batch {
+            reports,
+            ..Batch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesces_acknowledges_and_remembers() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        let out = outbox.enqueue(batch(vec![deployment("a", "1"), deployment("a", "2")])).await.unwrap();
+        assert_eq!((out.queued, out.unchanged), (1, 1));
+        let (due, _) = outbox.due(10, true).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].body.contains("sha256:2"));
+        // A newer report arrives while the older is in flight: the ack removes only the older.
+        outbox.enqueue(batch(vec![deployment("a", "3")])).await.unwrap();
+        outbox.settle(due[0].key.clone(), due[0].version, Settle::Delivered);
+        let (due, _) = outbox.due(10, true).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].body.contains("sha256:3"));
+        outbox.settle(due[0].key.clone(), due[0].version, Settle::Delivered);
+        outbox.flush().await.unwrap();
+        drop(outbox);
+        // Reopened: the delivered state is remembered, so the same report is not queued again.
+        let outbox = open(&dir);
+        let out = outbox.enqueue(batch(vec![deployment("a", "3")])).await.unwrap();
+        assert_eq!((out.queued, out.unchanged), (0, 1));
+        let out = outbox
+            .enqueue(Batch {
+                force: true,
+                ..batch(vec![deployment("a", "3")])
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.queued, 1);
+    }
+
+    #[tokio::test]
+    async fn bounded_drops_the_oldest() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        let reports = (0..5).map(|i| deployment(&format!("n{i}"), "1")).collect();
+        let out = outbox.enqueue(batch(reports)).await.unwrap();
+        assert_eq!(out.dropped, 2);
+        let (due, _) = outbox.due(10, true).await.unwrap();
+        let names: Vec<_> = due.iter().map(|p| p.key.name.as_str()).collect();
+        assert_eq!(names, ["n2", "n3", "n4"]);
+    }
+
+    #[tokio::test]
+    async fn damaged_file_is_moved_aside() {
+        let dir = tempdir();
+        std::fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let (outbox, restored) = Outbox::open(Some(&dir), 10, Arc::new(Telemetry::new())).unwrap();
+        let (damaged, aside) = restored.moved_aside.expect("moved aside");
+        assert_eq!(damaged, dir.join(DB_FILE));
+        assert!(aside.exists());
+        outbox.enqueue(batch(vec![deployment("a", "1")])).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_come_back() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        outbox.enqueue(batch(vec![deployment("a", "1")])).await.unwrap();
+        let (due, _) = outbox.due(10, true).await.unwrap();
+        outbox.settle(
+            due[0].key.clone(),
+            due[0].version,
+            Settle::Dead {
+                status: 400,
+                response: "bad".into(),
+            },
+        );
+        outbox.flush().await.unwrap();
+        let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
+        assert_eq!(admin::list_dead(&conn).unwrap().len(), 1);
+        assert_eq!(admin::retry_dead(&mut conn).unwrap(), 1);
+        assert_eq!(admin::list_pending(&conn).unwrap().len(), 1);
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "deploytrack-outbox-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,126 @@
+//! Docker image references: `nginx` is `docker.io/library/nginx`, a registry is the first
+//! component only when it looks like a host, and a digest is `sha256:` plus 64 hex digits.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Fully qualified repository, e.g. `docker.io/library/nginx` or `localhost:5000/demo/app`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReferenceError {
+    #[error("{0:?} is not an image reference")]
+    Malformed(String),
+    #[error("{0:?} is not a sha256 digest (sha256: followed by 64 lowercase hex digits)")]
+    BadDigest(String),
+}
+
+impl ImageRef {
+    pub fn parse(text: &str) -> Result<Self, ReferenceError> {
+        let malformed = || ReferenceError::Malformed(text.to_string());
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(malformed());
+        }
+        let (name_tag, digest) = match text.split_once('@') {
+            Some((n, d)) => {
+                validate_digest(d)?;
+                (n, Some(d.to_string()))
+            }
+            None => (text, None),
+        };
+        // A colon after the last slash separates the tag; one before it is a registry port.
+        let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name_tag[last_slash..].rfind(':') {
+            Some(i) => (&name_tag[..last_slash + i], Some(name_tag[last_slash + i + 1..].to_string())),
+            None => (name_tag, None),
+        };
+        if name.is_empty() || name.starts_with('/') || name.ends_with('/') || tag.as_deref() == Some("") {
+            return Err(malformed());
+        }
+        Ok(ImageRef {
+            repository: normalize_repository(name),
+            tag,
+            digest,
+        })
+    }
+
+    /// `repository@digest`, the form reported as `image.url`.
+    pub fn pinned(&self) -> Option<String> {
+        self.digest.as_ref().map(|d| format!("{}@{d}", self.repository))
+    }
+}
+
+pub fn validate_digest(digest: &str) -> Result<(), ReferenceError> {
+    let ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    if ok {
+        Ok(())
+    } else {
+        Err(ReferenceError::BadDigest(digest.to_string()))
+    }
+}
+
+fn normalize_repository(name: &str) -> String {
+    let (first, rest) = match name.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (name, None),
+    };
+    let is_registry = |c: &str| c.contains('.') || c.contains(':') || c == "localhost";
+    match rest {
+        Some(rest) if is_registry(first) => {
+            let registry = if first == "index.docker.io" || first == "registry-1.docker.io" {
+                "docker.io"
+            } else {
+                first
+            };
+            if registry == "docker.io" && !rest.contains('/') {
+                format!("docker.io/library/{rest}")
+            } else {
+                format!("{registry}/{rest}")
+            }
+        }
+        Some(_) => format!("docker.io/{name}"),
+        None => format!("docker.io/library/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn normalizes_docker_hub_names() {
+        assert_eq!(ImageRef::parse("nginx").unwrap().repository, "docker.io/library/nginx");
+        assert_eq!(ImageRef::parse("nginx:1.25").unwrap().tag.as_deref(), Some("1.25"));
+        assert_eq!(ImageRef::parse("user/app").unwrap().repository, "docker.io/user/app");
+        assert_eq!(ImageRef::parse("docker.io/nginx").unwrap().repository, "docker.io/library/nginx");
+        assert_eq!(
+            ImageRef::parse("index.docker.io/library/nginx:latest").unwrap().repository,
+            "docker.io/library/nginx"
+        );
+    }
+
+    #[test]
+    fn registry_with_port_is_not_a_tag() {
+        let r = ImageRef::parse("localhost:5000/demo/app").unwrap();
+        assert_eq!(r.repository, "localhost:5000/demo/app");
+        assert_eq!(r.tag, None);
+        let r = ImageRef::parse("localhost:5000/demo/app:2").unwrap();
+        assert_eq!(r.tag.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn digests() {
+        let r = ImageRef::parse(&format!("nginx:1@{D}")).unwrap();
+        assert_eq!(r.pinned().unwrap(), format!("docker.io/library/nginx@{D}"));
+        assert!(matches!(ImageRef::parse("nginx@sha256:abc"), Err(ReferenceError::BadDigest(_))));
+        assert!(ImageRef::parse("").is_err());
+        assert!(ImageRef::parse("a b").is_err());
+        assert!(ImageRef::parse("app:").is_err());
+    }
+}

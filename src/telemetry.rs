@@ -1,0 +1,246 @@
+//! Metrics, liveness heartbeats and log setup. Each recording method is the one place a
+//! thing is counted, so `/metrics` and the logs describe the same events.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::outbox::now_ms;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    events: Family<ActionLabel, Counter>,
+    enqueued: Counter,
+    unchanged: Counter,
+    delivered: Counter,
+    failed: Family<ReasonLabel, Counter>,
+    dead_lettered: Counter,
+    dropped: Counter,
+    skipped: Family<ReasonLabel, Counter>,
+    queue_depth: Gauge,
+    dead_letters: Gauge,
+    oldest_pending: Gauge<f64, AtomicU64>,
+    queue_commits: Counter,
+    engine_up: Gauge,
+    reconnects: Counter,
+    last_delivery: Gauge<f64, AtomicU64>,
+    connected: AtomicBool,
+    queue_open: AtomicBool,
+    reader_beat: AtomicI64,
+    dispatcher_beat: AtomicI64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("deploytrack");
+        let t = Telemetry {
+            events: Family::default(),
+            enqueued: Counter::default(),
+            unchanged: Counter::default(),
+            delivered: Counter::default(),
+            failed: Family::default(),
+            dead_lettered: Counter::default(),
+            dropped: Counter::default(),
+            skipped: Family::default(),
+            queue_depth: Gauge::default(),
+            dead_letters: Gauge::default(),
+            oldest_pending: Gauge::default(),
+            queue_commits: Counter::default(),
+            engine_up: Gauge::default(),
+            reconnects: Counter::default(),
+            last_delivery: Gauge::default(),
+            connected: AtomicBool::new(false),
+            queue_open: AtomicBool::new(false),
+            reader_beat: AtomicI64::new(now_ms()),
+            dispatcher_beat: AtomicI64::new(now_ms()),
+            registry: Registry::default(),
+        };
+        registry.register("events_received", "Container events received from the engine, by action", t.events.clone());
+        registry.register("reports_enqueued", "Reports written to the persistent queue", t.enqueued.clone());
+        registry.register(
+            "reports_unchanged",
+            "Reports not queued because the endpoint already has them or they are already queued",
+            t.unchanged.clone(),
+        );
+        registry.register("reports_delivered", "Reports the endpoint accepted", t.delivered.clone());
+        registry.register("delivery_failures", "Failed delivery attempts, by reason", t.failed.clone());
+        registry.register("reports_dead_lettered", "Reports the endpoint refused permanently", t.dead_lettered.clone());
+        registry.register("reports_dropped", "Pending reports dropped because the queue was full", t.dropped.clone());
+        registry.register("containers_skipped", "Containers not reported, by reason", t.skipped.clone());
+        registry.register("queue_depth", "Reports waiting for delivery", t.queue_depth.clone());
+        registry.register("queue_dead_letters", "Reports in the dead-letter table", t.dead_letters.clone());
+        registry.register(
+            "queue_oldest_pending_age_seconds",
+            "Age of the oldest report waiting for delivery",
+            t.oldest_pending.clone(),
+        );
+        registry.register("queue_commits", "Transactions committed (each one sync) to the queue file", t.queue_commits.clone());
+        registry.register("engine_connected", "1 while the engine's event stream is connected", t.engine_up.clone());
+        registry.register("engine_reconnects", "Times the event stream was lost and reconnected", t.reconnects.clone());
+        registry.register(
+            "last_delivery_timestamp_seconds",
+            "Unix time of the last successful delivery",
+            t.last_delivery.clone(),
+        );
+        Telemetry { registry, ..t }
+    }
+
+    pub fn event_received(&self, action: &str) {
+        self.events
+            .get_or_create(&ActionLabel {
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn reports_enqueued(&self, queued: u64, unchanged: u64) {
+        self.enqueued.inc_by(queued);
+        self.unchanged.inc_by(unchanged);
+    }
+
+    pub fn delivered(&self) {
+        self.delivered.inc();
+        self.last_delivery.set(now_ms() as f64 / 1000.0);
+    }
+
+    pub fn delivery_failed(&self, reason: &str) {
+        self.failed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.inc();
+    }
+
+    pub fn reports_dropped(&self, n: u64) {
+        self.dropped.inc_by(n);
+    }
+
+    pub fn skipped(&self, reason: &str) {
+        self.skipped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn queue_depth(&self, n: i64) {
+        self.queue_depth.set(n);
+    }
+
+    pub fn queue_commit(&self) {
+        self.queue_commits.inc();
+    }
+
+    pub fn dead_letters(&self, n: i64) {
+        self.dead_letters.set(n);
+    }
+
+    pub fn queue_opened(&self) {
+        self.queue_open.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_queue_open(&self) -> bool {
+        self.queue_open.load(Ordering::Relaxed)
+    }
+
+    pub fn oldest_pending(&self, enqueued_ms: Option<i64>) {
+        let age = enqueued_ms.map_or(0.0, |t| ((now_ms() - t).max(0)) as f64 / 1000.0);
+        self.oldest_pending.set(age);
+    }
+
+    pub fn engine_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.engine_up.set(i64::from(up));
+    }
+
+    pub fn is_engine_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn engine_reconnect(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn heartbeat_reader(&self) {
+        self.reader_beat.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn heartbeat_dispatcher(&self) {
+        self.dispatcher_beat.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the slower of the two loops last went round.
+    pub fn stalest_loop_ms(&self) -> i64 {
+        let oldest = self
+            .reader_beat
+            .load(Ordering::Relaxed)
+            .min(self.dispatcher_beat.load(Ordering::Relaxed));
+        now_ms() - oldest
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Text logs by default (without timestamps under journald, which adds its own), JSON on request.
+pub fn init_logging(level: Option<&str>, format: Option<&str>) -> Result<(), crate::config::ConfigError> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l)
+            .map_err(|e| crate::config::ConfigError::new("--log-level", format!("{l:?}: {e}")))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format.unwrap_or("text") {
+        "json" => builder.json().flatten_event(true).init(),
+        "text" => {
+            let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+            let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            if journald {
+                builder.without_time().with_ansi(false).init()
+            } else {
+                builder.with_ansi(ansi).init()
+            }
+        }
+        other => {
+            return Err(crate::config::ConfigError::new(
+                "--log-format",
+                format!("{other:?} is neither text nor json"),
+            ))
+        }
+    }
+    Ok(())
+}
