@@ -53,7 +53,11 @@ impl Admin {
 
     async fn route(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET\n".into(),
+            );
         }
         match req.uri().path() {
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -68,7 +72,11 @@ impl Admin {
                 if problems.is_empty() {
                     reply(StatusCode::OK, "text/plain", "ready\n".into())
                 } else {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{}\n", problems.join("; ")))
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        format!("{}\n", problems.join("; ")),
+                    )
                 }
             }
             "/metrics" => {
@@ -92,8 +100,9 @@ impl Admin {
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }

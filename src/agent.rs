@@ -41,8 +41,12 @@ struct Parts {
 
 async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
     let telemetry = Arc::new(Telemetry::new());
-    let (outbox, restored) = Outbox::open(config.state_dir.as_deref(), config.queue_max_entries, telemetry.clone())
-        .map_err(|e| Fatal(e.to_string()))?;
+    let (outbox, restored) = Outbox::open(
+        config.state_dir.as_deref(),
+        config.queue_max_entries,
+        telemetry.clone(),
+    )
+    .map_err(|e| Fatal(e.to_string()))?;
     telemetry.queue_opened();
     if let Some((damaged, aside)) = &restored.moved_aside {
         tracing::error!(
@@ -74,7 +78,9 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         config.report_stops,
     ));
     let sink = match (&config.url, &config.token, config.dry_run) {
-        (Some(url), Some(token), false) => Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?),
+        (Some(url), Some(token), false) => {
+            Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
+        }
         _ => Sink::Stdout,
     };
     let view = Arc::new(View::restore(restored.running));
@@ -135,7 +141,10 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             }
         })
     };
-    let watchdog = tokio::spawn(systemd_watchdog(parts.telemetry.clone(), parts.outbox.clone()));
+    let watchdog = tokio::spawn(systemd_watchdog(
+        parts.telemetry.clone(),
+        parts.outbox.clone(),
+    ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let failure = tokio::select! {
@@ -176,7 +185,12 @@ pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result
     parts.outbox.flush().await?;
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbox = parts.outbox.clone();
-    match tokio::time::timeout(timeout, parts.dispatcher.run(shutdown_rx, Duration::ZERO, true)).await {
+    match tokio::time::timeout(
+        timeout,
+        parts.dispatcher.run(shutdown_rx, Duration::ZERO, true),
+    )
+    .await
+    {
         Ok(result) => result.map_err(Fatal),
         Err(_) => {
             let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
@@ -222,11 +236,15 @@ async fn systemd_watchdog(telemetry: Arc<Telemetry>, outbox: Outbox) {
     let stale_ms = (Duration::from_micros(usec).as_millis() as i64).max(75_000);
     loop {
         tokio::time::sleep(interval).await;
-        let queue_alive = tokio::time::timeout(Duration::from_secs(5), outbox.stats()).await.is_ok_and(|r| r.is_ok());
+        let queue_alive = tokio::time::timeout(Duration::from_secs(5), outbox.stats())
+            .await
+            .is_ok_and(|r| r.is_ok());
         if queue_alive && telemetry.stalest_loop_ms() < stale_ms {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
-            tracing::error!("a loop is stuck; withholding the watchdog ping so systemd restarts the agent");
+            tracing::error!(
+                "a loop is stuck; withholding the watchdog ping so systemd restarts the agent"
+            );
         }
     }
 }

@@ -18,11 +18,21 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Log level or filter directive (error, warn, info, debug, trace); RUST_LOG also works.
-    #[arg(long, global = true, env = "DEPLOYTRACK_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "DEPLOYTRACK_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
     pub log_level: Option<String>,
 
     /// Log format: text (for terminals and journald) or json (for log shippers).
-    #[arg(long, global = true, env = "DEPLOYTRACK_LOG_FORMAT", value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        env = "DEPLOYTRACK_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
     pub log_format: Option<String>,
 
     #[command(subcommand)]
@@ -113,7 +123,12 @@ pub struct RunArgs {
     pub require_label: Option<bool>,
 
     /// Only watch containers with this label (key=value or key); repeatable.
-    #[arg(long, env = "DEPLOYTRACK_LABEL_SELECTOR", value_name = "KEY=VALUE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "DEPLOYTRACK_LABEL_SELECTOR",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
     pub label_selector: Vec<String>,
 
     /// Also report container stops, with an extra top-level "container" object in every report.

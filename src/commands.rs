@@ -30,14 +30,19 @@ pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
     let deployment = Deployment {
         key: DeploymentKey {
             environment: config.environment.clone(),
-            name: args.name.clone().unwrap_or_else(|| image.repository.clone()),
+            name: args
+                .name
+                .clone()
+                .unwrap_or_else(|| image.repository.clone()),
         },
         image_url: url,
         platform,
         container: None,
     };
     let sink = match (&config.url, &config.token, config.dry_run) {
-        (Some(url), Some(token), false) => Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?),
+        (Some(url), Some(token), false) => {
+            Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
+        }
         _ => Sink::Stdout,
     };
     let body = deployment.report_body();
@@ -97,11 +102,22 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
     }
     match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
         Ok(engine) => {
-            line(true, "engine", format!("reachable at {}", config.docker_host));
+            line(
+                true,
+                "engine",
+                format!("reachable at {}", config.docker_host),
+            );
             match engine.api_version().await {
                 Ok(v) => {
                     let ok = version_at_least(&v, (1, 24));
-                    line(ok, "engine API", format!("version {v}{}", if ok { "" } else { " (1.24 or newer needed)" }));
+                    line(
+                        ok,
+                        "engine API",
+                        format!(
+                            "version {v}{}",
+                            if ok { "" } else { " (1.24 or newer needed)" }
+                        ),
+                    );
                 }
                 Err(e) => line(false, "engine API", e.to_string()),
             }
@@ -109,7 +125,11 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
         Err(e) => line(false, "engine", e.to_string()),
     }
     match &config.state_dir {
-        None => line(true, "state dir", "none (dry run keeps the queue in memory)".into()),
+        None => line(
+            true,
+            "state dir",
+            "none (dry run keeps the queue in memory)".into(),
+        ),
         Some(dir) => match check_state_dir(dir) {
             Ok(()) => line(true, "state dir", format!("{} is writable", dir.display())),
             Err(e) => line(false, "state dir", e),
@@ -120,11 +140,19 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
             let shown = crate::config::redact_url(url.as_str());
             match probe_endpoint(url, token.expose(), config.request_timeout).await {
                 Ok(401 | 403) => line(false, "endpoint", format!("{shown} rejected the API token")),
-                Ok(status) => line(true, "endpoint", format!("{shown} reachable (answered {status} to GET)")),
+                Ok(status) => line(
+                    true,
+                    "endpoint",
+                    format!("{shown} reachable (answered {status} to GET)"),
+                ),
                 Err(e) => line(false, "endpoint", format!("{shown}: {e}")),
             }
         }
-        _ => line(true, "endpoint", "none configured: reports are printed (dry run)".into()),
+        _ => line(
+            true,
+            "endpoint",
+            "none configured: reports are printed (dry run)".into(),
+        ),
     }
     if failed > 0 {
         return Err(Fatal(format!("{failed} check(s) failed")));
@@ -178,7 +206,10 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
     let db_err = |e: rusqlite::Error| Fatal(format!("{}: {e}", path.display()));
     let mut conn = outbox::open_file(&path).map_err(db_err)?;
     let now = outbox::now_ms();
-    let ago = |ms: i64| humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64)).to_string();
+    let ago = |ms: i64| {
+        humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64))
+            .to_string()
+    };
     match action {
         QueueAction::List => {
             let pending = admin::list_pending(&conn).map_err(db_err)?;
@@ -189,7 +220,9 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
                 } else {
                     format!(
                         "in {}",
-                        humantime::format_duration(Duration::from_secs(((p.next_attempt_ms - now) / 1000) as u64))
+                        humantime::format_duration(Duration::from_secs(
+                            ((p.next_attempt_ms - now) / 1000) as u64
+                        ))
                     )
                 };
                 println!(
@@ -223,7 +256,9 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
         }
         QueueAction::Purge { yes } => {
             if !yes {
-                return Err(Fatal("purge deletes every pending report and dead letter: confirm with --yes".into()));
+                return Err(Fatal(
+                    "purge deletes every pending report and dead letter: confirm with --yes".into(),
+                ));
             }
             let (pending, dead) = admin::purge(&mut conn).map_err(db_err)?;
             println!("purged {pending} pending reports and {dead} dead letters");

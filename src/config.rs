@@ -68,7 +68,12 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| {
             // toml's message spans several lines (it quotes the file); keep the first.
-            let msg = e.message().lines().next().unwrap_or("parse error").to_string();
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("parse error")
+                .to_string();
             let at = e
                 .span()
                 .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
@@ -122,10 +127,18 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
 }
 
-fn duration(setting: &'static str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+fn duration(
+    setting: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_string());
-    humantime::parse_duration(text.trim())
-        .map_err(|e| ConfigError::new(setting, format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})")))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::new(
+            setting,
+            format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"),
+        )
+    })
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
@@ -133,10 +146,15 @@ fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
     value: Option<String>,
     default: T,
 ) -> Result<T, ConfigError> {
-    let Some(text) = value else { return Ok(default) };
+    let Some(text) = value else {
+        return Ok(default);
+    };
     match text.trim().parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
-        _ => Err(ConfigError::new(setting, format!("{text:?} is not a positive whole number"))),
+        _ => Err(ConfigError::new(
+            setting,
+            format!("{text:?} is not a positive whole number"),
+        )),
     }
 }
 
@@ -177,7 +195,8 @@ impl Config {
             .clone()
             .or_else(|| file.docker_host.clone())
             .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
-        crate::engine::validate_host(&docker_host).map_err(|r| ConfigError::new("--docker-host", r))?;
+        crate::engine::validate_host(&docker_host)
+            .map_err(|r| ConfigError::new("--docker-host", r))?;
 
         let template = args
             .name_template
@@ -192,49 +211,80 @@ impl Config {
         } else {
             args.label_selector.clone()
         };
-        let label_selector =
-            LabelSelector::parse(&selectors).map_err(|r| ConfigError::new("--label-selector", r))?;
+        let label_selector = LabelSelector::parse(&selectors)
+            .map_err(|r| ConfigError::new("--label-selector", r))?;
 
         let concurrency = positive(
             "--concurrency",
-            args.concurrency.clone().or(file.concurrency.map(|n| n.to_string())),
+            args.concurrency
+                .clone()
+                .or(file.concurrency.map(|n| n.to_string())),
             4usize,
         )?;
         if concurrency > 256 {
-            return Err(ConfigError::new("--concurrency", format!("{concurrency} is more than 256")));
+            return Err(ConfigError::new(
+                "--concurrency",
+                format!("{concurrency} is more than 256"),
+            ));
         }
         let retry = RetryPolicy {
-            initial: duration("--retry-initial", args.retry_initial.clone().or(file.retry_initial.clone()), "1s")?,
-            max: duration("--retry-max", args.retry_max.clone().or(file.retry_max.clone()), "5m")?,
+            initial: duration(
+                "--retry-initial",
+                args.retry_initial.clone().or(file.retry_initial.clone()),
+                "1s",
+            )?,
+            max: duration(
+                "--retry-max",
+                args.retry_max.clone().or(file.retry_max.clone()),
+                "5m",
+            )?,
         };
         if retry.initial.is_zero() {
-            return Err(ConfigError::new("--retry-initial", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "--retry-initial",
+                "must be longer than zero",
+            ));
         }
         if retry.max < retry.initial {
-            return Err(ConfigError::new("--retry-max", "must not be shorter than --retry-initial"));
+            return Err(ConfigError::new(
+                "--retry-max",
+                "must not be shorter than --retry-initial",
+            ));
         }
         let queue_max_entries = positive(
             "--queue-max-entries",
-            args.queue_max_entries.clone().or(file.queue_max_entries.map(|n| n.to_string())),
+            args.queue_max_entries
+                .clone()
+                .or(file.queue_max_entries.map(|n| n.to_string())),
             100_000u64,
         )?;
         let shutdown_timeout = duration(
             "--shutdown-timeout",
-            args.shutdown_timeout.clone().or(file.shutdown_timeout.clone()),
+            args.shutdown_timeout
+                .clone()
+                .or(file.shutdown_timeout.clone()),
             "10s",
         )?;
         let request_timeout = duration(
             "--request-timeout",
-            args.request_timeout.clone().or(file.request_timeout.clone()),
+            args.request_timeout
+                .clone()
+                .or(file.request_timeout.clone()),
             "15s",
         )?;
         if request_timeout.is_zero() {
-            return Err(ConfigError::new("--request-timeout", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "--request-timeout",
+                "must be longer than zero",
+            ));
         }
         let listen = match args.listen.clone().or(file.listen.clone()) {
             None => None,
             Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new("--listen", format!("{text:?} is not an address like 127.0.0.1:9464"))
+                ConfigError::new(
+                    "--listen",
+                    format!("{text:?} is not an address like 127.0.0.1:9464"),
+                )
             })?),
         };
 
@@ -284,8 +334,12 @@ fn first_path(value: &std::ffi::OsStr) -> PathBuf {
 }
 
 pub fn parse_url(text: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(text.trim())
-        .map_err(|e| ConfigError::new("--url", format!("{:?} is not a URL ({e})", redact_url(text))))?;
+    let url = reqwest::Url::parse(text.trim()).map_err(|e| {
+        ConfigError::new(
+            "--url",
+            format!("{:?} is not a URL ({e})", redact_url(text)),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::new(
             "--url",
@@ -310,7 +364,10 @@ pub fn redact_url(text: &str) -> String {
 fn load_token(file: Option<&Path>) -> Result<Option<Token>, ConfigError> {
     let (source, text) = if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("--token-file", format!("cannot read {}: {e}", path.display()))
+            ConfigError::new(
+                "--token-file",
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         ("--token-file", text)
     } else if let Ok(text) = std::env::var("DEPLOYTRACK_TOKEN") {
@@ -332,7 +389,10 @@ fn load_token(file: Option<&Path>) -> Result<Option<Token>, ConfigError> {
     };
     let token = text.trim();
     if token.is_empty() {
-        return Err(ConfigError::new(source_setting(source), format!("the token from {source} is empty")));
+        return Err(ConfigError::new(
+            source_setting(source),
+            format!("the token from {source} is empty"),
+        ));
     }
     if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return Err(ConfigError::new(
@@ -371,7 +431,8 @@ mod tests {
 
     #[test]
     fn flag_beats_file() {
-        let file: FileConfig = toml::from_str("environment = \"staging\"\nconcurrency = 2").unwrap();
+        let file: FileConfig =
+            toml::from_str("environment = \"staging\"\nconcurrency = 2").unwrap();
         let mut a = args();
         a.environment = Some("production".into());
         let config = Config::build(&a, &file).unwrap();
@@ -392,11 +453,17 @@ mod tests {
             (|a| a.url = Some("ftp://x/y".into()), "--url"),
             (|a| a.environment = Some(" ".into()), "--environment"),
             (|a| a.retry_max = Some("soon".into()), "--retry-max"),
-            (|a| a.name_template = Some("{host}/{nope}".into()), "--name-template"),
+            (
+                |a| a.name_template = Some("{host}/{nope}".into()),
+                "--name-template",
+            ),
             (|a| a.concurrency = Some("0".into()), "--concurrency"),
             (|a| a.listen = Some("everywhere".into()), "--listen"),
             (|a| a.label_selector = vec!["=x".into()], "--label-selector"),
-            (|a| a.docker_host = Some("ftp://engine".into()), "--docker-host"),
+            (
+                |a| a.docker_host = Some("ftp://engine".into()),
+                "--docker-host",
+            ),
         ];
         for (set, setting) in cases {
             let mut a = args();
@@ -408,7 +475,10 @@ mod tests {
 
     #[test]
     fn redacts_userinfo() {
-        assert_eq!(redact_url("https://u:p@host/x"), "https://<redacted>@host/x");
+        assert_eq!(
+            redact_url("https://u:p@host/x"),
+            "https://<redacted>@host/x"
+        );
         assert_eq!(redact_url("https://host/x@y"), "https://host/x@y");
     }
 

@@ -6,7 +6,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
 use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -30,11 +32,19 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub enum Outcome {
     Delivered,
     /// Network error, timeout, 408, 425, 429, 5xx: try again later.
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// 401/403: the credentials are wrong for every report.
-    Unauthorized { status: u16 },
+    Unauthorized {
+        status: u16,
+    },
     /// Any other 4xx: this report will never be accepted.
-    Rejected { status: u16, response: String },
+    Rejected {
+        status: u16,
+        response: String,
+    },
 }
 
 /// Classify an HTTP answer per the API contract.
@@ -59,7 +69,9 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
 
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(RESPONSE_EXCERPT)]);
-    text.chars().filter(|c| !c.is_control() || *c == ' ').collect()
+    text.chars()
+        .filter(|c| !c.is_control() || *c == ' ')
+        .collect()
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.
@@ -140,7 +152,11 @@ impl HttpSink {
                 let body = if status.is_success() {
                     Vec::new()
                 } else {
-                    response.bytes().await.map(|b| b.to_vec()).unwrap_or_default()
+                    response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default()
                 };
                 classify(status, &headers, &body)
             }
@@ -199,7 +215,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Deliver until shutdown; then let in-flight requests finish within `grace`.
     /// With `until_empty`, return as soon as nothing is pending (sync --once).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration, until_empty: bool) -> Result<(), String> {
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+        until_empty: bool,
+    ) -> Result<(), String> {
         let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
         let mut inflight_keys: HashSet<DeploymentKey> = HashSet::new();
         let mut buffer: VecDeque<Pending> = VecDeque::new();
@@ -220,10 +241,16 @@ impl Dispatcher {
                     let probe = hold.until.is_some();
                     let (items, next) = self.outbox.due(64 + inflight.len(), !probe).await?;
                     next_due = next;
-                    buffer.extend(items.into_iter().filter(|p| !inflight_keys.contains(&p.key)));
+                    buffer.extend(
+                        items
+                            .into_iter()
+                            .filter(|p| !inflight_keys.contains(&p.key)),
+                    );
                 }
                 for _ in 0..capacity {
-                    let Some(pending) = buffer.pop_front() else { break };
+                    let Some(pending) = buffer.pop_front() else {
+                        break;
+                    };
                     if !inflight_keys.insert(pending.key.clone()) {
                         continue;
                     }
@@ -237,7 +264,12 @@ impl Dispatcher {
                     });
                 }
             }
-            if until_empty && inflight.is_empty() && buffer.is_empty() && next_due.is_none() && hold.until.is_none() {
+            if until_empty
+                && inflight.is_empty()
+                && buffer.is_empty()
+                && next_due.is_none()
+                && hold.until.is_none()
+            {
                 // Make sure the acknowledgements are on disk and nothing else arrived.
                 self.outbox.flush().await?;
                 if self.outbox.due(1, false).await?.0.is_empty() {
@@ -296,7 +328,10 @@ impl Dispatcher {
                 self.telemetry.delivered();
                 tracing::debug!(key = %key, "delivered");
                 if hold.until.is_some() {
-                    tracing::info!(after_failures = hold.failures, "the endpoint accepts reports again; draining the queue");
+                    tracing::info!(
+                        after_failures = hold.failures,
+                        "the endpoint accepts reports again; draining the queue"
+                    );
                     self.outbox.reset_backoff();
                 }
                 *hold = Hold::default();
@@ -306,18 +341,30 @@ impl Dispatcher {
                 self.telemetry.dead_lettered();
                 tracing::warn!(key = %key, status, response = %response, "the endpoint refused this report; moved it to the dead letters (deploytrack queue dead)");
                 hold.probing = false;
-                self.outbox.settle(key, pending.version, Settle::Dead { status, response });
+                self.outbox
+                    .settle(key, pending.version, Settle::Dead { status, response });
             }
-            Outcome::Transient { reason, retry_after } => {
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
                 self.telemetry.delivery_failed("transient");
-                let delay = backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
+                let delay =
+                    backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
                 if hold.until.is_none() {
                     tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
                 } else {
                     tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
                 }
                 self.hold(hold, delay);
-                self.outbox.settle(key, pending.version, Settle::RetryAt { next_attempt_ms: now_ms() + delay.as_millis() as i64, error: reason });
+                self.outbox.settle(
+                    key,
+                    pending.version,
+                    Settle::RetryAt {
+                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                        error: reason,
+                    },
+                );
             }
             Outcome::Unauthorized { status } => {
                 self.telemetry.delivery_failed("unauthorized");
@@ -328,7 +375,14 @@ impl Dispatcher {
                 hold.unauthorized = true;
                 self.hold(hold, delay);
                 let error = format!("the endpoint answered {status}: credentials rejected");
-                self.outbox.settle(key, pending.version, Settle::RetryAt { next_attempt_ms: now_ms() + delay.as_millis() as i64, error });
+                self.outbox.settle(
+                    key,
+                    pending.version,
+                    Settle::RetryAt {
+                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                        error,
+                    },
+                );
             }
         }
     }
@@ -350,11 +404,20 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Delivered);
         assert_eq!(classify(StatusCode::ACCEPTED, &h, b""), Outcome::Delivered);
-        assert_eq!(classify(StatusCode::UNAUTHORIZED, &h, b""), Outcome::Unauthorized { status: 401 });
-        assert_eq!(classify(StatusCode::FORBIDDEN, &h, b""), Outcome::Unauthorized { status: 403 });
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, &h, b""),
+            Outcome::Unauthorized { status: 401 }
+        );
+        assert_eq!(
+            classify(StatusCode::FORBIDDEN, &h, b""),
+            Outcome::Unauthorized { status: 403 }
+        );
         for s in [408, 425, 429, 500, 502, 503] {
             let outcome = classify(StatusCode::from_u16(s).unwrap(), &h, b"");
-            assert!(matches!(outcome, Outcome::Transient { .. }), "{s}: {outcome:?}");
+            assert!(
+                matches!(outcome, Outcome::Transient { .. }),
+                "{s}: {outcome:?}"
+            );
         }
         assert_eq!(
             classify(StatusCode::BAD_REQUEST, &h, b"bad\nimage"),
@@ -379,8 +442,14 @@ mod tests {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
         let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
         let d = parse_retry_after(&soon).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

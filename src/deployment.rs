@@ -40,11 +40,16 @@ impl Platform {
     /// `os/arch[/variant]`, as `docker --platform` spells it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts: Vec<&str> = text.split('/').collect();
-        let valid = |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid =
+            |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match parts.as_slice() {
             [os, arch] if parts.iter().all(valid) => Ok(Platform::new(os, arch, None)),
-            [os, arch, variant] if parts.iter().all(valid) => Ok(Platform::new(os, arch, Some(variant))),
-            _ => Err(format!("{text:?} is not a platform like linux/amd64 or linux/arm64/v8")),
+            [os, arch, variant] if parts.iter().all(valid) => {
+                Ok(Platform::new(os, arch, Some(variant)))
+            }
+            _ => Err(format!(
+                "{text:?} is not a platform like linux/amd64 or linux/arm64/v8"
+            )),
         }
     }
 
@@ -343,7 +348,9 @@ pub struct Selection {
 
 impl Selection {
     pub fn check(&self, labels: &HashMap<String, String>) -> Result<(), SkipReason> {
-        let enable = labels.get(LABEL_ENABLE).map(|v| v.trim().to_ascii_lowercase());
+        let enable = labels
+            .get(LABEL_ENABLE)
+            .map(|v| v.trim().to_ascii_lowercase());
         if matches!(enable.as_deref(), Some("false" | "0" | "no")) {
             return Err(SkipReason::OptedOut);
         }
@@ -362,7 +369,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -386,7 +396,10 @@ mod tests {
             state: ContainerState::Running,
             exit_code: None,
         });
-        assert_eq!(Deployment::from_body(&with.report_body()), Some(with.clone()));
+        assert_eq!(
+            Deployment::from_body(&with.report_body()),
+            Some(with.clone())
+        );
         let stopped = with.stopped(Some(137));
         assert!(stopped
             .report_body()
@@ -406,10 +419,17 @@ mod tests {
             id: "0123456789abcdef",
             labels: Some(&l),
         };
-        let t = NameTemplate::parse("{host}/{compose_project}/{compose_service}-{compose_number}").unwrap();
+        let t = NameTemplate::parse("{host}/{compose_project}/{compose_service}-{compose_number}")
+            .unwrap();
         assert_eq!(t.render(&facts), "edge-1/shop/web-2");
-        assert_eq!(NameTemplate::parse("{id}@{host}").unwrap().render(&facts), "0123456789ab@edge-1");
-        let plain = NameFacts { labels: None, ..facts };
+        assert_eq!(
+            NameTemplate::parse("{id}@{host}").unwrap().render(&facts),
+            "0123456789ab@edge-1"
+        );
+        let plain = NameFacts {
+            labels: None,
+            ..facts
+        };
         assert_eq!(t.render(&plain), "edge-1/shop-web-2");
         assert!(NameTemplate::parse("{host}/{nope}").is_err());
         assert!(NameTemplate::parse("{host").is_err());
@@ -419,22 +439,39 @@ mod tests {
     #[test]
     fn selection_rules() {
         let mut s = Selection::default();
-        assert_eq!(s.check(&labels(&[(LABEL_ENABLE, "false")])), Err(SkipReason::OptedOut));
+        assert_eq!(
+            s.check(&labels(&[(LABEL_ENABLE, "false")])),
+            Err(SkipReason::OptedOut)
+        );
         assert_eq!(s.check(&labels(&[])), Ok(()));
         s.require_label = true;
         assert_eq!(s.check(&labels(&[])), Err(SkipReason::NotOptedIn));
         assert_eq!(s.check(&labels(&[(LABEL_ENABLE, "true")])), Ok(()));
         s.selector = LabelSelector::parse(&["team=a".into(), "tier".into()]).unwrap();
         assert_eq!(
-            s.check(&labels(&[(LABEL_ENABLE, "true"), ("team", "b"), ("tier", "x")])),
+            s.check(&labels(&[
+                (LABEL_ENABLE, "true"),
+                ("team", "b"),
+                ("tier", "x")
+            ])),
             Err(SkipReason::OutOfScope)
         );
-        assert_eq!(s.check(&labels(&[(LABEL_ENABLE, "true"), ("team", "a"), ("tier", "")])), Ok(()));
+        assert_eq!(
+            s.check(&labels(&[
+                (LABEL_ENABLE, "true"),
+                ("team", "a"),
+                ("tier", "")
+            ])),
+            Ok(())
+        );
     }
 
     #[test]
     fn platforms() {
-        assert_eq!(Platform::parse("linux/arm64/v8").unwrap(), Platform::new("linux", "arm64", Some("v8")));
+        assert_eq!(
+            Platform::parse("linux/arm64/v8").unwrap(),
+            Platform::new("linux", "arm64", Some("v8"))
+        );
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//x").is_err());
     }

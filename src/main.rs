@@ -30,16 +30,33 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            let _ = e.print();
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(EXIT_USAGE),
-            };
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // Clap's message spans several lines; keep the sentence.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            return fail(&format!("{first} (see deploytrack --help)"), EXIT_USAGE);
         }
     };
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "deploytrack", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "deploytrack",
+                &mut std::io::stdout(),
+            );
             return ExitCode::SUCCESS;
         }
         Command::Man => {
@@ -80,7 +97,9 @@ fn main() -> ExitCode {
                 ));
             }
             match Config::build(run, &file) {
-                Ok(config) => runtime.block_on(agent::sync_once(config, *force, Duration::from_secs(120))),
+                Ok(config) => {
+                    runtime.block_on(agent::sync_once(config, *force, Duration::from_secs(120)))
+                }
                 Err(e) => return usage(&e),
             }
         }

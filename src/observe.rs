@@ -56,12 +56,18 @@ impl View {
     }
 
     fn ids(&self) -> Vec<String> {
-        self.0.read().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.0
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
+/// Every running container in scope, each resolved (or not).
+type Snapshot = Vec<(String, Result<Resolution, EngineError>)>;
+
 enum Outcome {
-    Snapshot(Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError>),
+    Snapshot(Result<Snapshot, EngineError>),
     Started(ContainerEvent, Result<Resolution, EngineError>),
     Stopped(ContainerEvent),
 }
@@ -80,7 +86,11 @@ pub struct Observer {
 impl Observer {
     /// Process events until the sender closes. Enqueue failures (a full disk, a broken file)
     /// are fatal: they are sent on `fatal` and the agent exits, to restart from the engine's truth.
-    pub async fn run(self, rx: mpsc::UnboundedReceiver<EngineEvent>, fatal: mpsc::UnboundedSender<String>) {
+    pub async fn run(
+        self,
+        rx: mpsc::UnboundedReceiver<EngineEvent>,
+        fatal: mpsc::UnboundedSender<String>,
+    ) {
         let me = self.clone();
         let mut outcomes = UnboundedReceiverStream::new(rx)
             .map(move |event| me.clone().process(event))
@@ -120,7 +130,9 @@ impl Observer {
     }
 
     /// List and resolve every running container in scope.
-    pub async fn snapshot(&self) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
+    pub async fn snapshot(
+        &self,
+    ) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
         let engine = self.resolver.engine();
         if let Ok(host) = engine.host_name().await {
             self.resolver.set_host(host);
@@ -184,7 +196,11 @@ impl Observer {
                             self.stopped(&id, None, &mut batch);
                         }
                     }
-                    tracing::info!(running = count, queued = batch.reports.len(), "reconciled with the engine");
+                    tracing::info!(
+                        running = count,
+                        queued = batch.reports.len(),
+                        "reconciled with the engine"
+                    );
                 }
             }
         }
@@ -201,14 +217,23 @@ impl Observer {
             }
             Ok(Resolution::Skip(reason)) => {
                 self.telemetry.skipped(reason.as_str());
-                tracing::debug!(container = id, reason = reason.as_str(), "container not reported");
+                tracing::debug!(
+                    container = id,
+                    reason = reason.as_str(),
+                    "container not reported"
+                );
             }
             Err(e) if e.is_not_found() => {
-                self.telemetry.skipped(crate::deployment::SkipReason::Unresolvable.as_str());
-                tracing::debug!(container = id, "container gone before it could be inspected");
+                self.telemetry
+                    .skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                tracing::debug!(
+                    container = id,
+                    "container gone before it could be inspected"
+                );
             }
             Err(e) => {
-                self.telemetry.skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                self.telemetry
+                    .skipped(crate::deployment::SkipReason::Unresolvable.as_str());
                 tracing::warn!(container = id, error = %e, "cannot inspect container; it will be picked up at the next reconciliation");
             }
         }

@@ -30,9 +30,15 @@ const SCHEMA_VERSION: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("queue database {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("the queue is closed")]
     Closed,
 }
@@ -79,7 +85,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.reports.is_empty() && self.running.is_empty() && self.gone.is_empty() && self.cursor.is_none()
+        self.reports.is_empty()
+            && self.running.is_empty()
+            && self.gone.is_empty()
+            && self.cursor.is_none()
     }
 }
 
@@ -106,11 +115,17 @@ pub enum Settle {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// A reply held back until the transaction it depends on is committed.
+type AfterCommit = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 enum Command {
     Enqueue(Batch, Reply<EnqueueOutcome>),
     Settle(DeploymentKey, i64, Settle),
-    Due { limit: usize, due_only: bool, reply: Reply<(Vec<Pending>, Option<i64>)> },
+    Due {
+        limit: usize,
+        due_only: bool,
+        reply: Reply<(Vec<Pending>, Option<i64>)>,
+    },
     ResetBackoff,
     Stats(Reply<Stats>),
     Flush(Reply<()>),
@@ -164,7 +179,12 @@ impl Outbox {
                         })?;
                         (conn, Some((path, aside)), label)
                     }
-                    Err(source) => return Err(OutboxError::Sqlite { path: label, source }),
+                    Err(source) => {
+                        return Err(OutboxError::Sqlite {
+                            path: label,
+                            source,
+                        })
+                    }
                 }
             }
         };
@@ -173,7 +193,9 @@ impl Outbox {
             source,
         };
         let restored = Restored {
-            cursor: read_meta(&conn, "cursor").map_err(sql_err)?.and_then(|c| EventCursor::decode(&c)),
+            cursor: read_meta(&conn, "cursor")
+                .map_err(sql_err)?
+                .and_then(|c| EventCursor::decode(&c)),
             running: read_running(&conn).map_err(sql_err)?,
             moved_aside,
         };
@@ -193,7 +215,9 @@ impl Outbox {
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| OutboxError::Closed.to_string())?;
+        self.tx
+            .send(make(reply))
+            .map_err(|_| OutboxError::Closed.to_string())?;
         rx.await.map_err(|_| OutboxError::Closed.to_string())?
     }
 
@@ -210,7 +234,11 @@ impl Outbox {
 
     /// Up to `limit` reports, the most overdue first, and the time the next one falls due.
     /// With `due_only` false, reports not yet due count too (a probe while the endpoint is down).
-    pub async fn due(&self, limit: usize, due_only: bool) -> Result<(Vec<Pending>, Option<i64>), String> {
+    pub async fn due(
+        &self,
+        limit: usize,
+        due_only: bool,
+    ) -> Result<(Vec<Pending>, Option<i64>), String> {
         self.ask(|reply| Command::Due {
             limit,
             due_only,
@@ -275,7 +303,10 @@ fn is_damage(e: &rusqlite::Error) -> bool {
 
 /// Rename the file (and its WAL and shared-memory files) to `<file>.damaged-<unix time>`.
 fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
     std::fs::rename(path, &aside)?;
     for suffix in ["-wal", "-shm"] {
@@ -370,9 +401,14 @@ struct Store {
 }
 
 impl Store {
-    fn new(conn: Connection, max_entries: u64, telemetry: Arc<Telemetry>) -> rusqlite::Result<Self> {
+    fn new(
+        conn: Connection,
+        max_entries: u64,
+        telemetry: Arc<Telemetry>,
+    ) -> rusqlite::Result<Self> {
         let pending: i64 = conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
-        let max_version: Option<i64> = conn.query_row("SELECT max(version) FROM pending", [], |r| r.get(0))?;
+        let max_version: Option<i64> =
+            conn.query_row("SELECT max(version) FROM pending", [], |r| r.get(0))?;
         telemetry.queue_depth(pending);
         Ok(Store {
             conn,
@@ -387,7 +423,7 @@ impl Store {
     fn serve(&mut self, rx: std_mpsc::Receiver<Command>, work: &Notify) {
         let mut last_commit = Instant::now() - COMMIT_WINDOW;
         let mut open = false;
-        let mut waiting: Vec<Box<dyn FnOnce(Result<(), String>) + Send>> = Vec::new();
+        let mut waiting: Vec<AfterCommit> = Vec::new();
         let mut added_work = false;
         loop {
             let command = if open {
@@ -439,11 +475,14 @@ impl Store {
         }
     }
 
-    fn commit(&mut self, waiting: &mut Vec<Box<dyn FnOnce(Result<(), String>) + Send>>) {
+    fn commit(&mut self, waiting: &mut Vec<AfterCommit>) {
         let result = self.conn.execute_batch("COMMIT").map_err(|e| {
             let _ = self.conn.execute_batch("ROLLBACK");
             // The in-memory count may be off after a rollback; re-read it.
-            if let Ok(n) = self.conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0)) {
+            if let Ok(n) = self
+                .conn
+                .query_row("SELECT count(*) FROM pending", [], |r| r.get(0))
+            {
                 self.pending = n;
             }
             tracing::error!(error = %e, "cannot commit to the queue database");
@@ -455,7 +494,8 @@ impl Store {
         self.telemetry.queue_depth(self.pending);
         if self.dropped_unlogged > 0 {
             tracing::warn!(
-                dropped = self.dropped_unlogged, max_entries = self.max_entries,
+                dropped = self.dropped_unlogged,
+                max_entries = self.max_entries,
                 "the queue is full: dropped the oldest pending reports"
             );
             self.dropped_unlogged = 0;
@@ -466,7 +506,11 @@ impl Store {
     }
 
     /// Apply one command inside the open transaction. Returns true if it added work.
-    fn apply(&mut self, command: Command, waiting: &mut Vec<Box<dyn FnOnce(Result<(), String>) + Send>>) -> bool {
+    fn apply(
+        &mut self,
+        command: Command,
+        waiting: &mut Vec<AfterCommit>,
+    ) -> bool {
         match command {
             Command::Enqueue(batch, reply) => match self.enqueue(batch) {
                 Ok(outcome) => {
@@ -487,12 +531,19 @@ impl Store {
                 }
                 false
             }
-            Command::Due { limit, due_only, reply } => {
+            Command::Due {
+                limit,
+                due_only,
+                reply,
+            } => {
                 let _ = reply.send(self.due(limit, due_only).map_err(|e| e.to_string()));
                 false
             }
             Command::ResetBackoff => {
-                if let Err(e) = self.conn.execute("UPDATE pending SET next_attempt_ms = 0", []) {
+                if let Err(e) = self
+                    .conn
+                    .execute("UPDATE pending SET next_attempt_ms = 0", [])
+                {
                     tracing::error!(error = %e, "cannot reset retry times");
                 }
                 true
@@ -533,18 +584,21 @@ impl Store {
                 .prepare_cached("SELECT body FROM pending WHERE environment = ?1 AND name = ?2")?
                 .query_row(params![d.key.environment, d.key.name], |r| r.get(0))
                 .optional()?;
-            let unchanged = match &pending {
-                Some(p) => *p == body && !batch.force,
-                None => {
-                    !batch.force
+            let unchanged =
+                match &pending {
+                    Some(p) => *p == body && !batch.force,
+                    None => !batch.force
                         && self
                             .conn
-                            .prepare_cached("SELECT body FROM delivered WHERE environment = ?1 AND name = ?2")?
-                            .query_row(params![d.key.environment, d.key.name], |r| r.get::<_, String>(0))
+                            .prepare_cached(
+                                "SELECT body FROM delivered WHERE environment = ?1 AND name = ?2",
+                            )?
+                            .query_row(params![d.key.environment, d.key.name], |r| {
+                                r.get::<_, String>(0)
+                            })
                             .optional()?
-                            .is_some_and(|delivered| delivered == body)
-                }
-            };
+                            .is_some_and(|delivered| delivered == body),
+                };
             if unchanged {
                 outcome.unchanged += 1;
                 continue;
@@ -592,11 +646,17 @@ impl Store {
             self.dropped_unlogged += dropped;
             self.telemetry.reports_dropped(dropped as u64);
         }
-        self.telemetry.reports_enqueued(outcome.queued as u64, outcome.unchanged as u64);
+        self.telemetry
+            .reports_enqueued(outcome.queued as u64, outcome.unchanged as u64);
         Ok(outcome)
     }
 
-    fn settle(&mut self, key: &DeploymentKey, version: i64, settle: Settle) -> rusqlite::Result<()> {
+    fn settle(
+        &mut self,
+        key: &DeploymentKey,
+        version: i64,
+        settle: Settle,
+    ) -> rusqlite::Result<()> {
         match settle {
             Settle::Delivered => {
                 let body: Option<String> = self
@@ -647,7 +707,11 @@ impl Store {
         Ok(())
     }
 
-    fn due(&mut self, limit: usize, due_only: bool) -> rusqlite::Result<(Vec<Pending>, Option<i64>)> {
+    fn due(
+        &mut self,
+        limit: usize,
+        due_only: bool,
+    ) -> rusqlite::Result<(Vec<Pending>, Option<i64>)> {
         let now = now_ms();
         let horizon = if due_only { now } else { i64::MAX };
         let mut stmt = self.conn.prepare_cached(
@@ -665,8 +729,12 @@ impl Store {
     }
 
     fn stats(&mut self) -> rusqlite::Result<Stats> {
-        let dead: i64 = self.conn.query_row("SELECT count(*) FROM dead", [], |r| r.get(0))?;
-        let oldest: Option<i64> = self.conn.query_row("SELECT min(enqueued_ms) FROM pending", [], |r| r.get(0))?;
+        let dead: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM dead", [], |r| r.get(0))?;
+        let oldest: Option<i64> =
+            self.conn
+                .query_row("SELECT min(enqueued_ms) FROM pending", [], |r| r.get(0))?;
         Ok(Stats {
             pending: self.pending,
             dead,
@@ -715,8 +783,9 @@ pub mod admin {
     }
 
     pub fn list_dead(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
-        let mut stmt =
-            conn.prepare("SELECT environment, name, body, status, response, failed_ms FROM dead ORDER BY id")?;
+        let mut stmt = conn.prepare(
+            "SELECT environment, name, body, status, response, failed_ms FROM dead ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(DeadLetter {
                 key: DeploymentKey {
@@ -735,7 +804,11 @@ pub mod admin {
     /// Move dead letters back into the queue; a newer pending report of the same key stays.
     pub fn retry_dead(conn: &mut Connection) -> rusqlite::Result<usize> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let next: i64 = tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM pending", [], |r| r.get(0))?;
+        let next: i64 = tx.query_row(
+            "SELECT coalesce(max(version), 0) + 1 FROM pending",
+            [],
+            |r| r.get(0),
+        )?;
         let moved = tx.execute(
             "INSERT INTO pending (environment, name, body, version, enqueued_ms, attempts, next_attempt_ms)
              SELECT environment, name, body, ?1 + id, failed_ms, 0, 0 FROM dead WHERE id IN
@@ -775,7 +848,9 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Outbox {
-        Outbox::open(Some(dir), 3, Arc::new(Telemetry::new())).unwrap().0
+        Outbox::open(Some(dir), 3, Arc::new(Telemetry::new()))
+            .unwrap()
+            .0
     }
 
     fn batch(reports: Vec<Deployment>) -> Batch {
@@ -789,13 +864,19 @@ mod tests {
     async fn coalesces_acknowledges_and_remembers() {
         let dir = tempdir();
         let outbox = open(&dir);
-        let out = outbox.enqueue(batch(vec![deployment("a", "1"), deployment("a", "2")])).await.unwrap();
+        let out = outbox
+            .enqueue(batch(vec![deployment("a", "1"), deployment("a", "2")]))
+            .await
+            .unwrap();
         assert_eq!((out.queued, out.unchanged), (1, 1));
         let (due, _) = outbox.due(10, true).await.unwrap();
         assert_eq!(due.len(), 1);
         assert!(due[0].body.contains("sha256:2"));
         // A newer report arrives while the older is in flight: the ack removes only the older.
-        outbox.enqueue(batch(vec![deployment("a", "3")])).await.unwrap();
+        outbox
+            .enqueue(batch(vec![deployment("a", "3")]))
+            .await
+            .unwrap();
         outbox.settle(due[0].key.clone(), due[0].version, Settle::Delivered);
         let (due, _) = outbox.due(10, true).await.unwrap();
         assert_eq!(due.len(), 1);
@@ -805,7 +886,10 @@ mod tests {
         drop(outbox);
         // Reopened: the delivered state is remembered, so the same report is not queued again.
         let outbox = open(&dir);
-        let out = outbox.enqueue(batch(vec![deployment("a", "3")])).await.unwrap();
+        let out = outbox
+            .enqueue(batch(vec![deployment("a", "3")]))
+            .await
+            .unwrap();
         assert_eq!((out.queued, out.unchanged), (0, 1));
         let out = outbox
             .enqueue(Batch {
@@ -837,14 +921,20 @@ mod tests {
         let (damaged, aside) = restored.moved_aside.expect("moved aside");
         assert_eq!(damaged, dir.join(DB_FILE));
         assert!(aside.exists());
-        outbox.enqueue(batch(vec![deployment("a", "1")])).await.unwrap();
+        outbox
+            .enqueue(batch(vec![deployment("a", "1")]))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn dead_letters_come_back() {
         let dir = tempdir();
         let outbox = open(&dir);
-        outbox.enqueue(batch(vec![deployment("a", "1")])).await.unwrap();
+        outbox
+            .enqueue(batch(vec![deployment("a", "1")]))
+            .await
+            .unwrap();
         let (due, _) = outbox.due(10, true).await.unwrap();
         outbox.settle(
             due[0].key.clone(),

@@ -33,10 +33,17 @@ impl ImageRef {
         // A colon after the last slash separates the tag; one before it is a registry port.
         let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
         let (name, tag) = match name_tag[last_slash..].rfind(':') {
-            Some(i) => (&name_tag[..last_slash + i], Some(name_tag[last_slash + i + 1..].to_string())),
+            Some(i) => (
+                &name_tag[..last_slash + i],
+                Some(name_tag[last_slash + i + 1..].to_string()),
+            ),
             None => (name_tag, None),
         };
-        if name.is_empty() || name.starts_with('/') || name.ends_with('/') || tag.as_deref() == Some("") {
+        if name.is_empty()
+            || name.starts_with('/')
+            || name.ends_with('/')
+            || tag.as_deref() == Some("")
+        {
             return Err(malformed());
         }
         Ok(ImageRef {
@@ -48,14 +55,16 @@ impl ImageRef {
 
     /// `repository@digest`, the form reported as `image.url`.
     pub fn pinned(&self) -> Option<String> {
-        self.digest.as_ref().map(|d| format!("{}@{d}", self.repository))
+        self.digest
+            .as_ref()
+            .map(|d| format!("{}@{d}", self.repository))
     }
 }
 
 pub fn validate_digest(digest: &str) -> Result<(), ReferenceError> {
-    let ok = digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
     if ok {
         Ok(())
     } else {
@@ -95,12 +104,26 @@ mod tests {
 
     #[test]
     fn normalizes_docker_hub_names() {
-        assert_eq!(ImageRef::parse("nginx").unwrap().repository, "docker.io/library/nginx");
-        assert_eq!(ImageRef::parse("nginx:1.25").unwrap().tag.as_deref(), Some("1.25"));
-        assert_eq!(ImageRef::parse("user/app").unwrap().repository, "docker.io/user/app");
-        assert_eq!(ImageRef::parse("docker.io/nginx").unwrap().repository, "docker.io/library/nginx");
         assert_eq!(
-            ImageRef::parse("index.docker.io/library/nginx:latest").unwrap().repository,
+            ImageRef::parse("nginx").unwrap().repository,
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            ImageRef::parse("nginx:1.25").unwrap().tag.as_deref(),
+            Some("1.25")
+        );
+        assert_eq!(
+            ImageRef::parse("user/app").unwrap().repository,
+            "docker.io/user/app"
+        );
+        assert_eq!(
+            ImageRef::parse("docker.io/nginx").unwrap().repository,
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            ImageRef::parse("index.docker.io/library/nginx:latest")
+                .unwrap()
+                .repository,
             "docker.io/library/nginx"
         );
     }
@@ -118,7 +141,10 @@ mod tests {
     fn digests() {
         let r = ImageRef::parse(&format!("nginx:1@{D}")).unwrap();
         assert_eq!(r.pinned().unwrap(), format!("docker.io/library/nginx@{D}"));
-        assert!(matches!(ImageRef::parse("nginx@sha256:abc"), Err(ReferenceError::BadDigest(_))));
+        assert!(matches!(
+            ImageRef::parse("nginx@sha256:abc"),
+            Err(ReferenceError::BadDigest(_))
+        ));
         assert!(ImageRef::parse("").is_err());
         assert!(ImageRef::parse("a b").is_err());
         assert!(ImageRef::parse("app:").is_err());

@@ -75,28 +75,76 @@ impl Telemetry {
             dispatcher_beat: AtomicI64::new(now_ms()),
             registry: Registry::default(),
         };
-        registry.register("events_received", "Container events received from the engine, by action", t.events.clone());
-        registry.register("reports_enqueued", "Reports written to the persistent queue", t.enqueued.clone());
+        registry.register(
+            "events_received",
+            "Container events received from the engine, by action",
+            t.events.clone(),
+        );
+        registry.register(
+            "reports_enqueued",
+            "Reports written to the persistent queue",
+            t.enqueued.clone(),
+        );
         registry.register(
             "reports_unchanged",
             "Reports not queued because the endpoint already has them or they are already queued",
             t.unchanged.clone(),
         );
-        registry.register("reports_delivered", "Reports the endpoint accepted", t.delivered.clone());
-        registry.register("delivery_failures", "Failed delivery attempts, by reason", t.failed.clone());
-        registry.register("reports_dead_lettered", "Reports the endpoint refused permanently", t.dead_lettered.clone());
-        registry.register("reports_dropped", "Pending reports dropped because the queue was full", t.dropped.clone());
-        registry.register("containers_skipped", "Containers not reported, by reason", t.skipped.clone());
-        registry.register("queue_depth", "Reports waiting for delivery", t.queue_depth.clone());
-        registry.register("queue_dead_letters", "Reports in the dead-letter table", t.dead_letters.clone());
+        registry.register(
+            "reports_delivered",
+            "Reports the endpoint accepted",
+            t.delivered.clone(),
+        );
+        registry.register(
+            "delivery_failures",
+            "Failed delivery attempts, by reason",
+            t.failed.clone(),
+        );
+        registry.register(
+            "reports_dead_lettered",
+            "Reports the endpoint refused permanently",
+            t.dead_lettered.clone(),
+        );
+        registry.register(
+            "reports_dropped",
+            "Pending reports dropped because the queue was full",
+            t.dropped.clone(),
+        );
+        registry.register(
+            "containers_skipped",
+            "Containers not reported, by reason",
+            t.skipped.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Reports waiting for delivery",
+            t.queue_depth.clone(),
+        );
+        registry.register(
+            "queue_dead_letters",
+            "Reports in the dead-letter table",
+            t.dead_letters.clone(),
+        );
         registry.register(
             "queue_oldest_pending_age_seconds",
             "Age of the oldest report waiting for delivery",
             t.oldest_pending.clone(),
         );
-        registry.register("queue_commits", "Transactions committed (each one sync) to the queue file", t.queue_commits.clone());
-        registry.register("engine_connected", "1 while the engine's event stream is connected", t.engine_up.clone());
-        registry.register("engine_reconnects", "Times the event stream was lost and reconnected", t.reconnects.clone());
+        registry.register(
+            "queue_commits",
+            "Transactions committed (each one sync) to the queue file",
+            t.queue_commits.clone(),
+        );
+        registry.register(
+            "engine_connected",
+            "1 while the engine's event stream is connected",
+            t.engine_up.clone(),
+        );
+        registry.register(
+            "engine_reconnects",
+            "Times the event stream was lost and reconnected",
+            t.reconnects.clone(),
+        );
         registry.register(
             "last_delivery_timestamp_seconds",
             "Unix time of the last successful delivery",
@@ -213,7 +261,10 @@ impl Telemetry {
 }
 
 /// Text logs by default (without timestamps under journald, which adds its own), JSON on request.
-pub fn init_logging(level: Option<&str>, format: Option<&str>) -> Result<(), crate::config::ConfigError> {
+pub fn init_logging(
+    level: Option<&str>,
+    format: Option<&str>,
+) -> Result<(), crate::config::ConfigError> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l)

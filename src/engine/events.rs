@@ -29,7 +29,11 @@ pub struct EventCursor {
 
 impl EventCursor {
     pub fn since_param(&self) -> String {
-        format!("{}.{:09}", self.time_nano / 1_000_000_000, self.time_nano % 1_000_000_000)
+        format!(
+            "{}.{:09}",
+            self.time_nano / 1_000_000_000,
+            self.time_nano % 1_000_000_000
+        )
     }
 
     /// Encoded for the state file: `time_nano id action`.
@@ -49,7 +53,9 @@ impl EventCursor {
     /// True for an event at or before this cursor (already handled).
     fn covers(&self, event: &ContainerEvent) -> bool {
         event.time_nano < self.time_nano
-            || (event.time_nano == self.time_nano && event.id == self.id && event.action.name() == self.action)
+            || (event.time_nano == self.time_nano
+                && event.id == self.id
+                && event.action.name() == self.action)
     }
 }
 
@@ -150,7 +156,9 @@ impl EventReader {
             Some(c) => c.since_param(),
             // First start: a little history so nothing between list and subscribe is missed.
             None => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
                 (now.as_secs().saturating_sub(5)).to_string()
             }
         };
@@ -158,7 +166,9 @@ impl EventReader {
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
-                ["start", "die", "died", "destroy", "remove"].map(String::from).to_vec(),
+                ["start", "die", "died", "destroy", "remove"]
+                    .map(String::from)
+                    .to_vec(),
             ),
         ]);
         if !self.label_filters.is_empty() {
@@ -173,7 +183,11 @@ impl EventReader {
 
     /// Read until shutdown, reconnecting with capped exponential backoff. Returns when the
     /// receiver is gone or shutdown is signalled.
-    pub async fn run(mut self, tx: mpsc::UnboundedSender<EngineEvent>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        tx: mpsc::UnboundedSender<EngineEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut backoff = Duration::from_millis(250);
         loop {
             if *shutdown.borrow() {
@@ -195,7 +209,9 @@ impl EventReader {
                         self.telemetry.heartbeat_reader();
                         match next {
                             Ok(Some(Ok(msg))) => {
-                                let Some(event) = ContainerEvent::from_message(msg) else { continue };
+                                let Some(event) = ContainerEvent::from_message(msg) else {
+                                    continue;
+                                };
                                 self.telemetry.event_received(event.action.name());
                                 if self.cursor.as_ref().is_some_and(|c| c.covers(&event)) {
                                     continue;
@@ -205,13 +221,18 @@ impl EventReader {
                                     return;
                                 }
                             }
-                            Ok(Some(Err(e))) => break super::EngineError::from_bollard(&self.engine.host, e).to_string(),
+                            Ok(Some(Err(e))) => {
+                                break super::EngineError::from_bollard(&self.engine.host, e)
+                                    .to_string()
+                            }
                             Ok(None) => break "the engine closed the event stream".to_string(),
-                            Err(_idle) => match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
-                                Ok(Ok(())) => continue,
-                                Ok(Err(e)) => break format!("idle check failed: {e}"),
-                                Err(_) => break "idle check timed out".to_string(),
-                            },
+                            Err(_idle) => {
+                                match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
+                                    Ok(Ok(())) => continue,
+                                    Ok(Err(e)) => break format!("idle check failed: {e}"),
+                                    Err(_) => break "idle check timed out".to_string(),
+                                }
+                            }
                         }
                     };
                     self.telemetry.engine_connected(false);
@@ -256,9 +277,15 @@ mod tests {
             hint: EventHint::default(),
         };
         assert!(c.covers(&same));
-        let other = ContainerEvent { id: "def".into(), ..same.clone() };
+        let other = ContainerEvent {
+            id: "def".into(),
+            ..same.clone()
+        };
         assert!(!c.covers(&other));
-        let later = ContainerEvent { time_nano: c.time_nano + 1, ..same };
+        let later = ContainerEvent {
+            time_nano: c.time_nano + 1,
+            ..same
+        };
         assert!(!c.covers(&later));
     }
 

@@ -48,23 +48,13 @@ impl EngineError {
                 host: host.to_string(),
                 reason: "the request timed out".into(),
             },
+            B::IOError { err } => Self::from_io(host, &err),
             other => {
                 // Find the I/O error underneath hyper's layers to say something useful.
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&other);
                 while let Some(e) = source {
                     if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                        return match io.kind() {
-                            ErrorKind::PermissionDenied => {
-                                EngineError::Permission(socket_path(host).unwrap_or(host).to_string())
-                            }
-                            ErrorKind::NotFound if socket_path(host).is_some() => {
-                                EngineError::NoSocket(socket_path(host).unwrap_or(host).to_string())
-                            }
-                            _ => EngineError::Unreachable {
-                                host: host.to_string(),
-                                reason: io.to_string(),
-                            },
-                        };
+                        return Self::from_io(host, io);
                     }
                     source = e.source();
                 }
@@ -73,6 +63,21 @@ impl EngineError {
                     reason: other.to_string(),
                 }
             }
+        }
+    }
+
+    fn from_io(host: &str, io: &std::io::Error) -> Self {
+        match io.kind() {
+            ErrorKind::PermissionDenied => {
+                EngineError::Permission(socket_path(host).unwrap_or(host).to_string())
+            }
+            ErrorKind::NotFound if socket_path(host).is_some() => {
+                EngineError::NoSocket(socket_path(host).unwrap_or(host).to_string())
+            }
+            _ => EngineError::Unreachable {
+                host: host.to_string(),
+                reason: io.to_string(),
+            },
         }
     }
 
@@ -95,11 +100,16 @@ fn socket_path(host: &str) -> Option<&str> {
 pub fn validate_host(host: &str) -> Result<(), String> {
     let ok = ["unix://", "tcp://", "http://", "https://"]
         .iter()
-        .any(|scheme| host.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
+        .any(|scheme| {
+            host.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        });
     if ok {
         Ok(())
     } else {
-        Err(format!("{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port"))
+        Err(format!(
+            "{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port"
+        ))
     }
 }
 
@@ -147,7 +157,10 @@ impl Engine {
             .info()
             .await
             .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        Ok(info.name.filter(|n| !n.is_empty()).unwrap_or_else(|| "unknown-host".into()))
+        Ok(info
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "unknown-host".into()))
     }
 
     /// Engine API version, e.g. "1.41".
@@ -172,7 +185,9 @@ impl Engine {
             };
             match attempt.await {
                 Ok(engine) => return Ok(engine),
-                Err(e) if e.is_permanent() || tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(e) if e.is_permanent() || tokio::time::Instant::now() + delay > deadline => {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "engine not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
@@ -197,9 +212,12 @@ mod tests {
 
     #[tokio::test]
     async fn missing_socket_is_one_sentence() {
-        let err = Engine::connect("unix:///nonexistent/docker.sock", Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let err = Engine::connect(
+            "unix:///nonexistent/docker.sock",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, EngineError::NoSocket(_)), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/docker.sock"));
     }
@@ -213,6 +231,5 @@ mod tests {
             },
         );
         assert!(err.to_string().contains("`docker` group"), "{err}");
-        let _ = err.source();
     }
 }

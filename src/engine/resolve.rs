@@ -84,7 +84,11 @@ impl Resolver {
 
     /// Resolve container `id`. The hint (from the event) lets a container removed before it
     /// could be inspected still be reported, from its image reference.
-    pub async fn resolve(&self, id: &str, hint: Option<&EventHint>) -> Result<Resolution, EngineError> {
+    pub async fn resolve(
+        &self,
+        id: &str,
+        hint: Option<&EventHint>,
+    ) -> Result<Resolution, EngineError> {
         if let Some(hint) = hint {
             if let Err(reason) = self.selection.check(&hint.labels) {
                 return Ok(Resolution::Skip(reason));
@@ -99,7 +103,11 @@ impl Resolver {
         let (name, reference, image_id, labels) = match inspected {
             Ok(c) => {
                 let config = c.config.unwrap_or_default();
-                let name = c.name.unwrap_or_default().trim_start_matches('/').to_string();
+                let name = c
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string();
                 let reference = config.image.unwrap_or_default();
                 let image_id = c.image.unwrap_or_else(|| reference.clone());
                 (name, reference, image_id, config.labels.unwrap_or_default())
@@ -110,7 +118,10 @@ impl Resolver {
                     image: Some(image),
                     labels,
                 }) => {
-                    tracing::debug!(container = id, "container gone before inspection; resolving from its event");
+                    tracing::debug!(
+                        container = id,
+                        "container gone before inspection; resolving from its event"
+                    );
                     (name.clone(), image.clone(), image.clone(), labels.clone())
                 }
                 _ => return Err(e),
@@ -178,7 +189,11 @@ impl Resolver {
     }
 
     fn warn_once(&self, image_id: &str, log: impl FnOnce()) {
-        let first = self.warned.lock().map(|mut w| w.insert(image_id.to_string())).unwrap_or(true);
+        let first = self
+            .warned
+            .lock()
+            .map(|mut w| w.insert(image_id.to_string()))
+            .unwrap_or(true);
         if first {
             log();
         }
@@ -200,8 +215,16 @@ impl Resolver {
         let facts = ImageFacts {
             repo_digests: inspect.repo_digests.unwrap_or_default(),
             platform: Platform::new(
-                inspect.os.as_deref().filter(|s| !s.is_empty()).unwrap_or("linux"),
-                inspect.architecture.as_deref().filter(|s| !s.is_empty()).unwrap_or("amd64"),
+                inspect
+                    .os
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("linux"),
+                inspect
+                    .architecture
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("amd64"),
                 inspect.variant.as_deref(),
             ),
         };

@@ -1,0 +1,371 @@
+//! The agent end to end: engine events to deployment reports.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+fn by_name<'a>(received: &'a [receiver::Received], name: &str) -> Vec<&'a receiver::Received> {
+    received.iter().filter(|r| r.name() == name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_running_and_started_containers_in_the_api_format() {
+    let scope = Scope::new("basic");
+    let receiver = Receiver::start().await;
+    let before = scope.name("before");
+    let before_id = scope.run(&["--name", &before], APP1);
+    let agent = scope.agent(&receiver.url(), &[]);
+    let host = engine_host_name();
+    let want_before = format!("{host}/{before}");
+    let first = eventually("the container running before start", || {
+        by_name(&receiver.accepted(), &want_before)
+            .first()
+            .cloned()
+            .cloned()
+    })
+    .await;
+    let digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/atomist/resource/test");
+    assert_eq!(
+        first.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(first.content_type.as_deref(), Some("application/json"));
+    assert!(first
+        .user_agent
+        .as_deref()
+        .unwrap_or_default()
+        .starts_with("deploytrack/"));
+    assert_eq!(
+        first.body,
+        serde_json::json!({
+            "image": {"url": digest, "name": want_before},
+            "environment": {"name": "deployed"},
+            "platform": {"os": "linux", "architecture": "amd64"}
+        })
+    );
+
+    let after = scope.name("after");
+    scope.run(&["--name", &after], APP2);
+    let want_after = format!("{host}/{after}");
+    let second = eventually("the container started after", || {
+        by_name(&receiver.accepted(), &want_after)
+            .first()
+            .cloned()
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        second.url(),
+        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+    );
+    assert!(!before_id.is_empty());
+    assert!(!agent.stderr().contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
+    let scope = Scope::new("names");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(
+        &receiver.url(),
+        &[
+            "--name-template",
+            "{host}/{compose_project}/{compose_service}/{compose_number}",
+        ],
+    );
+    let host = engine_host_name();
+    let project = scope.name("shop");
+    for n in ["1", "2"] {
+        scope.run(
+            &[
+                "--label",
+                &format!("com.docker.compose.project={project}"),
+                "--label",
+                "com.docker.compose.service=web",
+                "--label",
+                &format!("com.docker.compose.container-number={n}"),
+            ],
+            APP1,
+        );
+    }
+    // Not a Compose container: the template falls back to {host}/{container}.
+    let plain = scope.name("plain");
+    scope.run(&["--name", &plain], APP1);
+    let names = eventually("three reports", || {
+        let got = receiver.accepted();
+        (got.len() >= 3).then(|| {
+            let mut n: Vec<String> = got.iter().map(|r| r.name().to_string()).collect();
+            n.sort();
+            n
+        })
+    })
+    .await;
+    let mut want = vec![
+        format!("{host}/{project}/web/1"),
+        format!("{host}/{project}/web/2"),
+        format!("{host}/{plain}"),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_override_and_select() {
+    let scope = Scope::new("labels");
+    let receiver = Receiver::start().await;
+    let agent = scope.agent(&receiver.url(), &["--environment", "staging"]);
+    let host = engine_host_name();
+    let prod = scope.name("prod");
+    scope.run(
+        &[
+            "--name",
+            &prod,
+            "--label",
+            "deploytrack.environment=production",
+        ],
+        APP1,
+    );
+    let custom = scope.name("custom");
+    scope.run(&["--label", &format!("deploytrack.name={custom}")], APP1);
+    let out = scope.name("optout");
+    scope.run(
+        &["--name", &out, "--label", "deploytrack.enable=false"],
+        APP1,
+    );
+    // Out of scope: not labelled with this test's selector.
+    let stranger = scope.name("stranger");
+    let stranger_id = docker(&["run", "-d", "--name", &stranger, APP1]);
+    let local = scope.name("local");
+    scope.run(&["--name", &local], LOCAL1);
+    let last = scope.name("last");
+    scope.run(&["--name", &last], APP1);
+
+    eventually("the last container", || {
+        (!by_name(&receiver.accepted(), &format!("{host}/{last}")).is_empty()).then_some(())
+    })
+    .await;
+    agent.ready().await;
+    let got = receiver.accepted();
+    let prod_report = by_name(&got, &format!("{host}/{prod}"));
+    assert_eq!(prod_report.len(), 1);
+    assert_eq!(prod_report[0].environment(), "production");
+    let custom_report = by_name(&got, &custom);
+    assert_eq!(custom_report.len(), 1);
+    assert_eq!(custom_report[0].environment(), "staging");
+    assert!(
+        by_name(&got, &format!("{host}/{out}")).is_empty(),
+        "opted out was reported"
+    );
+    assert!(
+        by_name(&got, &format!("{host}/{stranger}")).is_empty(),
+        "out of scope was reported"
+    );
+    assert!(
+        by_name(&got, &format!("{host}/{local}")).is_empty(),
+        "local image was reported"
+    );
+    assert_eq!(got.len(), 3, "{got:#?}");
+    // One warning per image, naming it.
+    let warnings = agent.stderr().matches("image has no repo digest").count();
+    assert_eq!(warnings, 1, "{}", agent.stderr());
+    assert!(agent.stderr().contains(LOCAL1));
+    docker(&["rm", "-f", &stranger_id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_label_reports_only_opted_in() {
+    let scope = Scope::new("optin");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &["--require-label"]);
+    let host = engine_host_name();
+    let plain = scope.name("plain");
+    scope.run(&["--name", &plain], APP1);
+    let opted = scope.name("opted");
+    scope.run(
+        &["--name", &opted, "--label", "deploytrack.enable=true"],
+        APP1,
+    );
+    eventually("the opted-in container", || {
+        (!by_name(&receiver.accepted(), &format!("{host}/{opted}")).is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_references_and_the_matching_repository() {
+    let scope = Scope::new("digests");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &[]);
+    let host = engine_host_name();
+    let app_digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let mirror_digest = repo_digest(APP1, "localhost:5000/deploytrack-test/mirror");
+    let pinned = scope.name("pinned");
+    scope.run(&["--name", &pinned], &app_digest);
+    let mirror = scope.name("mirror");
+    scope.run(&["--name", &mirror], MIRROR1);
+    let app = scope.name("app");
+    scope.run(&["--name", &app], APP1);
+    let got = eventually("three reports", || {
+        let got = receiver.accepted();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        by_name(&got, &format!("{host}/{pinned}"))[0].url(),
+        app_digest
+    );
+    assert_eq!(
+        by_name(&got, &format!("{host}/{mirror}"))[0].url(),
+        mirror_digest
+    );
+    assert_eq!(by_name(&got, &format!("{host}/{app}"))[0].url(), app_digest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
+    let scope = Scope::new("recreate");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &[]);
+    let host = engine_host_name();
+    let web = scope.name("web");
+    let id = scope.run(&["--name", &web], APP1);
+    let key = format!("{host}/{web}");
+    eventually("the first report", || {
+        (by_name(&receiver.accepted(), &key).len() == 1).then_some(())
+    })
+    .await;
+    docker(&["restart", "-t", "0", &id]);
+    // A marker container started after the restart proves the restart's events were handled.
+    let marker = scope.name("marker");
+    scope.run(&["--name", &marker], APP1);
+    eventually("the marker", || {
+        (!by_name(&receiver.accepted(), &format!("{host}/{marker}")).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        by_name(&receiver.accepted(), &key).len(),
+        1,
+        "a restart re-sent the report"
+    );
+    // Compose-style recreate: same name, new image.
+    docker(&["rm", "-f", &id]);
+    scope.run(&["--name", &web], APP2);
+    let reports = eventually("the recreate's report", || {
+        let r: Vec<_> = by_name(&receiver.accepted(), &key)
+            .into_iter()
+            .cloned()
+            .collect();
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        reports[1].url(),
+        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_stops_handles_a_container_removed_at_once() {
+    let scope = Scope::new("stops");
+    let receiver = Receiver::start().await;
+    let agent = scope.agent(&receiver.url(), &["--report-stops"]);
+    agent.ready().await;
+    let host = engine_host_name();
+    let brief = scope.name("brief");
+    // Started with --rm and removed right away.
+    scope.run(&["--rm", "--name", &brief], APP1);
+    docker(&["rm", "-f", &brief]);
+    let once = scope.name("once");
+    let label = scope.selector();
+    // Exits by itself (code 3) and is removed by the engine at once.
+    let status = std::process::Command::new("docker")
+        .args([
+            "run", "--rm", "--label", &label, "--name", &once, APP1, "/bin/sh", "-c", "exit 3",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let key = format!("{host}/{once}");
+    let stop = eventually("the --rm container's stop", || {
+        by_name(&receiver.accepted(), &key)
+            .into_iter()
+            .find(|r| r.body["container"]["state"] == "stopped")
+            .cloned()
+    })
+    .await;
+    assert_eq!(stop.body["container"]["exit_code"], 3);
+    assert_eq!(
+        stop.url(),
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+    assert!(stop.body["container"]["id"].as_str().unwrap().len() >= 12);
+    let brief_reports = by_name(&receiver.accepted(), &format!("{host}/{brief}")).len();
+    assert!(brief_reports >= 1, "the removed container was not reported");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_never_appears_in_output_at_any_level() {
+    let scope = Scope::new("secret");
+    let receiver = Receiver::start().await;
+    receiver.set_default(Answer::status(401));
+    let mut agent = scope.agent(&receiver.url(), &["--log-level", "trace"]);
+    scope.run(&[], APP1);
+    eventually("a rejected attempt", || {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.stop().await;
+    let output = format!("{}{}", agent.stdout(), agent.stderr());
+    assert!(output.contains("rejected the API token"), "{output}");
+    assert!(
+        output.contains("TRACE") || output.contains("DEBUG"),
+        "no verbose logs were written"
+    );
+    assert!(!output.contains(TOKEN), "the token leaked:\n{output}");
+    // Config errors and the doctor don't print it either.
+    let token = scope.token_file();
+    let out = scope.command(&[
+        "check",
+        "--url",
+        "http://127.0.0.1:1/x",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--docker-host",
+        "unix:///nonexistent.sock",
+    ]);
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_reports() {
+    let scope = Scope::new("dry");
+    let selector = scope.selector();
+    let mut agent = Agent::spawn(
+        &scope.dir,
+        &["run".into(), "--label-selector".into(), selector],
+        &[],
+    );
+    agent.ready().await;
+    let name = scope.name("dry");
+    scope.run(&["--name", &name], APP1);
+    let line = eventually("a report on stdout", || {
+        agent
+            .stdout()
+            .lines()
+            .find(|l| l.contains(&name))
+            .map(str::to_string)
+    })
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        body["image"]["url"],
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+    assert!(agent.stderr().contains("dry run"));
+    agent.stop().await;
+}

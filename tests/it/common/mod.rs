@@ -1,0 +1,325 @@
+//! Test harness: the real engine (set up by scripts/test-env.sh), a per-test label that
+//! scopes every container, the real agent binary as a child process, and patience.
+
+pub mod receiver;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use receiver::{Answer, Receiver};
+
+/// One patience setting for every "eventually".
+pub const PATIENCE: Duration = Duration::from_secs(45);
+pub const APP1: &str = "localhost:5000/deploytrack-test/app:1";
+pub const APP2: &str = "localhost:5000/deploytrack-test/app:2";
+pub const MIRROR1: &str = "localhost:5000/deploytrack-test/mirror:1";
+pub const LOCAL1: &str = "deploytrack-test/local:1";
+pub const RUN_LABEL: &str = "deploytrack.test.run";
+pub const TOKEN: &str = "tok-Sup3rSecret-7f3a9c";
+
+/// Run scripts/test-env.sh once per test binary. Without an engine the tests fail: they
+/// never skip (under CI=true or otherwise).
+pub fn ensure_engine() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-env.sh");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = ready {
+        panic!(
+            "the Docker engine these tests need is not available (CI={}): {e}",
+            std::env::var("CI").unwrap_or_default()
+        );
+    }
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn engine_host_name() -> String {
+    docker(&["info", "--format", "{{.Name}}"])
+}
+
+/// The repo digest of `image` in `repository` (e.g. "localhost:5000/deploytrack-test/app").
+pub fn repo_digest(image: &str, repository: &str) -> String {
+    let digests = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        image,
+    ]);
+    let list: Vec<String> = serde_json::from_str(&digests).unwrap();
+    list.into_iter()
+        .find(|d| d.starts_with(&format!("{repository}@")))
+        .unwrap_or_else(|| panic!("{image} has no digest in {repository}"))
+}
+
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > PATIENCE {
+            panic!("timed out after {PATIENCE:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A test's scope: a unique label on every container it makes, a temp dir, and cleanup.
+pub struct Scope {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Scope {
+    pub fn new(test: &str) -> Scope {
+        ensure_engine();
+        let id = format!("{test}-{}-{:x}", std::process::id(), fastrand::u64(..));
+        let dir = std::env::temp_dir().join(format!("deploytrack-it-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scope { id, dir }
+    }
+
+    pub fn selector(&self) -> String {
+        format!("{RUN_LABEL}={}", self.id)
+    }
+
+    /// `docker run -d` with this scope's label; returns the container id.
+    pub fn run(&self, extra: &[&str], image: &str) -> String {
+        let label = self.selector();
+        let mut args = vec!["run", "-d", "--label", &label];
+        args.extend_from_slice(extra);
+        args.push(image);
+        docker(&args)
+    }
+
+    /// A unique container name within this scope.
+    pub fn name(&self, short: &str) -> String {
+        format!("{short}-{}", &self.id[self.id.len() - 8..])
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        let path = self.dir.join("token");
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        path
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The agent, reporting to `url`, watching only this scope's containers.
+    pub fn agent(&self, url: &str, extra: &[&str]) -> Agent {
+        let token = self.token_file();
+        let state = self.state_dir();
+        let selector = self.selector();
+        let mut args: Vec<String> = [
+            "run",
+            "--url",
+            url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+            "--retry-initial",
+            "200ms",
+            "--retry-max",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Agent::spawn(&self.dir, &args, &[])
+    }
+
+    /// The agent binary with any arguments, to completion.
+    pub fn command(&self, args: &[&str]) -> Output {
+        Self::command_only(args)
+    }
+
+    /// The agent binary to completion, without an engine or a scope.
+    pub fn command_only(args: &[&str]) -> Output {
+        let out = agent_command(args).output().expect("run deploytrack");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={}", self.selector()),
+            ])
+            .output();
+        if let Ok(out) = ids {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The binary with a clean environment: no inherited DEPLOYTRACK_* or DOCKER_* settings.
+pub fn agent_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploytrack"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DEPLOYTRACK_")
+            || k.starts_with("DOCKER_")
+            || k == "STATE_DIRECTORY"
+            || k == "CREDENTIALS_DIRECTORY"
+            || k == "RUST_LOG"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// A running agent process; its output goes to files in the scope's dir.
+pub struct Agent {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn spawn(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Agent {
+        let n = fastrand::u32(..);
+        let stdout = dir.join(format!("agent-{n}.out"));
+        let stderr = dir.join(format!("agent-{n}.err"));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = agent_command(&argv);
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        Agent {
+            child: Some(cmd.spawn().expect("spawn deploytrack")),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Wait until the agent has reconciled (it logs that once connected).
+    pub async fn ready(&self) {
+        eventually("the agent to reconcile", || {
+            self.stderr()
+                .contains("reconciled with the engine")
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Wait for exit (at most PATIENCE); returns the status.
+    pub async fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > PATIENCE {
+                panic!("the agent did not exit; stderr:\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait().await;
+    }
+
+    /// SIGTERM and expect a clean exit 0.
+    pub async fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.wait().await;
+        assert!(
+            status.success(),
+            "agent exited with {status}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

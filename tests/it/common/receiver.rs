@@ -1,0 +1,218 @@
+//! A real HTTP receiver for the agent's reports, scriptable per test.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
+    pub body: serde_json::Value,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn name(&self) -> &str {
+        self.body["image"]["name"].as_str().unwrap_or_default()
+    }
+    pub fn url(&self) -> &str {
+        self.body["image"]["url"].as_str().unwrap_or_default()
+    }
+    pub fn environment(&self) -> &str {
+        self.body["environment"]["name"]
+            .as_str()
+            .unwrap_or_default()
+    }
+}
+
+/// What to answer: a scripted queue first, then the default.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status,
+            retry_after: None,
+            body: if status < 300 {
+                r#"{"correlation_id":"test"}"#.into()
+            } else {
+                format!(r#"{{"error":"status {status}"}}"#)
+            },
+        }
+    }
+}
+
+struct State {
+    received: Vec<Received>,
+    script: VecDeque<Answer>,
+    default: Answer,
+    /// Bodies whose image.name equals this get this answer, always.
+    per_name: Vec<(String, Answer)>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// A receiver on a fresh loopback port.
+    pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A receiver on a given address (to bring an endpoint "back" on the port it had).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = TcpListener::bind(addr).await.expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            received: Vec::new(),
+            script: VecDeque::new(),
+            default: Answer::status(200),
+            per_name: Vec::new(),
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, state.clone()));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            state,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/atomist/resource/test", self.addr)
+    }
+
+    pub fn set_default(&self, answer: Answer) {
+        self.state.lock().unwrap().default = answer;
+    }
+
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.lock().unwrap().script.extend(answers);
+    }
+
+    pub fn answer_for_name(&self, name: &str, answer: Answer) {
+        self.state
+            .lock()
+            .unwrap()
+            .per_name
+            .push((name.to_string(), answer));
+    }
+
+    pub fn clear_per_name(&self) {
+        self.state.lock().unwrap().per_name.clear();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Accepted (2xx) reports only.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.status < 300)
+            .collect()
+    }
+
+    /// Stop listening: the port refuses connections from now on.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let at = Instant::now();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let (authorization, content_type, user_agent) = (
+        header("authorization"),
+        header("content-type"),
+        header("user-agent"),
+    );
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    let answer = {
+        let mut s = state.lock().unwrap();
+        let name = body["image"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let answer = s
+            .per_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.clone())
+            .or_else(|| s.script.pop_front())
+            .unwrap_or_else(|| s.default.clone());
+        s.received.push(Received {
+            at,
+            method,
+            path,
+            authorization,
+            content_type,
+            user_agent,
+            body,
+            status: answer.status,
+        });
+        answer
+    };
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+    if let Some(r) = answer.retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", r.parse().unwrap());
+    }
+    Ok(response)
+}

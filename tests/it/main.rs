@@ -1,0 +1,7 @@
+//! Integration tests: the real agent binary against a real Docker Engine and a real HTTP
+//! receiver. `scripts/test-env.sh` (run by the harness) installs and starts what they need.
+
+mod common;
+
+mod agent;
+mod config;
