@@ -17,7 +17,7 @@ die() {
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 command -v dpkg-deb >/dev/null || die "dpkg-deb is not installed: apt-get install dpkg"
 grep -q '^\[package\.metadata\.deb\]' Cargo.toml ||
-    die "Cargo.toml has no [package.metadata.deb] table: append packaging/deb-metadata.toml to it"
+    die "Cargo.toml has no [package.metadata.deb] table"
 
 # 1. The release binary. cargo-deb maps target/release/ to the real target dir, and so do we.
 cargo build --release --locked
