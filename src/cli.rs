@@ -60,8 +60,9 @@ pub enum Command {
     Check(RunArgs),
     /// Inspect and repair the persistent queue in --state-dir.
     Queue {
-        #[command(flatten)]
-        run: RunArgs,
+        /// Directory of the persistent queue [default: $STATE_DIRECTORY, else /var/lib/deploytrack].
+        #[arg(long, global = true, env = "DEPLOYTRACK_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         #[command(subcommand)]
         action: QueueAction,
     },

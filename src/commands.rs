@@ -199,9 +199,40 @@ async fn probe_endpoint(url: &reqwest::Url, token: &str, timeout: Duration) -> R
 
 /// `queue list|dead|retry|purge` against the queue file in the state dir.
 pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
+    match queue_to(action, state_dir, &mut std::io::stdout().lock()) {
+        Err(QueueError::Fatal(f)) => Err(f),
+        // A closed pipe (`| head`) is not an error of ours.
+        Err(QueueError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(QueueError::Io(e)) => Err(Fatal(format!("cannot write the output: {e}"))),
+        Ok(()) => Ok(()),
+    }
+}
+
+enum QueueError {
+    Fatal(Fatal),
+    Io(std::io::Error),
+}
+
+impl From<Fatal> for QueueError {
+    fn from(f: Fatal) -> Self {
+        QueueError::Fatal(f)
+    }
+}
+
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> Self {
+        QueueError::Io(e)
+    }
+}
+
+fn queue_to(
+    action: &QueueAction,
+    state_dir: &Path,
+    out: &mut impl std::io::Write,
+) -> Result<(), QueueError> {
     let path = state_dir.join(DB_FILE);
     if !path.exists() {
-        return Err(Fatal(format!("no queue at {}", path.display())));
+        return Err(Fatal(format!("no queue at {}", path.display())).into());
     }
     let db_err = |e: rusqlite::Error| Fatal(format!("{}: {e}", path.display()));
     let mut conn = outbox::open_file(&path).map_err(db_err)?;
@@ -213,7 +244,7 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
     match action {
         QueueAction::List => {
             let pending = admin::list_pending(&conn).map_err(db_err)?;
-            println!("{} pending", pending.len());
+            writeln!(out, "{} pending", pending.len())?;
             for p in pending {
                 let next = if p.next_attempt_ms <= now {
                     "now".to_string()
@@ -225,7 +256,8 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
                         ))
                     )
                 };
-                println!(
+                writeln!(
+                    out,
                     "{}\tattempts={}\tnext={}\tqueued={} ago\tlast_error={}\t{}",
                     p.key,
                     p.attempts,
@@ -233,35 +265,40 @@ pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
                     ago(p.enqueued_ms),
                     p.last_error.as_deref().unwrap_or("-"),
                     p.body
-                );
+                )?;
             }
         }
         QueueAction::Dead => {
             let dead = admin::list_dead(&conn).map_err(db_err)?;
-            println!("{} dead letters", dead.len());
+            writeln!(out, "{} dead letters", dead.len())?;
             for d in dead {
-                println!(
+                writeln!(
+                    out,
                     "{}\tstatus={}\tfailed={} ago\tresponse={}\t{}",
                     d.key,
                     d.status,
                     ago(d.failed_ms),
                     d.response,
                     d.body
-                );
+                )?;
             }
         }
         QueueAction::Retry => {
             let moved = admin::retry_dead(&mut conn).map_err(db_err)?;
-            println!("{moved} dead letters moved back into the queue");
+            writeln!(out, "{moved} dead letters moved back into the queue")?;
         }
         QueueAction::Purge { yes } => {
             if !yes {
                 return Err(Fatal(
                     "purge deletes every pending report and dead letter: confirm with --yes".into(),
-                ));
+                )
+                .into());
             }
             let (pending, dead) = admin::purge(&mut conn).map_err(db_err)?;
-            println!("purged {pending} pending reports and {dead} dead letters");
+            writeln!(
+                out,
+                "purged {pending} pending reports and {dead} dead letters"
+            )?;
         }
     }
     Ok(())

@@ -319,9 +319,8 @@ impl Config {
 }
 
 /// The state dir alone, for `queue` commands (which need no token or endpoint).
-pub fn state_dir(args: &RunArgs, file: &FileConfig) -> PathBuf {
-    args.state_dir
-        .clone()
+pub fn state_dir(flag: Option<&Path>, file: &FileConfig) -> PathBuf {
+    flag.map(Path::to_path_buf)
         .or_else(|| file.state_dir.clone())
         .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))

@@ -108,7 +108,9 @@ fn main() -> ExitCode {
             Err(e) => return usage(&e),
         },
         Command::Check(args) => runtime.block_on(commands::check(Config::build(args, &file))),
-        Command::Queue { run, action } => commands::queue(action, &config::state_dir(run, &file)),
+        Command::Queue { state_dir, action } => {
+            commands::queue(action, &config::state_dir(state_dir.as_deref(), &file))
+        }
         Command::Completions { .. } | Command::Man => Ok(()),
     };
     // Don't wait for blocking tasks (a stuck engine call) at exit.

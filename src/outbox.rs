@@ -8,7 +8,9 @@
 //! an isolated change commits at once, but while changes keep arriving the thread commits at
 //! most once per `COMMIT_WINDOW`, so a burst of hundreds of starts costs a handful of syncs.
 //! A write's reply is sent only after its commit; reads answer at once and see every
-//! earlier command.
+//! earlier command, committed or not. So the dispatcher may send a report before its commit:
+//! that costs nothing in safety, because the event cursor commits in the same transaction
+//! as the report, and after a crash the engine replays and reconciles whatever the disk lacks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,8 @@ use crate::engine::events::EventCursor;
 use crate::telemetry::Telemetry;
 
 pub const DB_FILE: &str = "deploytrack.db";
-const COMMIT_WINDOW: Duration = Duration::from_millis(50);
+/// While changes keep arriving, commit (and sync) at most this often.
+const COMMIT_WINDOW: Duration = Duration::from_secs(1);
 const SCHEMA_VERSION: i64 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +147,7 @@ pub struct Restored {
 #[derive(Clone)]
 pub struct Outbox {
     tx: std_mpsc::Sender<Command>,
-    /// Signalled after every commit that added work.
+    /// Signalled whenever a command added work for the dispatcher.
     pub work: Arc<Notify>,
 }
 
@@ -424,7 +427,6 @@ impl Store {
         let mut last_commit = Instant::now() - COMMIT_WINDOW;
         let mut open = false;
         let mut waiting: Vec<AfterCommit> = Vec::new();
-        let mut added_work = false;
         loop {
             let command = if open {
                 let wait = (last_commit + COMMIT_WINDOW).saturating_duration_since(Instant::now());
@@ -446,9 +448,6 @@ impl Store {
                 self.commit(&mut waiting);
                 open = false;
                 last_commit = Instant::now();
-                if std::mem::take(&mut added_work) {
-                    work.notify_one();
-                }
                 continue;
             };
             if !open {
@@ -459,18 +458,18 @@ impl Store {
                 }
                 open = true;
             }
-            added_work |= self.apply(command, &mut waiting);
+            let mut added_work = self.apply(command, &mut waiting);
             // Take whatever else is already waiting into the same transaction.
             while let Ok(more) = rx.try_recv() {
                 added_work |= self.apply(more, &mut waiting);
+            }
+            if added_work {
+                work.notify_one();
             }
             if last_commit.elapsed() >= COMMIT_WINDOW {
                 self.commit(&mut waiting);
                 open = false;
                 last_commit = Instant::now();
-                if std::mem::take(&mut added_work) {
-                    work.notify_one();
-                }
             }
         }
     }
@@ -506,11 +505,7 @@ impl Store {
     }
 
     /// Apply one command inside the open transaction. Returns true if it added work.
-    fn apply(
-        &mut self,
-        command: Command,
-        waiting: &mut Vec<AfterCommit>,
-    ) -> bool {
+    fn apply(&mut self, command: Command, waiting: &mut Vec<AfterCommit>) -> bool {
         match command {
             Command::Enqueue(batch, reply) => match self.enqueue(batch) {
                 Ok(outcome) => {

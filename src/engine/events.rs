@@ -17,9 +17,38 @@ use crate::telemetry::Telemetry;
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How far before the cursor a resumed stream starts.
+const REPLAY_MARGIN: Duration = Duration::from_secs(2);
+/// Identities of recent events remembered to drop the replayed ones.
+const RECENT_EVENTS: usize = 4096;
 
-/// The position in the event stream: the last event handled. `since` is inclusive, so the
-/// event at exactly this time is recognised and dropped when the stream is resumed.
+/// The last events seen, by identity (id, action, time), to drop duplicates of a replay.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<(String, &'static str, i64)>,
+    set: std::collections::HashSet<(String, &'static str, i64)>,
+}
+
+impl Recent {
+    /// False if the event was already seen.
+    fn insert(&mut self, id: &str, action: &'static str, time_nano: i64) -> bool {
+        let identity = (id.to_string(), action, time_nano);
+        if !self.set.insert(identity.clone()) {
+            return false;
+        }
+        self.order.push_back(identity);
+        if self.order.len() > RECENT_EVENTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The position in the event stream: the last event handled. A resumed stream replays from a
+/// little before it (events of concurrent starts are not published in time order), and
+/// events already handled are recognised by their identity and dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EventCursor {
     pub time_nano: i64,
@@ -28,12 +57,10 @@ pub struct EventCursor {
 }
 
 impl EventCursor {
+    /// `since` for resuming after this cursor: `REPLAY_MARGIN` earlier.
     pub fn since_param(&self) -> String {
-        format!(
-            "{}.{:09}",
-            self.time_nano / 1_000_000_000,
-            self.time_nano % 1_000_000_000
-        )
+        let t = (self.time_nano - REPLAY_MARGIN.as_nanos() as i64).max(0);
+        format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000)
     }
 
     /// Encoded for the state file: `time_nano id action`.
@@ -48,14 +75,6 @@ impl EventCursor {
             id: parts.next()?.to_string(),
             action: parts.next()?.to_string(),
         })
-    }
-
-    /// True for an event at or before this cursor (already handled).
-    fn covers(&self, event: &ContainerEvent) -> bool {
-        event.time_nano < self.time_nano
-            || (event.time_nano == self.time_nano
-                && event.id == self.id
-                && event.action.name() == self.action)
     }
 }
 
@@ -189,6 +208,12 @@ impl EventReader {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut backoff = Duration::from_millis(250);
+        let mut recent = Recent::default();
+        if let Some(c) = &self.cursor {
+            if let Some(action) = Action::parse(&c.action) {
+                recent.insert(&c.id, action.name(), c.time_nano);
+            }
+        }
         loop {
             if *shutdown.borrow() {
                 return;
@@ -213,10 +238,16 @@ impl EventReader {
                                     continue;
                                 };
                                 self.telemetry.event_received(event.action.name());
-                                if self.cursor.as_ref().is_some_and(|c| c.covers(&event)) {
+                                if !recent.insert(&event.id, event.action.name(), event.time_nano) {
                                     continue;
                                 }
-                                self.cursor = Some(event.cursor());
+                                if self
+                                    .cursor
+                                    .as_ref()
+                                    .is_none_or(|c| event.time_nano > c.time_nano)
+                                {
+                                    self.cursor = Some(event.cursor());
+                                }
                                 if tx.send(EngineEvent::Container(event)).is_err() {
                                     return;
                                 }
@@ -268,25 +299,21 @@ mod tests {
             action: "start".into(),
         };
         assert_eq!(EventCursor::decode(&c.encode()), Some(c.clone()));
-        assert_eq!(c.since_param(), "1700000000.000000042");
-        let same = ContainerEvent {
-            id: "abc".into(),
-            action: Action::Start,
-            time_nano: c.time_nano,
-            exit_code: None,
-            hint: EventHint::default(),
-        };
-        assert!(c.covers(&same));
-        let other = ContainerEvent {
-            id: "def".into(),
-            ..same.clone()
-        };
-        assert!(!c.covers(&other));
-        let later = ContainerEvent {
-            time_nano: c.time_nano + 1,
-            ..same
-        };
-        assert!(!c.covers(&later));
+        assert_eq!(c.since_param(), "1699999998.000000042");
+    }
+
+    #[test]
+    fn replayed_events_are_recognised() {
+        let mut recent = Recent::default();
+        assert!(recent.insert("a", "start", 1));
+        assert!(recent.insert("b", "start", 1));
+        assert!(recent.insert("a", "die", 2));
+        assert!(!recent.insert("a", "start", 1));
+        for i in 0..RECENT_EVENTS as i64 {
+            recent.insert("x", "start", 100 + i);
+        }
+        assert!(recent.order.len() <= RECENT_EVENTS);
+        assert!(recent.insert("a", "start", 1), "forgotten after the window");
     }
 
     #[test]

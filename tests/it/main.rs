@@ -5,3 +5,4 @@ mod common;
 
 mod agent;
 mod config;
+mod durability;

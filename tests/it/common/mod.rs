@@ -113,7 +113,8 @@ impl Scope {
     /// `docker run -d` with this scope's label; returns the container id.
     pub fn run(&self, extra: &[&str], image: &str) -> String {
         let label = self.selector();
-        let mut args = vec!["run", "-d", "--label", &label];
+        // No network: the tests need none, and starts are faster without a veth pair.
+        let mut args = vec!["run", "-d", "--network", "none", "--label", &label];
         args.extend_from_slice(extra);
         args.push(image);
         docker(&args)
@@ -321,5 +322,182 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A loopback address nothing listens on (yet): an endpoint that is down.
+pub fn unused_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub fn endpoint_url(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}/atomist/resource/test")
+}
+
+/// Fetch a metric's value from the agent's admin listener.
+pub async fn metric(listen: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A second dockerd of the test's own, so restarting it disturbs no other test. It lives in
+/// its own network namespace (an engine rewrites bridges and firewall rules), with its own
+/// registry process there serving the test images' storage.
+pub struct PrivateEngine {
+    pub host: String,
+    root: PathBuf,
+    netns: String,
+    registry: Option<Child>,
+    child: Option<Child>,
+}
+
+impl PrivateEngine {
+    pub async fn start() -> PrivateEngine {
+        ensure_engine();
+        let tag = format!("{:x}", fastrand::u32(..));
+        let root = PathBuf::from(format!("/tmp/dt-e{tag}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let netns = format!("dt-e{tag}");
+        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+        assert!(
+            ok(Command::new("ip").args(["netns", "add", &netns])),
+            "ip netns add failed"
+        );
+        assert!(ok(Command::new("ip").args([
+            "netns", "exec", &netns, "ip", "link", "set", "lo", "up"
+        ])));
+        // nsenter, not `ip netns exec`: only the network is private; the engine needs the
+        // host's cgroup and /sys mounts, which `ip netns exec` replaces.
+        let registry = Command::new("nsenter")
+            .args([
+                &format!("--net=/var/run/netns/{netns}"),
+                "docker-registry",
+                "serve",
+                "/tmp/deploytrack-registry.yml",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a registry in the namespace");
+        let host = format!("unix://{}/docker.sock", root.display());
+        let mut engine = PrivateEngine {
+            host,
+            root,
+            netns,
+            registry: Some(registry),
+            child: None,
+        };
+        engine.boot().await;
+        let host = engine.host.clone();
+        eventually("the private engine to pull the test image", || {
+            Command::new("docker")
+                .args(["-H", &host, "pull", "-q", APP1])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        })
+        .await;
+        engine
+    }
+
+    async fn boot(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("dockerd.log"))
+            .unwrap();
+        let r = &self.root;
+        let child = Command::new("nsenter")
+            .args([
+                &format!("--net=/var/run/netns/{}", self.netns),
+                "dockerd",
+                "--data-root",
+                &format!("{}/data", r.display()),
+                "--exec-root",
+                &format!("{}/x", r.display()),
+                "--pidfile",
+                &format!("{}/docker.pid", r.display()),
+                "-H",
+                &self.host,
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start a private dockerd");
+        self.child = Some(child);
+        let host = self.host.clone();
+        eventually("the private engine to answer", || {
+            Command::new("docker")
+                .args(["-H", &host, "version"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn docker(&self, args: &[&str]) -> String {
+        let mut all = vec!["-H", &self.host];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    /// Stop the engine (SIGTERM, as systemd would) and start it again.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if start.elapsed() > PATIENCE {
+                    let _ = child.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.boot().await;
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..300 {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut registry) = self.registry.take() {
+            let _ = registry.kill();
+            let _ = registry.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -75,7 +75,6 @@ struct State {
 pub struct Receiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    task: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl Receiver {
@@ -95,7 +94,8 @@ impl Receiver {
             per_name: Vec::new(),
         }));
         let shared = state.clone();
-        let task = tokio::spawn(async move {
+        // The task ends with the test's runtime.
+        tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -109,11 +109,7 @@ impl Receiver {
                 });
             }
         });
-        Receiver {
-            addr,
-            state,
-            task: Arc::new(task),
-        }
+        Receiver { addr, state }
     }
 
     pub fn url(&self) -> String {
@@ -150,11 +146,6 @@ impl Receiver {
             .into_iter()
             .filter(|r| r.status < 300)
             .collect()
-    }
-
-    /// Stop listening: the port refuses connections from now on.
-    pub fn stop(&self) {
-        self.task.abort();
     }
 }
 
