@@ -447,7 +447,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let cases: Vec<(fn(&mut RunArgs), &str)> = vec![
+        type Case = (fn(&mut RunArgs), &'static str);
+        let cases: Vec<Case> = vec![
             (|a| a.url = Some("not a url".into()), "--url"),
             (|a| a.url = Some("ftp://x/y".into()), "--url"),
             (|a| a.environment = Some(" ".into()), "--environment"),
