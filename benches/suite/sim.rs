@@ -72,11 +72,6 @@ pub fn container_name(i: usize) -> String {
     format!("sim-{i}")
 }
 
-/// The deployment name the agent gives container `i` (default template `{host}/{container}`).
-pub fn deployment_name(i: usize) -> String {
-    format!("{HOST}/sim-{i}")
-}
-
 fn index_of(id: &str) -> Option<usize> {
     let rest = id.strip_prefix("b0b0b0b0")?;
     if rest.len() != 56 {

@@ -196,7 +196,16 @@ async fn engine_restart_is_survived_and_reconciled() {
     let scope = Scope::new("enginerestart");
     let mut engine = PrivateEngine::start().await;
     let receiver = Receiver::start().await;
-    let agent = scope.agent(&receiver.url(), &["--docker-host", &engine.host]);
+    let listen = unused_addr();
+    let agent = scope.agent(
+        &receiver.url(),
+        &[
+            "--docker-host",
+            &engine.host,
+            "--listen",
+            &listen.to_string(),
+        ],
+    );
     agent.ready().await;
     let host = engine.docker(&["info", "--format", "{{.Name}}"]);
     let label = scope.selector();
@@ -219,7 +228,16 @@ async fn engine_restart_is_survived_and_reconciled() {
             .then_some(())
     })
     .await;
-    engine.restart().await;
+    engine.stop().await;
+    let readyz = format!("http://{listen}/readyz");
+    eventually_async("readiness to drop with the engine", || async {
+        let r = reqwest::get(&readyz).await.ok()?;
+        let status = r.status().as_u16();
+        let body = r.text().await.ok()?;
+        (status == 503 && body.contains("engine not connected")).then_some(())
+    })
+    .await;
+    engine.boot().await;
     engine.docker(&[
         "run",
         "-d",

@@ -6,3 +6,4 @@ mod common;
 mod agent;
 mod config;
 mod durability;
+mod service;

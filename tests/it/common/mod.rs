@@ -91,6 +91,24 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// `eventually` for checks that await (an HTTP request).
+pub async fn eventually_async<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > PATIENCE {
+            panic!("timed out after {PATIENCE:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A test's scope: a unique label on every container it makes, a temp dir, and cleanup.
 pub struct Scope {
     pub id: String,
@@ -411,7 +429,7 @@ impl PrivateEngine {
         engine
     }
 
-    async fn boot(&mut self) {
+    pub async fn boot(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -458,8 +476,8 @@ impl PrivateEngine {
         docker(&all)
     }
 
-    /// Stop the engine (SIGTERM, as systemd would) and start it again.
-    pub async fn restart(&mut self) {
+    /// Stop the engine (SIGTERM, as systemd would); `boot` starts it again.
+    pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -472,7 +490,6 @@ impl PrivateEngine {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        self.boot().await;
     }
 }
 

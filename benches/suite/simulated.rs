@@ -1,0 +1,592 @@
+//! B3 to B6: the agent against the simulated engine.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::receiver::Receiver;
+use crate::report::{row, Section, Verdict};
+use crate::sim::{Plan, Sim};
+use crate::util::*;
+use crate::Ctx;
+
+const ENQUEUED: &str = "deploytrack_reports_enqueued_total";
+const COMMITS: &str = "deploytrack_queue_commits_total";
+const DEPTH: &str = "deploytrack_queue_depth";
+const FAILURES: &str = "deploytrack_delivery_failures_total";
+const PATIENCE: Duration = Duration::from_secs(180);
+
+fn down_url() -> String {
+    format!("http://127.0.0.1:{}/deployments", free_port())
+}
+
+/// An agent on the simulated engine, ready (reconciled and serving /metrics).
+async fn agent_on(ctx: &Ctx, dir: &Path, sim: &Sim, url: String) -> Result<Agent, String> {
+    let mut agent = Agent::spawn(
+        dir,
+        AgentArgs {
+            url: Some(url),
+            state_dir: Some(dir.join("state")),
+            docker_host: Some(sim.docker_host()),
+            listen: Some(free_addr()),
+            ..AgentArgs::default()
+        },
+    );
+    agent.ready(Duration::from_secs(60)).await?;
+    for _ in 0..100 {
+        if agent.metrics(&ctx.http).await.is_ok() {
+            return Ok(agent);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no /metrics from the agent:\n{}", agent.stderr_tail()))
+}
+
+/// Scrape every `every` until `done` holds; returns the scrape and when it was taken.
+async fn poll_metrics(
+    ctx: &Ctx,
+    agent: &mut Agent,
+    what: &str,
+    every: Duration,
+    done: impl Fn(&Metrics) -> bool,
+) -> Result<(Metrics, Instant), String> {
+    let start = Instant::now();
+    loop {
+        let m = agent.metrics(&ctx.http).await?;
+        let at = Instant::now();
+        if done(&m) {
+            return Ok((m, at));
+        }
+        if let Some(status) = agent.exited() {
+            return Err(format!("the agent exited ({status}) before {what}:\n{}", agent.stderr_tail()));
+        }
+        if start.elapsed() > PATIENCE {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn count_rows(db: &Path, table: &str) -> Result<i64, String> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("open {}: {e}", db.display()))?;
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .map_err(|e| format!("count {table}: {e}"))
+}
+
+// ------------------------------------------------------------------------------------ B3
+
+struct Throughput {
+    events: usize,
+    queue_secs: f64,
+    received_secs: Option<f64>,
+    agent_cpu: f64,
+    bench_cpu: f64,
+    commits: f64,
+    hwm_kb: u64,
+}
+
+async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, String> {
+    let dir = scratch(&ctx.root, if deliver { "b3-deliver" } else { "b3-queue" });
+    let sim = Sim::start(&dir, vec![], None);
+    let receiver = if deliver { Some(Receiver::start().await) } else { None };
+    let url = receiver.as_ref().map_or_else(down_url, Receiver::url);
+    let mut agent = agent_on(ctx, &dir, &sim, url).await?;
+    let before = agent.metrics(&ctx.http).await?;
+    let cpu0 = agent.cpu_seconds().unwrap_or(0.0);
+    let own0 = own_cpu_seconds();
+    sim.fire(Plan {
+        first: 0,
+        count: n,
+        spread: None,
+    })?;
+    let (after, done) = poll_metrics(ctx, &mut agent, "all events queued", Duration::from_millis(20), |m| {
+        m.get(ENQUEUED) >= n as f64
+    })
+    .await?;
+    let first = sim.stats().first_event.ok_or("no event was sent")?;
+    let received_secs = match &receiver {
+        Some(r) => {
+            r.wait_distinct(n, PATIENCE).await?;
+            let (_, last) = r.span().ok_or("nothing received")?;
+            Some((last - first).as_secs_f64())
+        }
+        None => None,
+    };
+    let result = Throughput {
+        events: sim.events_sent(),
+        queue_secs: (done - first).as_secs_f64(),
+        received_secs,
+        agent_cpu: agent.cpu_seconds().unwrap_or(0.0) - cpu0,
+        bench_cpu: own_cpu_seconds() - own0,
+        commits: after.get(COMMITS) - before.get(COMMITS),
+        hwm_kb: agent.status_kb("VmHWM").unwrap_or(0),
+    };
+    agent.stop(Duration::from_secs(30)).await;
+    Ok(result)
+}
+
+pub async fn b3(ctx: Ctx) -> Result<Section, String> {
+    let n = if ctx.quick { 5_000 } else { 20_000 };
+    let mut s = Section::new("B3", "Pipeline throughput (simulated engine)");
+    s.method = format!(
+        "The simulated engine (a hyper server on a unix socket in the bench process, `--docker-host unix://...`) \
+         sends {n} container `start` events on /events as fast as the agent reads them and answers every \
+         container and image inspect at once. Measured from the first event sent until \
+         `deploytrack_reports_enqueued_total` (scraped every 20 ms from `--listen`) reaches {n}: every report \
+         resolved, written and committed to the SQLite queue. *Queue only*: the endpoint is down (a port that \
+         refuses), so delivery stays on hold and takes no CPU. *With delivery*: a live loopback receiver, so \
+         delivery competes for the same two cores; the second figure is until the receiver has all {n}. \
+         The simulated engine and the receiver run in the bench process and share the machine's cores with the agent."
+    );
+    say(format!("B3: {n} events, endpoint down"));
+    let q = throughput(&ctx, n, false).await?;
+    say(format!("B3: {n} events, live receiver"));
+    let d = throughput(&ctx, n, true).await?;
+    let rate = |secs: f64| n as f64 / secs;
+    s.rows.push(row(
+        "events into the durable queue, endpoint down",
+        format!("{:.0} events/s", rate(q.queue_secs)),
+        "≥ 10,000 events/s",
+        Verdict::of(rate(q.queue_secs) >= 10_000.0),
+    ));
+    s.rows.push(row(
+        "events into the queue while delivering",
+        format!(
+            "{:.0} events/s queued, {:.0} reports/s received",
+            rate(d.queue_secs),
+            rate(d.received_secs.unwrap_or(f64::NAN))
+        ),
+        "",
+        Verdict::Info,
+    ));
+    s.details.push("| Run | Events | Queued in | Rate | Agent CPU | Agent CPU per event | Bench process CPU | Queue commits | Agent peak RSS |".into());
+    s.details.push("|---|---|---|---|---|---|---|---|---|".into());
+    for (name, t) in [("queue only", &q), ("with delivery", &d)] {
+        s.details.push(format!(
+            "| {name} | {} | {:.2} s{} | {:.0}/s | {:.2} s ({:.0}% of one core) | {:.0} µs | {:.2} s | {:.0} | {} |",
+            t.events,
+            t.queue_secs,
+            t.received_secs
+                .map(|r| format!(" (all received after {r:.2} s)"))
+                .unwrap_or_default(),
+            rate(t.queue_secs),
+            t.agent_cpu,
+            100.0 * t.agent_cpu / t.queue_secs.max(t.received_secs.unwrap_or(0.0)),
+            1e6 * t.agent_cpu / n as f64,
+            t.bench_cpu,
+            t.commits,
+            mib(t.hwm_kb as f64 * 1024.0),
+        ));
+    }
+    s.raw = json!({
+        "events": n,
+        "queue_only": { "seconds": q.queue_secs, "agent_cpu_s": q.agent_cpu, "bench_cpu_s": q.bench_cpu, "commits": q.commits, "vmhwm_kb": q.hwm_kb },
+        "with_delivery": { "queued_seconds": d.queue_secs, "received_seconds": d.received_secs, "agent_cpu_s": d.agent_cpu, "bench_cpu_s": d.bench_cpu, "commits": d.commits, "vmhwm_kb": d.hwm_kb },
+    });
+    Ok(s)
+}
+
+// ------------------------------------------------------------------------------------ B4
+
+struct Drain {
+    n: usize,
+    total: f64,
+    first: f64,
+    span: f64,
+    reconciled: Option<f64>,
+    requests: usize,
+    agent_cpu: f64,
+    build: f64,
+}
+
+async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
+    let dir = scratch(&ctx.root, &format!("b4-{n}"));
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/deployments");
+    // Build the backlog: the endpoint is down while n containers start.
+    let build_start = Instant::now();
+    {
+        let p1 = scratch(&dir, "engine1");
+        let sim = Sim::start(&p1, vec![], None);
+        let mut agent = agent_on(ctx, &dir, &sim, url.clone()).await?;
+        sim.fire(Plan {
+            first: 0,
+            count: n,
+            spread: None,
+        })?;
+        let (m, _) = poll_metrics(ctx, &mut agent, "the backlog", Duration::from_millis(50), |m| {
+            m.get(ENQUEUED) >= n as f64 && m.get(DEPTH) >= n as f64
+        })
+        .await?;
+        if m.get(DEPTH) as usize != n {
+            return Err(format!("the queue holds {} reports, not {n}", m.get(DEPTH)));
+        }
+        let status = agent.stop(Duration::from_secs(30)).await;
+        if !status.is_some_and(|s| s.success()) {
+            return Err(format!("the agent did not stop cleanly ({status:?}):\n{}", agent.stderr_tail()));
+        }
+    }
+    let build = build_start.elapsed().as_secs_f64();
+    let queued = count_rows(&dir.join("state/deploytrack.db"), "pending")?;
+    if queued as usize != n {
+        return Err(format!("{queued} reports on disk after the stop, not {n}"));
+    }
+    // The endpoint is back; the agent restarts; the containers still run.
+    let receiver = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let p2 = scratch(&dir, "engine2");
+    let sim = Sim::start(&p2, (0..n).collect(), None);
+    let mut agent = Agent::spawn(
+        &dir,
+        AgentArgs {
+            url: Some(url),
+            state_dir: Some(dir.join("state")),
+            docker_host: Some(sim.docker_host()),
+            ..AgentArgs::default()
+        },
+    );
+    let t0 = agent.spawned;
+    if let Err(e) = receiver.wait_distinct(n, PATIENCE).await {
+        return Err(format!("{e}:\n{}", agent.stderr_tail()));
+    }
+    let (first, last) = receiver.span().ok_or("nothing received")?;
+    let result = Drain {
+        n,
+        total: (last - t0).as_secs_f64(),
+        first: (first - t0).as_secs_f64(),
+        span: (last - first).as_secs_f64(),
+        reconciled: sim.stats().last_inspect.map(|t| (t - t0).as_secs_f64()),
+        requests: receiver.requests(),
+        agent_cpu: agent.cpu_seconds().unwrap_or(0.0),
+        build,
+    };
+    agent.stop(Duration::from_secs(30)).await;
+    Ok(result)
+}
+
+pub async fn b4(ctx: Ctx) -> Result<Section, String> {
+    let sizes = [1_000, 10_000];
+    let mut s = Section::new("B4", "Backlog drain");
+    s.method = "The backlog is built with the simulated engine: the agent runs with its endpoint down (a loopback \
+        port that refuses) while N containers start, and is stopped with SIGTERM once all N reports are queued \
+        (checked in the SQLite file). Then a fast receiver (hyper, answers 200 at once) listens on that port and \
+        the agent is started again on the same state dir, against an engine that still runs the N containers, \
+        so the agent reconciles them while it drains (as after a real restart). Measured from the agent \
+        process start until the receiver has all N; the drain rate between the first and the last report \
+        received is also given. Default settings (`--concurrency 4`)."
+        .into();
+    let mut runs = Vec::new();
+    for n in sizes {
+        say(format!("B4: backlog of {n}"));
+        runs.push(drain(&ctx, n).await?);
+    }
+    for d in &runs {
+        let rate = d.n as f64 / d.total;
+        s.rows.push(row(
+            format!("{} queued reports, agent start to all received", d.n),
+            format!("{:.2} s = {:.0} reports/s (drain alone {:.0}/s)", d.total, rate, d.n as f64 / d.span),
+            "≥ 5,000 reports/s",
+            Verdict::of(rate >= 5_000.0),
+        ));
+    }
+    s.details.push("| Backlog | Start to all received | Start to first | First to last | Reconciliation done at | Requests | Agent CPU | Backlog built in |".into());
+    s.details.push("|---|---|---|---|---|---|---|---|".into());
+    for d in &runs {
+        s.details.push(format!(
+            "| {} | {:.2} s ({:.0}/s) | {:.2} s | {:.2} s ({:.0}/s) | {} | {} | {:.2} s | {:.1} s |",
+            d.n,
+            d.total,
+            d.n as f64 / d.total,
+            d.first,
+            d.span,
+            d.n as f64 / d.span,
+            d.reconciled.map_or("-".into(), |r| format!("{r:.2} s")),
+            d.requests,
+            d.agent_cpu,
+            d.build
+        ));
+    }
+    if let [small, large] = &runs[..] {
+        s.details.push(String::new());
+        s.details.push(format!(
+            "Growth: {}× the backlog took {:.1}× the time.",
+            large.n / small.n,
+            large.total / small.total
+        ));
+    }
+    s.raw = serde_json::Value::Array(
+        runs.iter()
+            .map(|d| json!({ "n": d.n, "start_to_all_s": d.total, "start_to_first_s": d.first, "first_to_last_s": d.span, "reconciled_s": d.reconciled, "requests": d.requests, "agent_cpu_s": d.agent_cpu }))
+            .collect(),
+    );
+    Ok(s)
+}
+
+// ------------------------------------------------------------------------------------ B5
+
+struct Burst {
+    commits: f64,
+    failures: f64,
+    window: f64,
+    queued_in: f64,
+    on_disk: i64,
+    syncs: Option<(u64, u64)>,
+}
+
+fn strace_available() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// fsync and fdatasync calls in an `strace -c` summary.
+fn parse_strace(text: &str) -> (u64, u64) {
+    let mut fsync = 0;
+    let mut fdatasync = 0;
+    for line in text.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let Some(name) = t.last() else { continue };
+        let calls = t.get(3).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
+        match *name {
+            "fsync" => fsync += calls,
+            "fdatasync" => fdatasync += calls,
+            _ => {}
+        }
+    }
+    (fsync, fdatasync)
+}
+
+async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
+    let dir = scratch(&ctx.root, if traced { "b5-strace" } else { "b5" });
+    let sim = Sim::start(&dir, vec![], None);
+    let mut agent = agent_on(ctx, &dir, &sim, down_url()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut strace = None;
+    let trace_file = dir.join("strace.txt");
+    if traced {
+        let err = dir.join("strace.err");
+        let child = Command::new("strace")
+            .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace_file)
+            .args(["-p", &agent.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("strace: {e}"))?;
+        wait_for("strace to attach", Duration::from_secs(10), Duration::from_millis(20), || {
+            std::fs::read_to_string(&err)
+                .ok()
+                .filter(|t| t.contains("attached"))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        strace = Some(child);
+    }
+    let before = agent.metrics(&ctx.http).await?;
+    let t0 = Instant::now();
+    sim.fire(Plan {
+        first: 0,
+        count: n,
+        spread: Some(Duration::from_secs(1)),
+    })?;
+    let (_, queued) = poll_metrics(ctx, &mut agent, "the burst to be queued", Duration::from_millis(50), |m| {
+        m.get(ENQUEUED) >= n as f64
+    })
+    .await?;
+    // Let the last group commit and any delivery attempt settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = agent.metrics(&ctx.http).await?;
+    let window = t0.elapsed().as_secs_f64();
+    let syncs = match strace.take() {
+        Some(child) => {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let mut child = child;
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            Some(parse_strace(&std::fs::read_to_string(&trace_file).unwrap_or_default()))
+        }
+        None => None,
+    };
+    agent.stop(Duration::from_secs(30)).await;
+    Ok(Burst {
+        commits: after.get(COMMITS) - before.get(COMMITS),
+        failures: after.get(FAILURES) - before.get(FAILURES),
+        window,
+        queued_in: (queued - t0).as_secs_f64(),
+        on_disk: count_rows(&dir.join("state/deploytrack.db"), "pending")?,
+        syncs,
+    })
+}
+
+pub async fn b5(ctx: Ctx) -> Result<Section, String> {
+    let n = 1_000;
+    let mut s = Section::new("B5", "Burst durability cost");
+    s.method = format!(
+        "The simulated engine sends {n} `start` events spread evenly over one second while the endpoint is \
+         down. Counted from just before the burst until 300 ms after the last report is queued: \
+         `deploytrack_queue_commits_total`, and in a second, identical run the agent's `fsync` and \
+         `fdatasync` calls under `strace -f -c` (attached to the running agent just before the burst; \
+         tracing slows syscalls, so that run batches a little differently). *Nothing lost*: after a \
+         SIGTERM, the `pending` table of the queue file holds every report."
+    );
+    say("B5: burst of 1000 starts in 1 s, endpoint down");
+    let plain = burst(&ctx, n, false).await?;
+    let traced = if strace_available() {
+        say("B5: the same burst under strace");
+        Some(burst(&ctx, n, true).await?)
+    } else {
+        s.details.push("`strace` is not installed: syncs were not counted at the system-call level (`apt-get install -y strace`).".into());
+        None
+    };
+    let syncs = traced.as_ref().and_then(|t| t.syncs).map(|(a, b)| a + b);
+    s.rows.push(row(
+        format!("syncs for {n} starts in 1 s"),
+        match syncs {
+            Some(k) => format!("{:.0} commits; {k} fsync+fdatasync calls (traced run)", plain.commits),
+            None => format!("{:.0} commits", plain.commits),
+        },
+        "≤ 20 syncs",
+        Verdict::of(syncs.map_or(plain.commits, |k| k as f64) <= 20.0),
+    ));
+    let lost = n as i64 - plain.on_disk.min(traced.as_ref().map_or(plain.on_disk, |t| t.on_disk));
+    s.rows.push(row(
+        "reports in the queue after the burst",
+        format!(
+            "{} of {n}{}",
+            plain.on_disk,
+            traced.as_ref().map(|t| format!(" ({} in the traced run)", t.on_disk)).unwrap_or_default()
+        ),
+        "all 1,000",
+        Verdict::of(lost == 0),
+    ));
+    s.details.push("| Run | Queued within | Window counted | Queue commits | fsync | fdatasync | Failed delivery attempts in the window | Pending on disk |".into());
+    s.details.push("|---|---|---|---|---|---|---|---|".into());
+    for (name, b) in [("plain", Some(&plain)), ("under strace", traced.as_ref())] {
+        let Some(b) = b else { continue };
+        s.details.push(format!(
+            "| {name} | {:.2} s | {:.2} s | {:.0} | {} | {} | {:.0} | {} |",
+            b.queued_in,
+            b.window,
+            b.commits,
+            b.syncs.map_or("-".into(), |(f, _)| f.to_string()),
+            b.syncs.map_or("-".into(), |(_, d)| d.to_string()),
+            b.failures,
+            b.on_disk
+        ));
+    }
+    s.raw = json!({
+        "events": n,
+        "plain": { "commits": plain.commits, "failures": plain.failures, "window_s": plain.window, "pending_on_disk": plain.on_disk },
+        "traced": traced.as_ref().map(|t| json!({ "commits": t.commits, "fsync": t.syncs.map(|s| s.0), "fdatasync": t.syncs.map(|s| s.1), "pending_on_disk": t.on_disk })),
+    });
+    Ok(s)
+}
+
+// ------------------------------------------------------------------------------------ B6
+
+struct Footprint {
+    n: usize,
+    rss_kb: u64,
+    hwm_kb: u64,
+    idle_cpu: f64,
+    idle: f64,
+    startup_cpu: f64,
+}
+
+async fn footprint(ctx: &Ctx, n: usize, idle: Duration) -> Result<Footprint, String> {
+    let dir = scratch(&ctx.root, &format!("b6-{n}"));
+    let sim = Sim::start(&dir, (0..n).collect(), None);
+    let receiver = Receiver::start().await;
+    let mut agent = agent_on(ctx, &dir, &sim, receiver.url()).await?;
+    receiver.wait_distinct(n, PATIENCE).await?;
+    poll_metrics(ctx, &mut agent, "an empty queue", Duration::from_millis(100), |m| m.get(DEPTH) == 0.0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let startup_cpu = agent.cpu_seconds().unwrap_or(0.0);
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_cpu = agent.cpu_seconds().unwrap_or(0.0) - startup_cpu;
+    let idle_secs = t0.elapsed().as_secs_f64();
+    let result = Footprint {
+        n,
+        rss_kb: agent.status_kb("VmRSS").unwrap_or(0),
+        hwm_kb: agent.status_kb("VmHWM").unwrap_or(0),
+        idle_cpu,
+        idle: idle_secs,
+        startup_cpu,
+    };
+    agent.stop(Duration::from_secs(30)).await;
+    Ok(result)
+}
+
+pub async fn b6(ctx: Ctx) -> Result<Section, String> {
+    let idle = Duration::from_secs(if ctx.quick { 15 } else { 60 });
+    let mut s = Section::new("B6", "Footprint");
+    s.method = format!(
+        "N running containers on the simulated engine (the agent's work per container is the same as with \
+         the real engine: one inspect, one report, one row in the view), reported to a live receiver. Once \
+         the queue is empty, the agent idles for {} s: RSS is VmRSS at the end and VmHWM (peak, including \
+         start-up and reconciliation) from /proc/PID/status, idle CPU is utime+stime from /proc/PID/stat \
+         across the idle window. Both N run at the same time, each with its own engine and receiver. \
+         Binary: the stripped release build (`[profile.release]` strip = true).",
+        idle.as_secs()
+    );
+    say(format!("B6: footprint at 100 and 500 containers, {} s idle", idle.as_secs()));
+    let (a, b) = tokio::join!(footprint(&ctx, 100, idle), footprint(&ctx, 500, idle));
+    let runs = [a?, b?];
+    let bytes = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
+    for f in &runs {
+        let rss = f.rss_kb.max(f.hwm_kb) as f64 * 1024.0;
+        s.rows.push(row(
+            format!("RSS with {} containers (now / peak)", f.n),
+            format!("{} / {}", mib(f.rss_kb as f64 * 1024.0), mib(f.hwm_kb as f64 * 1024.0)),
+            "≤ 10 MB",
+            Verdict::of(rss <= 10.0 * 1024.0 * 1024.0),
+        ));
+    }
+    for f in &runs {
+        let per_min = f.idle_cpu * 60.0 / f.idle;
+        s.rows.push(row(
+            format!("idle CPU with {} containers", f.n),
+            format!("{per_min:.3} s/min"),
+            "≤ 0.1 s/min",
+            Verdict::of(per_min <= 0.1),
+        ));
+    }
+    s.rows.push(row(
+        "stripped release binary",
+        format!("{} ({bytes} bytes)", mib(bytes as f64)),
+        "≤ 10 MB",
+        Verdict::of(bytes as f64 <= 10.0 * 1024.0 * 1024.0),
+    ));
+    s.details.push("| Containers | VmRSS after idle | VmHWM | CPU until idle (start-up, reconciliation, delivery) | CPU while idle | Idle window |".into());
+    s.details.push("|---|---|---|---|---|---|".into());
+    for f in &runs {
+        s.details.push(format!(
+            "| {} | {} | {} | {:.2} s | {:.3} s | {:.0} s |",
+            f.n,
+            mib(f.rss_kb as f64 * 1024.0),
+            mib(f.hwm_kb as f64 * 1024.0),
+            f.startup_cpu,
+            f.idle_cpu,
+            f.idle
+        ));
+    }
+    if let [small, large] = &runs {
+        s.details.push(String::new());
+        s.details.push(format!(
+            "Growth: {:.1} KiB of RSS per extra container ({} to {}).",
+            (large.rss_kb as f64 - small.rss_kb as f64) / (large.n - small.n) as f64,
+            small.n,
+            large.n
+        ));
+    }
+    s.raw = json!({
+        "binary_bytes": bytes,
+        "runs": runs.iter().map(|f| json!({ "n": f.n, "vmrss_kb": f.rss_kb, "vmhwm_kb": f.hwm_kb, "idle_cpu_s": f.idle_cpu, "idle_s": f.idle, "cpu_before_idle_s": f.startup_cpu })).collect::<Vec<_>>(),
+    });
+    Ok(s)
+}

@@ -1,0 +1,327 @@
+//! Running it as a service: admin endpoints, the pipeline and doctor commands, unit file.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_report_health_metrics_and_deployments() {
+    let scope = Scope::new("admin");
+    let receiver = Receiver::start().await;
+    let listen = unused_addr();
+    let agent = scope.agent(&receiver.url(), &["--listen", &listen.to_string()]);
+    agent.ready().await;
+    let name = scope.name("web");
+    scope.run(&["--name", &name], APP1);
+    scope.run(&[], LOCAL1);
+    eventually("delivery", || {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    let base = format!("http://{listen}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(
+        get(&format!("{base}/readyz")).await,
+        (200, "ready\n".to_string())
+    );
+    let (status, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    for line in [
+        "deploytrack_events_received_total{action=\"start\"} 2",
+        "deploytrack_reports_enqueued_total 1",
+        "deploytrack_reports_delivered_total 1",
+        "deploytrack_containers_skipped_total{reason=\"no_digest\"} 1",
+        "deploytrack_queue_depth 0",
+        "deploytrack_queue_dead_letters 0",
+        "deploytrack_engine_connected 1",
+        "deploytrack_engine_reconnects_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("deploytrack_last_delivery_timestamp_seconds"));
+    assert!(metrics.contains("deploytrack_queue_oldest_pending_age_seconds"));
+    let (status, deployments) = get(&format!("{base}/deployments")).await;
+    assert_eq!(status, 200);
+    let view: serde_json::Value = serde_json::from_str(&deployments).unwrap();
+    let key = format!("{}/{name}", engine_host_name());
+    assert_eq!(
+        view["deployed"][&key]["image"],
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+    assert_eq!(get(&format!("{base}/nope")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_command_for_pipelines() {
+    let scope = Scope::new("report");
+    let receiver = Receiver::start().await;
+    let token = scope.token_file();
+    let token = token.to_str().unwrap();
+    let url = receiver.url();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let image = format!("registry.example.com/team/api:1.4@{digest}");
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "--image",
+        &image,
+        "--name",
+        "api",
+        "--environment",
+        "production",
+        "--platform",
+        "linux/arm64/v8",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let got = receiver.accepted();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].body,
+        serde_json::json!({
+            "image": {"url": format!("registry.example.com/team/api@{digest}"), "name": "api"},
+            "environment": {"name": "production"},
+            "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}
+        })
+    );
+    assert_eq!(
+        got[0].authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+
+    // Not pinned by digest: refused before anything is sent.
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "--image",
+        "nginx:latest",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("not pinned by digest"),
+        "{}",
+        out.stderr
+    );
+    // A transient failure is retried; a refusal is reported with its status.
+    receiver.script([Answer::status(503)]);
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "--image",
+        &image,
+        "--retry-initial",
+        "100ms",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    receiver.set_default(Answer::status(422));
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "--image",
+        &image,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("refused the report (422)"),
+        "{}",
+        out.stderr
+    );
+    receiver.set_default(Answer::status(403));
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "--image",
+        &image,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("rejected the API token"),
+        "{}",
+        out.stderr
+    );
+    // The endpoint down: gives up after --timeout with the reason.
+    let down = endpoint_url(unused_addr());
+    let started = std::time::Instant::now();
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &down,
+        "--token-file",
+        token,
+        "--image",
+        &image,
+        "--timeout",
+        "2s",
+        "--retry-initial",
+        "200ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("not delivered within 2s"),
+        "{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_once_delivers_and_exits() {
+    let scope = Scope::new("sync");
+    let receiver = Receiver::start().await;
+    let token = scope.token_file();
+    let state = scope.state_dir();
+    let selector = scope.selector();
+    let url = receiver.url();
+    for n in ["one", "two"] {
+        scope.run(&["--name", &scope.name(n)], APP1);
+    }
+    let sync = |extra: &[&str]| {
+        let mut args = vec![
+            "sync",
+            "--once",
+            "--url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+        ];
+        args.extend_from_slice(extra);
+        scope.command(&args)
+    };
+    let out = sync(&[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(receiver.accepted().len(), 2);
+    let out = sync(&[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(receiver.received().len(), 2, "an unchanged sync sent again");
+    let out = sync(&["--force"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(receiver.accepted().len(), 4);
+    let out = scope.command(&["sync", "--url", &url]);
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_each_check() {
+    let scope = Scope::new("check");
+    let receiver = Receiver::start().await;
+    let token = scope.token_file();
+    let state = scope.state_dir();
+    let base = [
+        "check",
+        "--url",
+        &receiver.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let out = scope.command(&base);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    for check in [
+        "config",
+        "token",
+        "engine",
+        "engine API",
+        "state dir",
+        "endpoint",
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with("OK") && l.contains(&format!(" {check}:"))),
+            "no OK line for {check}:\n{}",
+            out.stdout
+        );
+    }
+    receiver.set_default(Answer::status(401));
+    let mut bad: Vec<&str> = base.to_vec();
+    bad.extend(["--docker-host", "unix:///nonexistent/docker.sock"]);
+    let out = scope.command(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let fails: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .collect();
+    assert_eq!(fails.len(), 2, "{}", out.stdout);
+    assert!(fails[0].contains("engine") && fails[0].contains("/nonexistent/docker.sock"));
+    assert!(fails[1].contains("endpoint") && fails[1].contains("rejected the API token"));
+    let out = scope.command(&["check", "--environment", ""]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.starts_with("FAIL config: invalid --environment"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn man_page_and_completions_come_from_the_cli() {
+    let out = Scope::command_only(&["man"]);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.starts_with(".ie") || out.stdout.contains(".TH deploytrack"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    assert!(out.stdout.contains("report"));
+    let out = Scope::command_only(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(out.stdout.contains("--label-selector"));
+}
+
+#[test]
+fn systemd_unit_is_hardened() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/deploytrack.service");
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", unit.to_str().unwrap()])
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed here: the unit's exposure is not checked");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure line: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score from {line:?}"));
+    assert!(score <= 4.0, "{line}");
+}
