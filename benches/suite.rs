@@ -74,7 +74,10 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Opts, String> {
                 for id in list.split(',') {
                     let id = id.trim().to_ascii_uppercase();
                     if !ALL.contains(&id.as_str()) {
-                        return Err(format!("unknown benchmark {id:?} (known: {})", ALL.join(", ")));
+                        return Err(format!(
+                            "unknown benchmark {id:?} (known: {})",
+                            ALL.join(", ")
+                        ));
                     }
                     opts.only.push(id);
                 }
@@ -139,9 +142,13 @@ async fn run(opts: Opts) -> ExitCode {
     // The simulated engine first (a quiet machine for B6's idle figures), then the real engine.
     type Job = fn(Ctx) -> tokio::task::JoinHandle<Result<Section, String>>;
     let simulated: [(&'static str, &'static str, Job); 4] = [
-        ("B3", "Pipeline throughput (simulated engine)", |c| tokio::spawn(simulated::b3(c))),
+        ("B3", "Pipeline throughput (simulated engine)", |c| {
+            tokio::spawn(simulated::b3(c))
+        }),
         ("B4", "Backlog drain", |c| tokio::spawn(simulated::b4(c))),
-        ("B5", "Burst durability cost", |c| tokio::spawn(simulated::b5(c))),
+        ("B5", "Burst durability cost", |c| {
+            tokio::spawn(simulated::b5(c))
+        }),
         ("B6", "Footprint", |c| tokio::spawn(simulated::b6(c))),
     ];
     for (id, title, job) in simulated {
@@ -175,7 +182,11 @@ async fn run(opts: Opts) -> ExitCode {
             Err(panic) => {
                 real::remove_run(&ctx.run_id);
                 for (id, title) in picked {
-                    sections.push(Section::failed(id, title, format!("the benchmark panicked: {panic}")));
+                    sections.push(Section::failed(
+                        id,
+                        title,
+                        format!("the benchmark panicked: {panic}"),
+                    ));
                 }
             }
         }
@@ -219,7 +230,10 @@ async fn run(opts: Opts) -> ExitCode {
         })).collect::<Vec<_>>(),
     });
     let json_path = bench_dir.join("results.json");
-    let _ = std::fs::write(&json_path, serde_json::to_string_pretty(&raw).unwrap_or_default());
+    let _ = std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&raw).unwrap_or_default(),
+    );
     if let Err(e) = report::write_into(&out, &md, "# Benchmarks") {
         eprintln!("bench: cannot write {}: {e}", out.display());
     }

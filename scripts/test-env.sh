@@ -9,7 +9,10 @@
 #       localhost:5000/deploytrack-test/mirror:1  same image as app:1, second repository
 #       localhost:5000/deploytrack-test/app:2     pushed; different content and digest
 #       deploytrack-test/local:1                  imported only: no RepoDigests
-#       localhost:5000/deploytrack-test/arm:1     linux/arm64/v8, pushed (inspect only)
+#       localhost:5000/deploytrack-test/arm:1     linux/arm64/v8, pushed (its binaries are
+#                                                 amd64, so it runs here: the platform case)
+#   - installs Podman and serves its Docker-compatible API on $PODMAN_SOCK, with app:1
+#     pulled into it (the agent is tested against both engines)
 #
 # Idempotent, and a fast no-op when everything is up. Safe to run concurrently
 # (serialised by flock). Progress goes to stderr; stdout stays empty.
@@ -35,6 +38,8 @@ readonly APP2=$REG/app:2
 readonly MIRROR1=$REG/mirror:1
 readonly LOCAL1=deploytrack-test/local:1
 readonly ARM1=$REG/arm:1
+readonly PODMAN_SOCK=/run/deploytrack-podman.sock
+readonly PODMAN_LOG=/tmp/deploytrack-podman.log
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() { printf 'test-env: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -66,15 +71,15 @@ fi
 
 # ---------------------------------------------------------------- packages
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 \
-    || [ ! -x /bin/busybox ]; then
+    || [ ! -x /bin/busybox ] || ! command -v podman >/dev/null 2>&1; then
     if ! can_root; then
-        die "dockerd, docker-registry or /bin/busybox is missing and installing them needs root or sudo."
+        die "dockerd, docker-registry, podman or /bin/busybox is missing and installing them needs root or sudo."
     fi
-    log "installing docker.io docker-registry busybox-static (apt-get)"
+    log "installing docker.io docker-registry busybox-static podman (apt-get)"
     apt_log=$(mktemp /tmp/deploytrack-apt.XXXXXX)
     if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >"$apt_log" 2>&1 \
         || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            docker.io docker-registry busybox-static >>"$apt_log" 2>&1; then
+            docker.io docker-registry busybox-static podman >>"$apt_log" 2>&1; then
         tail -n 30 "$apt_log" >&2
         die "apt-get failed (full log: $apt_log)"
     fi
@@ -345,6 +350,27 @@ if ! image_ok "$ARM1" "$ARM1" || [ "$(platform_of "$ARM1")" != linux/arm64/v8 ];
 fi
 
 remove_old_images
+
+# ---------------------------------------------------------------- podman
+podman_up() { timeout 10 "${DOCKER[@]}" -H "unix://$PODMAN_SOCK" version >/dev/null 2>&1; }
+if ! podman_up; then
+    log "starting the Podman API service on $PODMAN_SOCK (log: $PODMAN_LOG)"
+    "${SUDO[@]}" rm -f "$PODMAN_SOCK"
+    "${SUDO[@]}" setsid podman system service --time=0 "unix://$PODMAN_SOCK" >"$PODMAN_LOG" 2>&1 </dev/null 9>&- &
+    for _ in $(seq 1 60); do
+        podman_up && break
+        sleep 0.5
+    done
+    podman_up || { tail -n 40 "$PODMAN_LOG" >&2 || true; die "podman did not answer on $PODMAN_SOCK within 30 s"; }
+fi
+# Pull app:1 unless Podman already has the registry's current digest of it.
+app1_repo=${APP1%:*}
+want=$(registry_digest "${app1_repo#localhost:5000/}" "${APP1##*:}")
+have=$("${SUDO[@]}" podman image inspect --format '{{join .RepoDigests " "}}' "$APP1" 2>/dev/null || true)
+if [[ " $have " != *"@$want "* ]]; then
+    log "pulling $APP1 into Podman"
+    quiet "${SUDO[@]}" podman pull -q --tls-verify=false "$APP1"
+fi
 
 # ---------------------------------------------------------------- summary
 images=("$APP1" "$MIRROR1" "$APP2" "$LOCAL1")

@@ -123,12 +123,26 @@ impl Drop for Fleet {
 pub fn remove_run(run_id: &str) -> (usize, f64) {
     let t0 = Instant::now();
     let ids = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={RUN_LABEL}={run_id}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={RUN_LABEL}={run_id}"),
+        ])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     for chunk in ids.chunks(100) {
-        let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).output();
+        let _ = Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(chunk)
+            .output();
     }
     (ids.len(), t0.elapsed().as_secs_f64())
 }
@@ -144,7 +158,11 @@ pub async fn real(ctx: Ctx, b1: bool, b2: bool) -> Vec<Result<Section, String>> 
         Ok(info) => info.name.unwrap_or_default(),
         Err(e) => return vec![Err(format!("docker info: {e}"))],
     };
-    let (b1_n, sizes) = if ctx.quick { (30, vec![20, 60]) } else { (200, vec![100, 500]) };
+    let (b1_n, sizes) = if ctx.quick {
+        (30, vec![20, 60])
+    } else {
+        (200, vec![100, 500])
+    };
     let mut fleet = Fleet {
         docker,
         run_id: ctx.run_id.clone(),
@@ -196,7 +214,10 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
     let filters = HashMap::from([
         ("type".to_string(), vec!["container".to_string()]),
         ("event".to_string(), vec!["start".to_string()]),
-        ("label".to_string(), vec![format!("{RUN_LABEL}={}", fleet.run_id)]),
+        (
+            "label".to_string(),
+            vec![format!("{RUN_LABEL}={}", fleet.run_id)],
+        ),
     ]);
     let mut stream = fleet.docker.events(Some(EventsOptions {
         since: None,
@@ -232,9 +253,12 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
     if let Err(e) = receiver.wait_distinct(total, PATIENCE).await {
         return Err(format!("{e}:\n{}", agent.stderr_tail()));
     }
-    let _ = wait_for("the engine's start events", Duration::from_secs(30), Duration::from_millis(50), || {
-        (events.lock().unwrap().len() >= total).then_some(())
-    })
+    let _ = wait_for(
+        "the engine's start events",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (events.lock().unwrap().len() >= total).then_some(()),
+    )
     .await;
     listener.abort();
     let hwm = agent.status_kb("VmHWM").unwrap_or(0);
@@ -373,7 +397,11 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
             format!("{} running containers, agent start to all received", r.n),
             format!("{med:.2} s"),
             if r.n >= 500 { "≤ 1 s at 500" } else { "" },
-            if r.n >= 500 { Verdict::of(med <= 1.0) } else { Verdict::Info },
+            if r.n >= 500 {
+                Verdict::of(med <= 1.0)
+            } else {
+                Verdict::Info
+            },
         ));
     }
     s.details.push("| Containers | Runs (start to all received) | Median | Start to first report (median) | Agent CPU (median) | Agent peak RSS | Containers prepared in |".into());
@@ -382,12 +410,20 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
         s.details.push(format!(
             "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {} | {} |",
             r.n,
-            r.runs.iter().map(|t| format!("{t:.2} s")).collect::<Vec<_>>().join(", "),
+            r.runs
+                .iter()
+                .map(|t| format!("{t:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", "),
             median(&r.runs),
             median(&r.first),
             median(&r.cpu),
             mib(r.hwm_kb as f64 * 1024.0),
-            if r.prepared_in > 0.0 { format!("{:.0} s", r.prepared_in) } else { "-".into() },
+            if r.prepared_in > 0.0 {
+                format!("{:.0} s", r.prepared_in)
+            } else {
+                "-".into()
+            },
         ));
     }
     if let [small, large] = &results[..] {

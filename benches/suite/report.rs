@@ -41,7 +41,12 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
-pub fn row(what: impl Into<String>, measured: impl Into<String>, target: &str, verdict: Verdict) -> Row {
+pub fn row(
+    what: impl Into<String>,
+    measured: impl Into<String>,
+    target: &str,
+    verdict: Verdict,
+) -> Row {
     Row {
         what: what.into(),
         measured: measured.into(),
@@ -110,11 +115,17 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let mut cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         if let Some(hv) = run("lscpu", &[]).and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("Hypervisor vendor:").map(|v| v.trim().to_string()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("Hypervisor vendor:")
+                    .map(|v| v.trim().to_string())
+            })
         }) {
             cpu.push_str(&format!(", virtual machine ({hv})"));
         }
@@ -155,7 +166,13 @@ impl Machine {
         .unwrap_or_else(|| "unknown".into());
         let state_fs = run(
             "findmnt",
-            &["-n", "-o", "FSTYPE,SOURCE", "-T", &state_root.display().to_string()],
+            &[
+                "-n",
+                "-o",
+                "FSTYPE,SOURCE",
+                "-T",
+                &state_root.display().to_string(),
+            ],
         )
         .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" on "))
         .unwrap_or_else(|| "unknown".into());
@@ -217,7 +234,13 @@ pub fn markdown(run: &Run<'_>) -> String {
     let _ = writeln!(out, "|---|---|---|---|---|");
     for s in run.sections {
         if let Some(e) = &s.error {
-            let _ = writeln!(out, "| {} | {} | not measured: {} | | |", s.id, s.title, one_line(e));
+            let _ = writeln!(
+                out,
+                "| {} | {} | not measured: {} | | |",
+                s.id,
+                s.title,
+                one_line(e)
+            );
         }
         for r in &s.rows {
             let _ = writeln!(

@@ -135,9 +135,15 @@ impl Sim {
 
     pub async fn wait_subscribed(&self, patience: Duration) -> Result<(), String> {
         let mut rx = self.state.subscriptions.subscribe();
-        match tokio::time::timeout(patience, rx.wait_for(|n| *n > 0)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(format!("the agent did not subscribe to /events within {patience:?}")),
+        let subscribed = tokio::time::timeout(patience, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if subscribed {
+            Ok(())
+        } else {
+            Err(format!(
+                "the agent did not subscribe to /events within {patience:?}"
+            ))
         }
     }
 

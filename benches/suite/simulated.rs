@@ -41,7 +41,10 @@ async fn agent_on(ctx: &Ctx, dir: &Path, sim: &Sim, url: String) -> Result<Agent
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("no /metrics from the agent:\n{}", agent.stderr_tail()))
+    Err(format!(
+        "no /metrics from the agent:\n{}",
+        agent.stderr_tail()
+    ))
 }
 
 /// Scrape every `every` until `done` holds; returns the scrape and when it was taken.
@@ -60,7 +63,10 @@ async fn poll_metrics(
             return Ok((m, at));
         }
         if let Some(status) = agent.exited() {
-            return Err(format!("the agent exited ({status}) before {what}:\n{}", agent.stderr_tail()));
+            return Err(format!(
+                "the agent exited ({status}) before {what}:\n{}",
+                agent.stderr_tail()
+            ));
         }
         if start.elapsed() > PATIENCE {
             return Err(format!("timed out waiting for {what}"));
@@ -70,8 +76,9 @@ async fn poll_metrics(
 }
 
 fn count_rows(db: &Path, table: &str) -> Result<i64, String> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("open {}: {e}", db.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("open {}: {e}", db.display()))?;
     conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .map_err(|e| format!("count {table}: {e}"))
 }
@@ -91,7 +98,11 @@ struct Throughput {
 async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, String> {
     let dir = scratch(&ctx.root, if deliver { "b3-deliver" } else { "b3-queue" });
     let sim = Sim::start(&dir, vec![], None);
-    let receiver = if deliver { Some(Receiver::start().await) } else { None };
+    let receiver = if deliver {
+        Some(Receiver::start().await)
+    } else {
+        None
+    };
     let url = receiver.as_ref().map_or_else(down_url, Receiver::url);
     let mut agent = agent_on(ctx, &dir, &sim, url).await?;
     let before = agent.metrics(&ctx.http).await?;
@@ -102,9 +113,13 @@ async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, St
         count: n,
         spread: None,
     })?;
-    let (after, done) = poll_metrics(ctx, &mut agent, "all events queued", Duration::from_millis(20), |m| {
-        m.get(ENQUEUED) >= n as f64
-    })
+    let (after, done) = poll_metrics(
+        ctx,
+        &mut agent,
+        "all events queued",
+        Duration::from_millis(20),
+        |m| m.get(ENQUEUED) >= n as f64,
+    )
     .await?;
     let first = sim.stats().first_event.ok_or("no event was sent")?;
     let received_secs = match &receiver {
@@ -163,7 +178,8 @@ pub async fn b3(ctx: Ctx) -> Result<Section, String> {
         Verdict::Info,
     ));
     s.details.push("| Run | Events | Queued in | Rate | Agent CPU | Agent CPU per event | Bench process CPU | Queue commits | Agent peak RSS |".into());
-    s.details.push("|---|---|---|---|---|---|---|---|---|".into());
+    s.details
+        .push("|---|---|---|---|---|---|---|---|---|".into());
     for (name, t) in [("queue only", &q), ("with delivery", &d)] {
         s.details.push(format!(
             "| {name} | {} | {:.2} s{} | {:.0}/s | {:.2} s ({:.0}% of one core) | {:.0} µs | {:.2} s | {:.0} | {} |",
@@ -217,16 +233,23 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
             count: n,
             spread: None,
         })?;
-        let (m, _) = poll_metrics(ctx, &mut agent, "the backlog", Duration::from_millis(50), |m| {
-            m.get(ENQUEUED) >= n as f64 && m.get(DEPTH) >= n as f64
-        })
+        let (m, _) = poll_metrics(
+            ctx,
+            &mut agent,
+            "the backlog",
+            Duration::from_millis(50),
+            |m| m.get(ENQUEUED) >= n as f64 && m.get(DEPTH) >= n as f64,
+        )
         .await?;
         if m.get(DEPTH) as usize != n {
             return Err(format!("the queue holds {} reports, not {n}", m.get(DEPTH)));
         }
         let status = agent.stop(Duration::from_secs(30)).await;
         if !status.is_some_and(|s| s.success()) {
-            return Err(format!("the agent did not stop cleanly ({status:?}):\n{}", agent.stderr_tail()));
+            return Err(format!(
+                "the agent did not stop cleanly ({status:?}):\n{}",
+                agent.stderr_tail()
+            ));
         }
     }
     let build = build_start.elapsed().as_secs_f64();
@@ -286,7 +309,12 @@ pub async fn b4(ctx: Ctx) -> Result<Section, String> {
         let rate = d.n as f64 / d.total;
         s.rows.push(row(
             format!("{} queued reports, agent start to all received", d.n),
-            format!("{:.2} s = {:.0} reports/s (drain alone {:.0}/s)", d.total, rate, d.n as f64 / d.span),
+            format!(
+                "{:.2} s = {:.0} reports/s (drain alone {:.0}/s)",
+                d.total,
+                rate,
+                d.n as f64 / d.span
+            ),
             "≥ 5,000 reports/s",
             Verdict::of(rate >= 5_000.0),
         ));
@@ -378,11 +406,16 @@ async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
             .stderr(std::fs::File::create(&err).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("strace: {e}"))?;
-        wait_for("strace to attach", Duration::from_secs(10), Duration::from_millis(20), || {
-            std::fs::read_to_string(&err)
-                .ok()
-                .filter(|t| t.contains("attached"))
-        })
+        wait_for(
+            "strace to attach",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                std::fs::read_to_string(&err)
+                    .ok()
+                    .filter(|t| t.contains("attached"))
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         strace = Some(child);
@@ -394,9 +427,13 @@ async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
         count: n,
         spread: Some(Duration::from_secs(1)),
     })?;
-    let (_, queued) = poll_metrics(ctx, &mut agent, "the burst to be queued", Duration::from_millis(50), |m| {
-        m.get(ENQUEUED) >= n as f64
-    })
+    let (_, queued) = poll_metrics(
+        ctx,
+        &mut agent,
+        "the burst to be queued",
+        Duration::from_millis(50),
+        |m| m.get(ENQUEUED) >= n as f64,
+    )
     .await?;
     // Let the last group commit and any delivery attempt settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -404,10 +441,14 @@ async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
     let window = t0.elapsed().as_secs_f64();
     let syncs = match strace.take() {
         Some(child) => {
-            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             let mut child = child;
             let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-            Some(parse_strace(&std::fs::read_to_string(&trace_file).unwrap_or_default()))
+            Some(parse_strace(
+                &std::fs::read_to_string(&trace_file).unwrap_or_default(),
+            ))
         }
         None => None,
     };
@@ -446,19 +487,28 @@ pub async fn b5(ctx: Ctx) -> Result<Section, String> {
     s.rows.push(row(
         format!("syncs for {n} starts in 1 s"),
         match syncs {
-            Some(k) => format!("{:.0} commits; {k} fsync+fdatasync calls (traced run)", plain.commits),
+            Some(k) => format!(
+                "{:.0} commits; {k} fsync+fdatasync calls (traced run)",
+                plain.commits
+            ),
             None => format!("{:.0} commits", plain.commits),
         },
         "≤ 20 syncs",
         Verdict::of(syncs.map_or(plain.commits, |k| k as f64) <= 20.0),
     ));
-    let lost = n as i64 - plain.on_disk.min(traced.as_ref().map_or(plain.on_disk, |t| t.on_disk));
+    let lost = n as i64
+        - plain
+            .on_disk
+            .min(traced.as_ref().map_or(plain.on_disk, |t| t.on_disk));
     s.rows.push(row(
         "reports in the queue after the burst",
         format!(
             "{} of {n}{}",
             plain.on_disk,
-            traced.as_ref().map(|t| format!(" ({} in the traced run)", t.on_disk)).unwrap_or_default()
+            traced
+                .as_ref()
+                .map(|t| format!(" ({} in the traced run)", t.on_disk))
+                .unwrap_or_default()
         ),
         "all 1,000",
         Verdict::of(lost == 0),
@@ -503,7 +553,14 @@ async fn footprint(ctx: &Ctx, n: usize, idle: Duration) -> Result<Footprint, Str
     let receiver = Receiver::start().await;
     let mut agent = agent_on(ctx, &dir, &sim, receiver.url()).await?;
     receiver.wait_distinct(n, PATIENCE).await?;
-    poll_metrics(ctx, &mut agent, "an empty queue", Duration::from_millis(100), |m| m.get(DEPTH) == 0.0).await?;
+    poll_metrics(
+        ctx,
+        &mut agent,
+        "an empty queue",
+        Duration::from_millis(100),
+        |m| m.get(DEPTH) == 0.0,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let startup_cpu = agent.cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
@@ -534,7 +591,10 @@ pub async fn b6(ctx: Ctx) -> Result<Section, String> {
          Binary: the stripped release build (`[profile.release]` strip = true).",
         idle.as_secs()
     );
-    say(format!("B6: footprint at 100 and 500 containers, {} s idle", idle.as_secs()));
+    say(format!(
+        "B6: footprint at 100 and 500 containers, {} s idle",
+        idle.as_secs()
+    ));
     let (a, b) = tokio::join!(footprint(&ctx, 100, idle), footprint(&ctx, 500, idle));
     let runs = [a?, b?];
     let bytes = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
@@ -542,7 +602,11 @@ pub async fn b6(ctx: Ctx) -> Result<Section, String> {
         let rss = f.rss_kb.max(f.hwm_kb) as f64 * 1024.0;
         s.rows.push(row(
             format!("RSS with {} containers (now / peak)", f.n),
-            format!("{} / {}", mib(f.rss_kb as f64 * 1024.0), mib(f.hwm_kb as f64 * 1024.0)),
+            format!(
+                "{} / {}",
+                mib(f.rss_kb as f64 * 1024.0),
+                mib(f.hwm_kb as f64 * 1024.0)
+            ),
             "≤ 10 MB",
             Verdict::of(rss <= 10.0 * 1024.0 * 1024.0),
         ));
@@ -575,15 +639,14 @@ pub async fn b6(ctx: Ctx) -> Result<Section, String> {
             f.idle
         ));
     }
-    if let [small, large] = &runs {
-        s.details.push(String::new());
-        s.details.push(format!(
-            "Growth: {:.1} KiB of RSS per extra container ({} to {}).",
-            (large.rss_kb as f64 - small.rss_kb as f64) / (large.n - small.n) as f64,
-            small.n,
-            large.n
-        ));
-    }
+    let [small, large] = &runs;
+    s.details.push(String::new());
+    s.details.push(format!(
+        "Growth: {:.1} KiB of RSS per extra container ({} to {}).",
+        (large.rss_kb as f64 - small.rss_kb as f64) / (large.n - small.n) as f64,
+        small.n,
+        large.n
+    ));
     s.raw = json!({
         "binary_bytes": bytes,
         "runs": runs.iter().map(|f| json!({ "n": f.n, "vmrss_kb": f.rss_kb, "vmhwm_kb": f.hwm_kb, "idle_cpu_s": f.idle_cpu, "idle_s": f.idle, "cpu_before_idle_s": f.startup_cpu })).collect::<Vec<_>>(),

@@ -21,7 +21,11 @@ pub fn agent_bin() -> PathBuf {
 pub fn say(text: impl AsRef<str>) {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
-    eprintln!("[bench {:7.1}s] {}", start.elapsed().as_secs_f64(), text.as_ref());
+    eprintln!(
+        "[bench {:7.1}s] {}",
+        start.elapsed().as_secs_f64(),
+        text.as_ref()
+    );
 }
 
 pub fn wall_ns() -> i128 {
@@ -156,7 +160,9 @@ impl Agent {
     }
 
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Wait until the agent logged its first reconciliation (it is then subscribed).
@@ -167,7 +173,10 @@ impl Agent {
                 return Ok(());
             }
             if let Some(status) = self.exited() {
-                return Err(format!("the agent exited ({status}):\n{}", self.stderr_tail()));
+                return Err(format!(
+                    "the agent exited ({status}):\n{}",
+                    self.stderr_tail()
+                ));
             }
             if start.elapsed() > patience {
                 return Err(format!(

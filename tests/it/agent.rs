@@ -209,11 +209,23 @@ async fn digest_references_and_the_matching_repository() {
     scope.run(&["--name", &mirror], MIRROR1);
     let app = scope.name("app");
     scope.run(&["--name", &app], APP1);
-    let got = eventually("three reports", || {
+    // Labelled linux/arm64/v8 (its busybox is amd64, so it runs here).
+    let arm = scope.name("arm");
+    scope.run(&["--name", &arm], ARM1);
+    let got = eventually("four reports", || {
         let got = receiver.accepted();
-        (got.len() >= 3).then_some(got)
+        (got.len() >= 4).then_some(got)
     })
     .await;
+    let arm_report = by_name(&got, &format!("{host}/{arm}"))[0];
+    assert_eq!(
+        arm_report.url(),
+        repo_digest(ARM1, "localhost:5000/deploytrack-test/arm")
+    );
+    assert_eq!(
+        arm_report.body["platform"],
+        serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})
+    );
     assert_eq!(
         by_name(&got, &format!("{host}/{pinned}"))[0].url(),
         app_digest

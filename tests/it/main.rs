@@ -6,4 +6,5 @@ mod common;
 mod agent;
 mod config;
 mod durability;
+mod podman;
 mod service;

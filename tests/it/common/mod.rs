@@ -16,6 +16,7 @@ pub const APP1: &str = "localhost:5000/deploytrack-test/app:1";
 pub const APP2: &str = "localhost:5000/deploytrack-test/app:2";
 pub const MIRROR1: &str = "localhost:5000/deploytrack-test/mirror:1";
 pub const LOCAL1: &str = "deploytrack-test/local:1";
+pub const ARM1: &str = "localhost:5000/deploytrack-test/arm:1";
 pub const RUN_LABEL: &str = "deploytrack.test.run";
 pub const TOKEN: &str = "tok-Sup3rSecret-7f3a9c";
 
