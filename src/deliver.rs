@@ -351,6 +351,10 @@ impl Dispatcher {
                 self.telemetry.delivery_failed("transient");
                 let delay =
                     backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
+                // A report that keeps failing on its own (while others succeed) backs off by
+                // its own attempts, so it cannot keep the queue in a loop of short holds.
+                let own_delay =
+                    delay.max(backoff(&self.retry, pending.attempts.clamp(0, 30) as u32));
                 if hold.until.is_none() {
                     tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
                 } else {
@@ -361,7 +365,7 @@ impl Dispatcher {
                     key,
                     pending.version,
                     Settle::RetryAt {
-                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                        next_attempt_ms: now_ms() + own_delay.as_millis() as i64,
                         error: reason,
                     },
                 );

@@ -44,6 +44,8 @@ pub enum OutboxError {
     },
     #[error("the queue is closed")]
     Closed,
+    #[error("another deploytrack process is using the state directory {0}")]
+    Locked(PathBuf),
 }
 
 pub fn now_ms() -> i64 {
@@ -159,6 +161,7 @@ impl Outbox {
         max_entries: u64,
         telemetry: Arc<Telemetry>,
     ) -> Result<(Outbox, Restored), OutboxError> {
+        let mut lock = None;
         let (conn, moved_aside, label) = match state_dir {
             None => (open_memory()?, None, ":memory:".to_string()),
             Some(dir) => {
@@ -166,11 +169,12 @@ impl Outbox {
                     path: dir.to_path_buf(),
                     source,
                 })?;
+                lock = Some(lock_state_dir(dir)?);
                 let path = dir.join(DB_FILE);
                 let label = path.display().to_string();
                 match open_file(&path) {
                     Ok(conn) => (conn, None, label),
-                    Err(e) if is_damage(&e) => {
+                    Err(e) if path.exists() && is_damage(&e) => {
                         let aside = move_aside(&path).map_err(|source| OutboxError::StateDir {
                             path: path.clone(),
                             source,
@@ -208,7 +212,11 @@ impl Outbox {
         let notify = work.clone();
         std::thread::Builder::new()
             .name("deploytrack-outbox".into())
-            .spawn(move || store.serve(rx, &notify))
+            .spawn(move || {
+                // The state dir stays locked for as long as the queue thread runs.
+                let _lock = lock;
+                store.serve(rx, &notify)
+            })
             .map_err(|source| OutboxError::StateDir {
                 path: PathBuf::from(&label),
                 source,
@@ -250,7 +258,8 @@ impl Outbox {
         .await
     }
 
-    /// Everything waiting becomes due now (the endpoint is back).
+    /// Everything waiting becomes due now (the endpoint is back), but for reports that
+    /// failed repeatedly on their own.
     pub fn reset_backoff(&self) {
         let _ = self.tx.send(Command::ResetBackoff);
     }
@@ -262,6 +271,25 @@ impl Outbox {
     /// Returns once every earlier command is committed.
     pub async fn flush(&self) -> Result<(), String> {
         self.ask(Command::Flush).await
+    }
+}
+
+/// One agent per state dir: a second one would deliver the same queue twice over.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, OutboxError> {
+    let path = dir.join("deploytrack.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OutboxError::StateDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OutboxError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(OutboxError::StateDir { path, source }),
     }
 }
 
@@ -297,10 +325,19 @@ pub fn open_file(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// A file that cannot serve as the queue: damaged, or unreadable. Not "busy" (another
+/// process holds it) and not a full disk: moving the file aside would not help those.
 fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        Some(
+            rusqlite::ErrorCode::DatabaseCorrupt
+                | rusqlite::ErrorCode::NotADatabase
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::PermissionDenied
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::SystemIoFailure
+        )
     )
 }
 
@@ -535,10 +572,12 @@ impl Store {
                 false
             }
             Command::ResetBackoff => {
-                if let Err(e) = self
-                    .conn
-                    .execute("UPDATE pending SET next_attempt_ms = 0", [])
-                {
+                // Reports that failed only a few times failed with the endpoint; those that
+                // keep failing keep their own backoff.
+                if let Err(e) = self.conn.execute(
+                    "UPDATE pending SET next_attempt_ms = 0 WHERE attempts < 3",
+                    [],
+                ) {
                     tracing::error!(error = %e, "cannot reset retry times");
                 }
                 true
@@ -842,10 +881,16 @@ mod tests {
         }
     }
 
+    /// Open, waiting for a previous handle's thread to let go of the lock.
     fn open(dir: &Path) -> Outbox {
-        Outbox::open(Some(dir), 3, Arc::new(Telemetry::new()))
-            .unwrap()
-            .0
+        for _ in 0..100 {
+            match Outbox::open(Some(dir), 3, Arc::new(Telemetry::new())) {
+                Ok((outbox, _)) => return outbox,
+                Err(OutboxError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the state dir stayed locked");
     }
 
     fn batch(reports: Vec<Deployment>) -> Batch {
@@ -920,6 +965,14 @@ mod tests {
             .enqueue(batch(vec![deployment("a", "1")]))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_agent_per_state_dir() {
+        let dir = tempdir();
+        let _first = open(&dir);
+        let second = Outbox::open(Some(&dir), 3, Arc::new(Telemetry::new()));
+        assert!(matches!(second, Err(OutboxError::Locked(_))));
     }
 
     #[tokio::test]

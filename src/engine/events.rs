@@ -218,7 +218,14 @@ impl EventReader {
             if *shutdown.borrow() {
                 return;
             }
-            match self.engine.ping().await {
+            self.telemetry.heartbeat_reader();
+            let ping = tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await;
+            match ping.unwrap_or_else(|_| {
+                Err(super::EngineError::Unreachable {
+                    host: self.engine.host.clone(),
+                    reason: "ping timed out".into(),
+                })
+            }) {
                 Ok(()) => {
                     self.telemetry.engine_connected(true);
                     let mut stream = self.engine.stream.events(Some(self.options()));
