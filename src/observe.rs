@@ -212,6 +212,8 @@ impl Observer {
             Ok(Resolution::Report(d)) => {
                 tracing::debug!(container = id, key = %d.key, image = %d.image_url, "container running");
                 self.view.insert(id, d.clone());
+                // A restart within one batch: the stop before it must not delete it on disk.
+                batch.gone.retain(|g| g != id);
                 batch.running.push((id.to_string(), d.clone()));
                 batch.reports.push(d);
             }

@@ -108,6 +108,7 @@ pub struct Machine {
     pub state_fs: String,
     pub binary: String,
     pub binary_bytes: u64,
+    pub source: String,
 }
 
 impl Machine {
@@ -151,14 +152,41 @@ impl Machine {
             &[
                 "version",
                 "--format",
-                "{{.Server.Version}} (API {{.Server.APIVersion}}), storage driver ",
+                "{{.Server.Version}} (API {{.Server.APIVersion}})",
             ],
         )
-        .map(|v| {
-            let driver = run("docker", &["info", "--format", "{{.Driver}}"]).unwrap_or_default();
-            format!("{v}{driver}")
-        })
+        .map(
+            |v| match run("docker", &["info", "--format", "{{.Driver}}"]) {
+                Some(driver) if !driver.is_empty() => format!("{v}, storage driver {driver}"),
+                _ => v,
+            },
+        )
         .unwrap_or_else(|| "not reachable".into());
+        let manifest = env!("CARGO_MANIFEST_DIR");
+        let source = match run("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]) {
+            Some(rev) => {
+                let dirty = run(
+                    "git",
+                    &[
+                        "-C",
+                        manifest,
+                        "status",
+                        "--porcelain",
+                        "--",
+                        "src",
+                        "Cargo.toml",
+                        "Cargo.lock",
+                    ],
+                )
+                .is_some_and(|s| !s.is_empty());
+                if dirty {
+                    format!("{rev} with uncommitted changes in src/ or Cargo.*")
+                } else {
+                    rev
+                }
+            }
+            None => "unknown".into(),
+        };
         let rustc = run(
             &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
             &["--version"],
@@ -188,6 +216,7 @@ impl Machine {
             state_fs,
             binary: binary.display().to_string(),
             binary_bytes: std::fs::metadata(binary).map(|m| m.len()).unwrap_or(0),
+            source,
         }
     }
 }
@@ -222,6 +251,7 @@ pub fn markdown(run: &Run<'_>) -> String {
     let _ = writeln!(out, "| Docker Engine | {} |", m.docker);
     let _ = writeln!(out, "| State dir file system | {} |", m.state_fs);
     let _ = writeln!(out, "| Rust | {} |", m.rustc);
+    let _ = writeln!(out, "| deploytrack | git {}, release build |", m.source);
     let _ = writeln!(
         out,
         "| Load average (1 min), start / end | {} / {} |",

@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -52,7 +52,6 @@ struct State {
     running: Mutex<Vec<usize>>,
     auto: Mutex<Option<Plan>>,
     subscriber: Mutex<Option<mpsc::Sender<Bytes>>>,
-    subscriptions: watch::Sender<usize>,
     stats: Mutex<SimStats>,
     events_sent: AtomicUsize,
     inspects: AtomicUsize,
@@ -91,7 +90,6 @@ impl Sim {
             running: Mutex::new(running),
             auto: Mutex::new(auto),
             subscriber: Mutex::new(None),
-            subscriptions: watch::channel(0).0,
             stats: Mutex::new(SimStats::default()),
             events_sent: AtomicUsize::new(0),
             inspects: AtomicUsize::new(0),
@@ -131,20 +129,6 @@ impl Sim {
 
     pub fn inspects(&self) -> usize {
         self.state.inspects.load(Ordering::Relaxed)
-    }
-
-    pub async fn wait_subscribed(&self, patience: Duration) -> Result<(), String> {
-        let mut rx = self.state.subscriptions.subscribe();
-        let subscribed = tokio::time::timeout(patience, rx.wait_for(|n| *n > 0))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if subscribed {
-            Ok(())
-        } else {
-            Err(format!(
-                "the agent did not subscribe to /events within {patience:?}"
-            ))
-        }
     }
 
     /// Send `plan` to the current subscriber; returns at once.
@@ -293,7 +277,6 @@ fn route(state: &Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Bo
             if let Some(plan) = state.auto.lock().unwrap().take() {
                 tokio::spawn(emit(state.clone(), tx, plan));
             }
-            state.subscriptions.send_modify(|n| *n += 1);
             let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
             let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
             r.headers_mut().insert(
