@@ -253,3 +253,120 @@ impl Observer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::{ContainerState, ContainerStatus, Platform, Selection};
+    use crate::engine::events::{Action, ContainerEvent};
+    use crate::engine::resolve::EventHint;
+    use crate::engine::Engine;
+
+    fn observer(report_stops: bool) -> Observer {
+        let telemetry = Arc::new(Telemetry::new());
+        // Never contacted: these tests feed resolved outcomes directly.
+        let engine = Engine::new("tcp://127.0.0.1:9").unwrap();
+        let resolver = Arc::new(Resolver::new(
+            engine,
+            "host".into(),
+            "deployed".into(),
+            crate::deployment::NameTemplate::default(),
+            Selection::default(),
+            report_stops,
+        ));
+        let (outbox, _) = Outbox::open(None, 100, telemetry.clone()).unwrap();
+        Observer {
+            resolver,
+            outbox,
+            telemetry,
+            view: Arc::new(View::default()),
+            report_stops,
+            force: false,
+        }
+    }
+
+    fn deployment(id: &str, stops: bool) -> Deployment {
+        Deployment {
+            key: DeploymentKey {
+                environment: "deployed".into(),
+                name: format!("host/{id}"),
+            },
+            image_url: "example.com/app@sha256:1".into(),
+            platform: Platform::new("linux", "amd64", None),
+            container: stops.then(|| ContainerStatus {
+                id: id.into(),
+                state: ContainerState::Running,
+                exit_code: None,
+            }),
+        }
+    }
+
+    fn event(id: &str, action: Action, exit_code: Option<i64>) -> ContainerEvent {
+        ContainerEvent {
+            id: id.into(),
+            action,
+            time_nano: 1,
+            exit_code,
+            hint: EventHint::default(),
+        }
+    }
+
+    fn started(id: &str, stops: bool) -> Outcome {
+        Outcome::Started(
+            event(id, Action::Start, None),
+            Ok(Resolution::Report(deployment(id, stops))),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_restart_in_one_batch_stays_running() {
+        let o = observer(false);
+        let batch = o.apply(vec![
+            started("c1", false),
+            Outcome::Stopped(event("c1", Action::Die, Some(0))),
+            started("c1", false),
+        ]);
+        assert!(batch.gone.is_empty(), "{:?}", batch.gone);
+        assert_eq!(batch.running.len(), 1);
+        assert_eq!(o.view.ids(), vec!["c1".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_brief_container_reports_its_stop() {
+        let o = observer(true);
+        let batch = o.apply(vec![
+            started("c1", true),
+            Outcome::Stopped(event("c1", Action::Die, Some(3))),
+            Outcome::Stopped(event("c1", Action::Destroy, None)),
+        ]);
+        assert!(batch.running.is_empty());
+        assert_eq!(batch.gone, vec!["c1".to_string()]);
+        let states: Vec<_> = batch
+            .reports
+            .iter()
+            .map(|d| d.container.as_ref().map(|c| (c.state, c.exit_code)))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                Some((ContainerState::Running, None)),
+                Some((ContainerState::Stopped, Some(3)))
+            ]
+        );
+        assert!(o.view.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_retires_what_no_longer_runs() {
+        let o = observer(true);
+        o.apply(vec![started("old", true)]);
+        let batch = o.apply(vec![Outcome::Snapshot(Ok(vec![(
+            "new".to_string(),
+            Ok(Resolution::Report(deployment("new", true))),
+        )]))]);
+        assert_eq!(batch.gone, vec!["old".to_string()]);
+        assert_eq!(o.view.ids(), vec!["new".to_string()]);
+        assert!(batch.reports.iter().any(|d| d.key.name == "host/old"
+            && d.container.as_ref().unwrap().state == ContainerState::Stopped));
+    }
+}
