@@ -202,26 +202,25 @@ pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result
     }
 }
 
-/// SIGTERM or SIGINT.
+/// SIGTERM or SIGINT. SIGHUP (whose default would end the process abruptly) is answered
+/// with a log line: the configuration is not reloaded, a restart re-reads it.
 pub async fn terminate() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: the configuration is not reloaded; restart deploytrack to apply changes (nothing is lost or re-sent)"
+            ),
+        }
     }
 }
 

@@ -650,6 +650,7 @@ impl Store {
             if pending.is_none() {
                 self.pending += 1;
             }
+            tracing::info!(key = %d.key, image = %d.image_url, "deployment queued");
             outcome.queued += 1;
         }
         for (id, d) in &batch.running {
