@@ -363,6 +363,12 @@ async fn dry_run_prints_reports() {
         &[],
     );
     agent.ready().await;
+    // SIGHUP does not end it (the default action would) and says what to do instead.
+    agent.signal("HUP");
+    eventually("the SIGHUP answer", || {
+        agent.stderr().contains("SIGHUP ignored").then_some(())
+    })
+    .await;
     let name = scope.name("dry");
     scope.run(&["--name", &name], APP1);
     let line = eventually("a report on stdout", || {
