@@ -209,17 +209,20 @@ async fn engine_restart_is_survived_and_reconciled() {
     agent.ready().await;
     let host = engine.docker(&["info", "--format", "{{.Name}}"]);
     let label = scope.selector();
-    engine.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        "--name",
-        "first",
-        APP1,
-    ]);
+    let start = |engine: &PrivateEngine, name: &str| {
+        engine.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "--name",
+            name,
+            APP1,
+        ])
+    };
+    start(&engine, "first");
     eventually("the first container", || {
         receiver
             .accepted()
@@ -238,17 +241,7 @@ async fn engine_restart_is_survived_and_reconciled() {
     })
     .await;
     engine.boot().await;
-    engine.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        "--name",
-        "second",
-        APP1,
-    ]);
+    start(&engine, "second");
     eventually("the container started around the engine restart", || {
         receiver
             .accepted()

@@ -65,25 +65,34 @@ async fn report_command_for_pipelines() {
     let scope = Scope::new("report");
     let receiver = Receiver::start().await;
     let token = scope.token_file();
-    let token = token.to_str().unwrap();
     let url = receiver.url();
     let digest = format!("sha256:{}", "ab".repeat(32));
     let image = format!("registry.example.com/team/api:1.4@{digest}");
-    let out = scope.command(&[
-        "report",
-        "--url",
+    let report = |url: &str, image: &str, extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            "--url",
+            url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--image",
+            image,
+        ];
+        args.extend_from_slice(extra);
+        scope.command(&args)
+    };
+    let out = report(
         &url,
-        "--token-file",
-        token,
-        "--image",
         &image,
-        "--name",
-        "api",
-        "--environment",
-        "production",
-        "--platform",
-        "linux/arm64/v8",
-    ]);
+        &[
+            "--name",
+            "api",
+            "--environment",
+            "production",
+            "--platform",
+            "linux/arm64/v8",
+        ],
+    );
     assert!(out.status.success(), "{}", out.stderr);
     let got = receiver.accepted();
     assert_eq!(got.len(), 1);
@@ -101,83 +110,35 @@ async fn report_command_for_pipelines() {
     );
 
     // Not pinned by digest: refused before anything is sent.
-    let out = scope.command(&[
-        "report",
-        "--url",
-        &url,
-        "--token-file",
-        token,
-        "--image",
-        "nginx:latest",
-    ]);
+    let out = report(&url, "nginx:latest", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stderr.contains("not pinned by digest"),
         "{}",
         out.stderr
     );
+    assert_eq!(receiver.received().len(), 1);
     // A transient failure is retried; a refusal is reported with its status.
     receiver.script([Answer::status(503)]);
-    let out = scope.command(&[
-        "report",
-        "--url",
-        &url,
-        "--token-file",
-        token,
-        "--image",
-        &image,
-        "--retry-initial",
-        "100ms",
-    ]);
+    let out = report(&url, &image, &["--retry-initial", "100ms"]);
     assert!(out.status.success(), "{}", out.stderr);
-    receiver.set_default(Answer::status(422));
-    let out = scope.command(&[
-        "report",
-        "--url",
-        &url,
-        "--token-file",
-        token,
-        "--image",
-        &image,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("refused the report (422)"),
-        "{}",
-        out.stderr
-    );
-    receiver.set_default(Answer::status(403));
-    let out = scope.command(&[
-        "report",
-        "--url",
-        &url,
-        "--token-file",
-        token,
-        "--image",
-        &image,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("rejected the API token"),
-        "{}",
-        out.stderr
-    );
+    for (status, message) in [
+        (422, "refused the report (422)"),
+        (403, "rejected the API token"),
+    ] {
+        receiver.set_default(Answer::status(status));
+        let out = report(&url, &image, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stderr.contains(message), "{}", out.stderr);
+    }
     // The endpoint down: gives up after --timeout with the reason.
     let down = endpoint_url(unused_addr());
     let started = std::time::Instant::now();
-    let out = scope.command(&[
-        "report",
-        "--url",
+    let out = report(
         &down,
-        "--token-file",
-        token,
-        "--image",
         &image,
-        "--timeout",
-        "2s",
-        "--retry-initial",
-        "200ms",
-    ]);
+        &["--timeout", "2s", "--retry-initial", "200ms"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stderr.contains("not delivered within 2s"),
