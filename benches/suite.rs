@@ -6,7 +6,7 @@
 //! B1 and B2 drive the real Docker Engine (scripts/test-env.sh prepares it); B3 to B6 use a
 //! simulated engine on a unix socket. The results go to BENCHMARKS.md (a full run) or to
 //! target/bench/BENCHMARKS.partial.md (--quick or --only), and as JSON to
-//! target/bench/results.json.
+//! target/bench/results.json (results.partial.json).
 
 #[path = "suite/real.rs"]
 mod real;
@@ -48,7 +48,7 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: scripts/bench.sh [--quick] [--only B1,B2,...] [--out FILE] [--keep]\n\
      \n\
-     --quick   smaller N (B1 30 containers, B2 at 20 and 60, B3 5,000 events, B6 15 s idle)\n\
+     --quick   smaller N (B1 30 containers, B2 at 20 and 60, B3 10,000 events, B6 15 s idle)\n\
      --only    run only these benchmarks (B1 to B6)\n\
      --out     write the Markdown report here (default: BENCHMARKS.md for a full run,\n\
      \x20         target/bench/BENCHMARKS.partial.md otherwise)\n\
@@ -229,7 +229,11 @@ async fn run(opts: Opts) -> ExitCode {
             "error": s.error,
         })).collect::<Vec<_>>(),
     });
-    let json_path = bench_dir.join("results.json");
+    let json_path = bench_dir.join(if full {
+        "results.json"
+    } else {
+        "results.partial.json"
+    });
     let _ = std::fs::write(
         &json_path,
         serde_json::to_string_pretty(&raw).unwrap_or_default(),

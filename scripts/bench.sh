@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Run deploytrack's benchmark suite and write BENCHMARKS.md.
 #
-#   scripts/bench.sh            full suite (about 10 minutes), writes BENCHMARKS.md
-#   scripts/bench.sh --quick    smaller N for a fast check (about 3 minutes), writes
+#   scripts/bench.sh            full suite (about 4 minutes), writes BENCHMARKS.md
+#   scripts/bench.sh --quick    smaller N for a fast check (about 2 minutes), writes
 #                               target/bench/BENCHMARKS.partial.md
 #   scripts/bench.sh --only B1,B3 [--quick] [--out FILE] [--keep]
 #
 # Steps: scripts/test-env.sh (Docker Engine, registry, test images), the release build,
 # then benches/suite.rs (cargo bench, harness = false) against target/release/deploytrack.
-# Raw figures go to target/bench/results.json. Containers the suite starts carry the label
+# Raw figures go to target/bench/results.json (results.partial.json). Containers the suite starts carry the label
 # deploytrack.bench.run=<run id> and are removed at the end, also on failure or Ctrl-C.
 # Measurements, not tests: nothing fails on timing; the exit status is non-zero only when
 # a benchmark could not run.

@@ -111,6 +111,16 @@ impl Receiver {
         self.log.lock().unwrap().first.get(name).copied()
     }
 
+    /// The last first-arrival among the names not in `except`.
+    pub fn last_except(&self, except: &std::collections::HashSet<String>) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.first
+            .iter()
+            .filter(|(name, _)| !except.contains(*name))
+            .map(|(_, h)| h.at)
+            .max()
+    }
+
     /// The first and the last first-arrival.
     pub fn span(&self) -> Option<(Instant, Instant)> {
         let log = self.log.lock().unwrap();

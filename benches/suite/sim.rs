@@ -71,7 +71,7 @@ pub fn container_name(i: usize) -> String {
     format!("sim-{i}")
 }
 
-fn index_of(id: &str) -> Option<usize> {
+pub fn index_of(id: &str) -> Option<usize> {
     let rest = id.strip_prefix("b0b0b0b0")?;
     if rest.len() != 56 {
         return None;
