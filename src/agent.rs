@@ -10,7 +10,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::deliver::{Dispatcher, HttpSink, Sink};
 use crate::deployment::Selection;
-use crate::engine::events::{EngineEvent, EventReader};
+use crate::engine::events::{EngineEvent, EventReader, EVENT_BUFFER};
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
 use crate::observe::{Observer, View};
@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let parts = assemble(&config, false).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
-    let (events_tx, events_rx) = mpsc::unbounded_channel::<EngineEvent>();
+    let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(EVENT_BUFFER);
 
     if let Some(addr) = config.listen {
         let listener = Admin::bind(addr).await?;
@@ -174,9 +174,9 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
 /// `sync --once`: reconcile, deliver everything queued, exit. Gives up after `timeout`.
 pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result<(), Fatal> {
     let parts = assemble(&config, force).await?;
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(1);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
-    let _ = events_tx.send(EngineEvent::Connected);
+    let _ = events_tx.try_send(EngineEvent::Connected);
     drop(events_tx);
     parts.observer.run(events_rx, fatal_tx).await;
     if let Ok(msg) = fatal_rx.try_recv() {

@@ -326,7 +326,12 @@ impl Dispatcher {
         match outcome {
             Outcome::Delivered => {
                 self.telemetry.delivered();
-                tracing::debug!(key = %key, "delivered");
+                match crate::deployment::Deployment::from_body(&pending.body) {
+                    Some(d) => {
+                        tracing::info!(key = %key, image = %d.image_url, "deployment reported")
+                    }
+                    None => tracing::info!(key = %key, "deployment reported"),
+                }
                 if hold.until.is_some() {
                     tracing::info!(
                         after_failures = hold.failures,

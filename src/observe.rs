@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use bollard::query_parameters::ListContainersOptions;
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::deployment::{Deployment, DeploymentKey};
 use crate::engine::events::{Action, ContainerEvent, EngineEvent};
@@ -86,13 +86,9 @@ pub struct Observer {
 impl Observer {
     /// Process events until the sender closes. Enqueue failures (a full disk, a broken file)
     /// are fatal: they are sent on `fatal` and the agent exits, to restart from the engine's truth.
-    pub async fn run(
-        self,
-        rx: mpsc::UnboundedReceiver<EngineEvent>,
-        fatal: mpsc::UnboundedSender<String>,
-    ) {
+    pub async fn run(self, rx: mpsc::Receiver<EngineEvent>, fatal: mpsc::UnboundedSender<String>) {
         let me = self.clone();
-        let mut outcomes = UnboundedReceiverStream::new(rx)
+        let mut outcomes = ReceiverStream::new(rx)
             .map(move |event| me.clone().process(event))
             .buffered(INSPECT_CONCURRENCY * 2)
             .ready_chunks(512);
@@ -102,12 +98,12 @@ impl Observer {
             if batch.is_empty() {
                 continue;
             }
-            // Not awaited here: the queue thread keeps order, and waiting for each sync
+            // Handed over now, in order; the wait for the sync is not awaited here, as it
             // would stall the inspections behind it.
-            let outbox = self.outbox.clone();
+            let written = self.outbox.enqueue(batch);
             let fatal = fatal.clone();
             writes.spawn(async move {
-                if let Err(e) = outbox.enqueue(batch).await {
+                if let Err(e) = written.await {
                     let _ = fatal.send(format!("cannot write to the queue: {e}"));
                 }
             });

@@ -136,6 +136,16 @@ enum Command {
     Flush(Reply<()>),
 }
 
+impl Command {
+    /// Commands that change the file (and so need the write transaction).
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Command::Enqueue(..) | Command::Settle(..) | Command::ResetBackoff
+        )
+    }
+}
+
 /// What was found on disk when the queue opened.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -224,17 +234,32 @@ impl Outbox {
         Ok((Outbox { tx, work }, restored))
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
+    /// Send a command now (so commands reach the queue thread in the order they are made)
+    /// and return the wait for its reply.
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| OutboxError::Closed.to_string())?;
-        rx.await.map_err(|_| OutboxError::Closed.to_string())?
+        let sent = self.tx.send(make(reply)).is_ok();
+        async move {
+            if !sent {
+                return Err(OutboxError::Closed.to_string());
+            }
+            rx.await.map_err(|_| OutboxError::Closed.to_string())?
+        }
     }
 
-    /// Queue a batch; returns once it is on disk.
-    pub async fn enqueue(&self, batch: Batch) -> Result<EnqueueOutcome, String> {
-        self.ask(|r| Command::Enqueue(batch, r)).await
+    /// Queue a batch. The batch is handed to the queue thread at once; the returned future
+    /// completes when it is on disk.
+    pub fn enqueue(
+        &self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = Result<EnqueueOutcome, String>> + Send + 'static {
+        self.ask(|r| Command::Enqueue(batch, r))
     }
 
     /// Record a delivery attempt's result. Not awaited: a crash before the commit only means
@@ -436,8 +461,8 @@ struct Store {
     pending: i64,
     next_version: i64,
     telemetry: Arc<Telemetry>,
-    /// Drops since the last log line, reported once per burst.
-    dropped_unlogged: usize,
+    /// Counted into the metrics once committed.
+    uncommitted: EnqueueOutcome,
 }
 
 impl Store {
@@ -449,6 +474,8 @@ impl Store {
         let pending: i64 = conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
         let max_version: Option<i64> =
             conn.query_row("SELECT max(version) FROM pending", [], |r| r.get(0))?;
+        // A restart is a natural moment to try everything again.
+        conn.execute("UPDATE pending SET next_attempt_ms = 0", [])?;
         telemetry.queue_depth(pending);
         Ok(Store {
             conn,
@@ -456,12 +483,13 @@ impl Store {
             pending,
             next_version: max_version.unwrap_or(0) + 1,
             telemetry,
-            dropped_unlogged: 0,
+            uncommitted: EnqueueOutcome::default(),
         })
     }
 
     fn serve(&mut self, rx: std_mpsc::Receiver<Command>, work: &Notify) {
         let mut last_commit = Instant::now() - COMMIT_WINDOW;
+        // A write transaction is open (reads run inside it when there is one, else alone).
         let mut open = false;
         let mut waiting: Vec<AfterCommit> = Vec::new();
         loop {
@@ -487,23 +515,26 @@ impl Store {
                 last_commit = Instant::now();
                 continue;
             };
-            if !open {
-                if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                    tracing::error!(error = %e, "cannot start a queue transaction");
-                    fail(command, &e.to_string());
-                    continue;
+            let mut added_work = false;
+            // This command and whatever else is already waiting, in one transaction.
+            let mut next = Some(command);
+            while let Some(command) = next.take() {
+                if command.writes() && !open {
+                    if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                        tracing::error!(error = %e, "cannot start a queue transaction");
+                        fail(command, &e.to_string());
+                        next = rx.try_recv().ok();
+                        continue;
+                    }
+                    open = true;
                 }
-                open = true;
-            }
-            let mut added_work = self.apply(command, &mut waiting);
-            // Take whatever else is already waiting into the same transaction.
-            while let Ok(more) = rx.try_recv() {
-                added_work |= self.apply(more, &mut waiting);
+                added_work |= self.apply(command, &mut waiting, open);
+                next = rx.try_recv().ok();
             }
             if added_work {
                 work.notify_one();
             }
-            if last_commit.elapsed() >= COMMIT_WINDOW {
+            if open && last_commit.elapsed() >= COMMIT_WINDOW {
                 self.commit(&mut waiting);
                 open = false;
                 last_commit = Instant::now();
@@ -524,17 +555,20 @@ impl Store {
             tracing::error!(error = %e, "cannot commit to the queue database");
             e.to_string()
         });
+        let counts = std::mem::take(&mut self.uncommitted);
         if result.is_ok() {
             self.telemetry.queue_commit();
+            self.telemetry
+                .reports_enqueued(counts.queued as u64, counts.unchanged as u64);
+            self.telemetry.reports_dropped(counts.dropped as u64);
         }
         self.telemetry.queue_depth(self.pending);
-        if self.dropped_unlogged > 0 {
+        if counts.dropped > 0 {
             tracing::warn!(
-                dropped = self.dropped_unlogged,
+                dropped = counts.dropped,
                 max_entries = self.max_entries,
                 "the queue is full: dropped the oldest pending reports"
             );
-            self.dropped_unlogged = 0;
         }
         for reply in waiting.drain(..) {
             reply(result.clone());
@@ -542,7 +576,7 @@ impl Store {
     }
 
     /// Apply one command inside the open transaction. Returns true if it added work.
-    fn apply(&mut self, command: Command, waiting: &mut Vec<AfterCommit>) -> bool {
+    fn apply(&mut self, command: Command, waiting: &mut Vec<AfterCommit>, open: bool) -> bool {
         match command {
             Command::Enqueue(batch, reply) => match self.enqueue(batch) {
                 Ok(outcome) => {
@@ -586,10 +620,14 @@ impl Store {
                 let _ = reply.send(self.stats().map_err(|e| e.to_string()));
                 false
             }
-            Command::Flush(reply) => {
+            Command::Flush(reply) if open => {
                 waiting.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
+                false
+            }
+            Command::Flush(reply) => {
+                let _ = reply.send(Ok(()));
                 false
             }
         }
@@ -650,7 +688,7 @@ impl Store {
             if pending.is_none() {
                 self.pending += 1;
             }
-            tracing::info!(key = %d.key, image = %d.image_url, "deployment queued");
+            tracing::debug!(key = %d.key, image = %d.image_url, "deployment queued");
             outcome.queued += 1;
         }
         for (id, d) in &batch.running {
@@ -678,11 +716,10 @@ impl Store {
             )?;
             self.pending -= dropped as i64;
             outcome.dropped = dropped;
-            self.dropped_unlogged += dropped;
-            self.telemetry.reports_dropped(dropped as u64);
         }
-        self.telemetry
-            .reports_enqueued(outcome.queued as u64, outcome.unchanged as u64);
+        self.uncommitted.queued += outcome.queued;
+        self.uncommitted.unchanged += outcome.unchanged;
+        self.uncommitted.dropped += outcome.dropped;
         Ok(outcome)
     }
 

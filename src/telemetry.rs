@@ -24,6 +24,7 @@ struct ReasonLabel {
 pub struct Telemetry {
     registry: Registry,
     events: Family<ActionLabel, Counter>,
+    events_dropped: Counter,
     enqueued: Counter,
     unchanged: Counter,
     delivered: Counter,
@@ -55,6 +56,7 @@ impl Telemetry {
         let mut registry = Registry::with_prefix("deploytrack");
         let t = Telemetry {
             events: Family::default(),
+            events_dropped: Counter::default(),
             enqueued: Counter::default(),
             unchanged: Counter::default(),
             delivered: Counter::default(),
@@ -75,6 +77,11 @@ impl Telemetry {
             dispatcher_beat: AtomicI64::new(now_ms()),
             registry: Registry::default(),
         };
+        registry.register(
+            "events_dropped",
+            "Events dropped because inspection fell behind (a reconciliation follows)",
+            t.events_dropped.clone(),
+        );
         registry.register(
             "events_received",
             "Container events received from the engine, by action",
@@ -159,6 +166,10 @@ impl Telemetry {
                 action: action.to_string(),
             })
             .inc();
+    }
+
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     pub fn reports_enqueued(&self, queued: u64, unchanged: u64) {

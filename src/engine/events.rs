@@ -20,7 +20,56 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How far before the cursor a resumed stream starts.
 const REPLAY_MARGIN: Duration = Duration::from_secs(2);
 /// Identities of recent events remembered to drop the replayed ones.
-const RECENT_EVENTS: usize = 4096;
+const RECENT_EVENTS: usize = 1024;
+/// Events waiting for the observer. Past this the reader drops events rather than wait (the
+/// engine would skip a slow reader anyway) and owes the observer a reconciliation.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// The reader's end of the channel to the observer. It never waits.
+struct Forward {
+    tx: mpsc::Sender<EngineEvent>,
+    owes_reconcile: bool,
+    dropped: u64,
+}
+
+impl Forward {
+    /// False once the observer is gone.
+    fn send(&mut self, event: EngineEvent, telemetry: &Telemetry) -> bool {
+        use mpsc::error::TrySendError;
+        if self.owes_reconcile && !self.settle_debt() {
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !self.owes_reconcile {
+                    tracing::warn!(buffer = EVENT_BUFFER, "events arrive faster than they can be inspected; dropping them until the backlog clears, then reconciling");
+                }
+                self.owes_reconcile = true;
+                self.dropped += 1;
+                telemetry.event_dropped();
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Send the owed reconciliation if there is room; true once nothing is owed.
+    fn settle_debt(&mut self) -> bool {
+        if !self.owes_reconcile {
+            return true;
+        }
+        if self.tx.try_send(EngineEvent::Connected).is_ok() {
+            tracing::info!(
+                dropped = self.dropped,
+                "backlog cleared; reconciling the events that were dropped"
+            );
+            self.owes_reconcile = false;
+            self.dropped = 0;
+        }
+        !self.owes_reconcile
+    }
+}
 
 /// The last events seen, by identity (id, action, time), to drop duplicates of a replay.
 #[derive(Default)]
@@ -202,13 +251,14 @@ impl EventReader {
 
     /// Read until shutdown, reconnecting with capped exponential backoff. Returns when the
     /// receiver is gone or shutdown is signalled.
-    pub async fn run(
-        mut self,
-        tx: mpsc::UnboundedSender<EngineEvent>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, tx: mpsc::Sender<EngineEvent>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(250);
         let mut recent = Recent::default();
+        let mut forward = Forward {
+            tx,
+            owes_reconcile: false,
+            dropped: 0,
+        };
         if let Some(c) = &self.cursor {
             if let Some(action) = Action::parse(&c.action) {
                 recent.insert(&c.id, action.name(), c.time_nano);
@@ -229,7 +279,7 @@ impl EventReader {
                 Ok(()) => {
                     self.telemetry.engine_connected(true);
                     let mut stream = self.engine.stream.events(Some(self.options()));
-                    if tx.send(EngineEvent::Connected).is_err() {
+                    if !forward.send(EngineEvent::Connected, &self.telemetry) {
                         return;
                     }
                     let connected_at = tokio::time::Instant::now();
@@ -255,7 +305,7 @@ impl EventReader {
                                 {
                                     self.cursor = Some(event.cursor());
                                 }
-                                if tx.send(EngineEvent::Container(event)).is_err() {
+                                if !forward.send(EngineEvent::Container(event), &self.telemetry) {
                                     return;
                                 }
                             }
@@ -265,6 +315,7 @@ impl EventReader {
                             }
                             Ok(None) => break "the engine closed the event stream".to_string(),
                             Err(_idle) => {
+                                forward.settle_debt();
                                 match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
                                     Ok(Ok(())) => continue,
                                     Ok(Err(e)) => break format!("idle check failed: {e}"),
@@ -328,5 +379,45 @@ mod tests {
         assert_eq!(Action::parse("died"), Some(Action::Die));
         assert_eq!(Action::parse("remove"), Some(Action::Destroy));
         assert_eq!(Action::parse("create"), None);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_then_owes_a_reconciliation() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let telemetry = Telemetry::new();
+        let mut forward = Forward {
+            tx,
+            owes_reconcile: false,
+            dropped: 0,
+        };
+        let event = |id: &str| {
+            EngineEvent::Container(ContainerEvent {
+                id: id.into(),
+                action: Action::Start,
+                time_nano: 1,
+                exit_code: None,
+                hint: EventHint::default(),
+            })
+        };
+        assert!(forward.send(event("a"), &telemetry));
+        assert!(forward.send(event("b"), &telemetry));
+        assert!(
+            forward.send(event("c"), &telemetry),
+            "a full buffer must not look closed"
+        );
+        assert!(forward.owes_reconcile);
+        assert!(matches!(rx.try_recv(), Ok(EngineEvent::Container(e)) if e.id == "a"));
+        // Room for one: the reconciliation goes first, so "d" is dropped and owes another.
+        assert!(forward.send(event("d"), &telemetry));
+        assert!(matches!(rx.try_recv(), Ok(EngineEvent::Container(e)) if e.id == "b"));
+        assert!(matches!(rx.try_recv(), Ok(EngineEvent::Connected)));
+        assert!(forward.owes_reconcile);
+        // Room for both: the reconciliation, then the event.
+        assert!(forward.send(event("e"), &telemetry));
+        assert!(matches!(rx.try_recv(), Ok(EngineEvent::Connected)));
+        assert!(matches!(rx.try_recv(), Ok(EngineEvent::Container(e)) if e.id == "e"));
+        assert!(!forward.owes_reconcile);
+        drop(rx);
+        assert!(!forward.send(event("f"), &telemetry));
     }
 }
