@@ -5,8 +5,9 @@
 //! crash semantics are the best documented of the embedded stores.
 //!
 //! One thread owns the connection and applies commands in order. Writes are group-committed:
-//! an isolated change commits at once, but while changes keep arriving the thread commits at
-//! most once per `COMMIT_WINDOW`, so a burst of hundreds of starts costs a handful of syncs.
+//! an isolated change commits at once, but while changes keep arriving the thread commits
+//! once per `COMMIT_WINDOW`, per `COMMIT_BATCH` changes, or when they stop for `COMMIT_IDLE`,
+//! so a burst of hundreds of starts costs a handful of syncs.
 //! A write's reply is sent only after its commit; reads answer at once and see every
 //! earlier command, committed or not. So the dispatcher may send a report before its commit:
 //! that costs nothing in safety, because the event cursor commits in the same transaction
@@ -26,8 +27,12 @@ use crate::engine::events::EventCursor;
 use crate::telemetry::Telemetry;
 
 pub const DB_FILE: &str = "deploytrack.db";
-/// While changes keep arriving, commit (and sync) at most this often.
+/// While changes keep arriving, commit (and sync) at most this often...
 const COMMIT_WINDOW: Duration = Duration::from_secs(1);
+/// ...unless this many changes are waiting: a flood is committed in slices of this size...
+const COMMIT_BATCH: usize = 1024;
+/// ...or nothing more arrived for this long: the end of a flood is not held back.
+const COMMIT_IDLE: Duration = Duration::from_millis(250);
 const SCHEMA_VERSION: i64 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -463,6 +468,8 @@ struct Store {
     telemetry: Arc<Telemetry>,
     /// Counted into the metrics once committed.
     uncommitted: EnqueueOutcome,
+    /// Rows changed in the open transaction.
+    changes: usize,
 }
 
 impl Store {
@@ -484,17 +491,20 @@ impl Store {
             next_version: max_version.unwrap_or(0) + 1,
             telemetry,
             uncommitted: EnqueueOutcome::default(),
+            changes: 0,
         })
     }
 
     fn serve(&mut self, rx: std_mpsc::Receiver<Command>, work: &Notify) {
         let mut last_commit = Instant::now() - COMMIT_WINDOW;
+        let mut last_change = Instant::now();
         // A write transaction is open (reads run inside it when there is one, else alone).
         let mut open = false;
         let mut waiting: Vec<AfterCommit> = Vec::new();
         loop {
             let command = if open {
-                let wait = (last_commit + COMMIT_WINDOW).saturating_duration_since(Instant::now());
+                let deadline = (last_commit + COMMIT_WINDOW).min(last_change + COMMIT_IDLE);
+                let wait = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(wait) {
                     Ok(c) => Some(c),
                     Err(std_mpsc::RecvTimeoutError::Timeout) => None,
@@ -516,6 +526,7 @@ impl Store {
                 continue;
             };
             let mut added_work = false;
+            let mut wrote = false;
             // This command and whatever else is already waiting, in one transaction.
             let mut next = Some(command);
             while let Some(command) = next.take() {
@@ -528,13 +539,17 @@ impl Store {
                     }
                     open = true;
                 }
+                wrote |= command.writes();
                 added_work |= self.apply(command, &mut waiting, open);
                 next = rx.try_recv().ok();
             }
             if added_work {
                 work.notify_one();
             }
-            if open && last_commit.elapsed() >= COMMIT_WINDOW {
+            if wrote {
+                last_change = Instant::now();
+            }
+            if open && (last_commit.elapsed() >= COMMIT_WINDOW || self.changes >= COMMIT_BATCH) {
                 self.commit(&mut waiting);
                 open = false;
                 last_commit = Instant::now();
@@ -556,6 +571,7 @@ impl Store {
             e.to_string()
         });
         let counts = std::mem::take(&mut self.uncommitted);
+        self.changes = 0;
         if result.is_ok() {
             self.telemetry.queue_commit();
             self.telemetry
@@ -689,6 +705,7 @@ impl Store {
                 self.pending += 1;
             }
             tracing::debug!(key = %d.key, image = %d.image_url, "deployment queued");
+            self.changes += 1;
             outcome.queued += 1;
         }
         for (id, d) in &batch.running {
@@ -729,6 +746,7 @@ impl Store {
         version: i64,
         settle: Settle,
     ) -> rusqlite::Result<()> {
+        self.changes += 1;
         match settle {
             Settle::Delivered => {
                 let body: Option<String> = self

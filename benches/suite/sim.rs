@@ -186,6 +186,8 @@ async fn emit(state: Arc<State>, tx: mpsc::Sender<Bytes>, plan: Plan) {
                 for k in i..i + n {
                     frame.push_str(&event_line(k));
                 }
+                // Started containers are listed as running, as an engine lists them.
+                state.running.lock().unwrap().extend(i..i + n);
                 if tx.send(Bytes::from(frame)).await.is_err() {
                     return;
                 }
@@ -197,6 +199,7 @@ async fn emit(state: Arc<State>, tx: mpsc::Sender<Bytes>, plan: Plan) {
             for (k, i) in (plan.first..end).enumerate() {
                 let at = t0 + spread.mul_f64(k as f64 / plan.count as f64);
                 tokio::time::sleep_until(at.into()).await;
+                state.running.lock().unwrap().push(i);
                 if tx.send(Bytes::from(event_line(i))).await.is_err() {
                     return;
                 }

@@ -16,6 +16,8 @@ use crate::telemetry::Telemetry;
 /// How long the stream may be silent before the engine is pinged to prove the link is alive.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the reader looks for room to send an owed reconciliation.
+const DEBT_CHECK: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How far before the cursor a resumed stream starts.
 const REPLAY_MARGIN: Duration = Duration::from_secs(2);
@@ -23,7 +25,7 @@ const REPLAY_MARGIN: Duration = Duration::from_secs(2);
 const RECENT_EVENTS: usize = 1024;
 /// Events waiting for the observer. Past this the reader drops events rather than wait (the
 /// engine would skip a slow reader anyway) and owes the observer a reconciliation.
-pub const EVENT_BUFFER: usize = 4096;
+pub const EVENT_BUFFER: usize = 16384;
 
 /// The reader's end of the channel to the observer. It never waits.
 struct Forward {
@@ -54,12 +56,15 @@ impl Forward {
         }
     }
 
-    /// Send the owed reconciliation if there is room; true once nothing is owed.
+    /// Send the owed reconciliation once the backlog is half cleared (so a flood causes one
+    /// reconciliation, not one per free slot); true once nothing is owed.
     fn settle_debt(&mut self) -> bool {
         if !self.owes_reconcile {
             return true;
         }
-        if self.tx.try_send(EngineEvent::Connected).is_ok() {
+        if self.tx.capacity() * 2 >= self.tx.max_capacity()
+            && self.tx.try_send(EngineEvent::Connected).is_ok()
+        {
             tracing::info!(
                 dropped = self.dropped,
                 "backlog cleared; reconciling the events that were dropped"
@@ -283,14 +288,22 @@ impl EventReader {
                         return;
                     }
                     let connected_at = tokio::time::Instant::now();
+                    let mut last_read = tokio::time::Instant::now();
                     let reason = loop {
+                        // While a reconciliation is owed, look for room for it often.
+                        let wait = if forward.owes_reconcile {
+                            DEBT_CHECK
+                        } else {
+                            IDLE_CHECK
+                        };
                         let next = tokio::select! {
-                            next = tokio::time::timeout(IDLE_CHECK, stream.next()) => next,
+                            next = tokio::time::timeout(wait, stream.next()) => next,
                             _ = shutdown.changed() => return,
                         };
                         self.telemetry.heartbeat_reader();
                         match next {
                             Ok(Some(Ok(msg))) => {
+                                last_read = tokio::time::Instant::now();
                                 let Some(event) = ContainerEvent::from_message(msg) else {
                                     continue;
                                 };
@@ -316,6 +329,10 @@ impl EventReader {
                             Ok(None) => break "the engine closed the event stream".to_string(),
                             Err(_idle) => {
                                 forward.settle_debt();
+                                if last_read.elapsed() < IDLE_CHECK {
+                                    continue;
+                                }
+                                last_read = tokio::time::Instant::now();
                                 match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
                                     Ok(Ok(())) => continue,
                                     Ok(Err(e)) => break format!("idle check failed: {e}"),
