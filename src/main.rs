@@ -76,8 +76,7 @@ fn main() -> ExitCode {
     if let Err(e) = telemetry::init_logging(level.as_deref(), format.as_deref()) {
         return usage(&e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
