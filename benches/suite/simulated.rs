@@ -565,9 +565,9 @@ pub async fn b4(ctx: Ctx) -> Result<Section, String> {
     s.details.push(String::new());
     s.details.push(
         "*Tried during the outage*: while the endpoint was down the agent probed it with a few \
-         reports; each failed probe gave that report its own retry time, which is kept in the queue \
-         across the restart, so those few arrive only when it comes (the agent does not reset retry \
-         times at start). They are left out of the rate and shown in *Start to all N received*."
+         reports, one at a time; each failed probe gave that report a retry time. The agent makes \
+         every report due again when it starts, so these are counted in the rate too; *Start to all \
+         N received* shows when the last of them arrived."
             .into(),
     );
     if let [small, large] = &runs[..] {
