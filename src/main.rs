@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            return match man_page(&mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&format!("cannot write the man page: {e}"), 1),
             };
@@ -118,6 +118,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.0, 1),
     }
+}
+
+/// deploytrack(1): the command, each subcommand's options, exit status and files.
+fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut cli = Cli::command();
+    cli.build();
+    clap_mangen::Man::new(cli.clone()).render(out)?;
+    for sub in cli.get_subcommands().filter(|s| !matches!(s.get_name(), "help" | "man" | "completions")) {
+        writeln!(out, ".SH \"DEPLOYTRACK {}\"", sub.get_name().to_uppercase())?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{about}")?;
+        }
+        let mut options = Vec::new();
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut options)?;
+        let options = String::from_utf8_lossy(&options).replacen(".SH OPTIONS", ".SS Options", 1);
+        out.write_all(options.as_bytes())?;
+    }
+    out.write_all(
+        br#".SH "EXIT STATUS"
+0 on success, 1 when the work failed (the engine unreachable past a short retry, a queue that cannot be written, a report not delivered), 64 when a setting is invalid.
+.SH FILES
+.TP
+/etc/deploytrack/config.toml
+The config file given with \fB--config\fR (its keys are the long flag names in snake_case).
+.TP
+/etc/deploytrack/token
+The API token, loaded by systemd as the credential \fBtoken\fR.
+.TP
+/var/lib/deploytrack/deploytrack.db
+The persistent queue (SQLite), readable with \fBsqlite3\fR(1) and \fBdeploytrack queue\fR.
+.SH "SEE ALSO"
+\fBsystemd.exec\fR(5), \fBdocker\fR(1)
+"#,
+    )
 }
 
 fn usage(e: &ConfigError) -> ExitCode {
