@@ -58,6 +58,9 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         .await
         .map_err(|e| Fatal(e.to_string()))?;
     let host = engine.host_name().await.map_err(|e| Fatal(e.to_string()))?;
+    if config.url.is_none() {
+        tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent");
+    }
     tracing::info!(
         engine = %config.docker_host, host = %host, environment = %config.environment,
         endpoint = %config.url.as_ref().map_or("stdout (dry run)".to_string(), |u| crate::config::redact_url(u.as_str())),

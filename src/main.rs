@@ -125,7 +125,10 @@ fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut cli = Cli::command();
     cli.build();
     clap_mangen::Man::new(cli.clone()).render(out)?;
-    for sub in cli.get_subcommands().filter(|s| !matches!(s.get_name(), "help" | "man" | "completions")) {
+    for sub in cli
+        .get_subcommands()
+        .filter(|s| !matches!(s.get_name(), "help" | "man" | "completions"))
+    {
         writeln!(out, ".SH \"DEPLOYTRACK {}\"", sub.get_name().to_uppercase())?;
         if let Some(about) = sub.get_about() {
             writeln!(out, "{about}")?;
