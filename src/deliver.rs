@@ -53,6 +53,18 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
     match code {
         200..=299 => Outcome::Delivered,
         401 | 403 => Outcome::Unauthorized { status: code },
+        // Redirects are not followed (a client following a 301 turns the POST into a GET):
+        // the endpoint is misconfigured for every report, so hold and say where it points.
+        300..=399 => Outcome::Transient {
+            reason: format!(
+                "the endpoint answered {status} and points to {}: set --url to that address",
+                headers
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| "nowhere".to_string(), crate::config::redact_url)
+            ),
+            retry_after: None,
+        },
         408 | 425 | 429 | 500..=599 => Outcome::Transient {
             reason: format!("the endpoint answered {status}"),
             retry_after: headers
@@ -127,6 +139,7 @@ impl HttpSink {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -444,6 +457,21 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2))
             }
         );
+    }
+
+    #[test]
+    fn redirects_hold_the_queue_and_say_where() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("https://new.example/hook"),
+        );
+        match classify(StatusCode::MOVED_PERMANENTLY, &h, b"") {
+            Outcome::Transient { reason, .. } => {
+                assert!(reason.contains("https://new.example/hook"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

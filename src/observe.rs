@@ -55,6 +55,17 @@ impl View {
         self.0.write().ok().and_then(|mut m| m.remove(id))
     }
 
+    fn contains(&self, id: &str) -> bool {
+        self.0.read().is_ok_and(|m| m.contains_key(id))
+    }
+
+    /// True if some container in the view reports under `key`.
+    fn runs(&self, key: &DeploymentKey) -> bool {
+        self.0
+            .read()
+            .is_ok_and(|m| m.values().any(|d| d.key == *key))
+    }
+
     fn ids(&self) -> Vec<String> {
         self.0
             .read()
@@ -70,6 +81,8 @@ enum Outcome {
     Snapshot(Result<Snapshot, EngineError>),
     Started(ContainerEvent, Result<Resolution, EngineError>),
     Stopped(ContainerEvent),
+    /// Nothing to do but move the cursor.
+    Seen(ContainerEvent),
 }
 
 #[derive(Clone)]
@@ -120,6 +133,12 @@ impl Observer {
                     let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
                     Outcome::Started(ev, result)
                 }
+                // Only a running container's new name matters (a stopped one is not reported).
+                Action::Rename if self.view.contains(&ev.id) => {
+                    let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
+                    Outcome::Started(ev, result)
+                }
+                Action::Rename => Outcome::Seen(ev),
                 Action::Die | Action::Destroy => Outcome::Stopped(ev),
             },
         }
@@ -178,6 +197,7 @@ impl Observer {
                     self.stopped(&ev.id, ev.exit_code, &mut batch);
                     batch.cursor = Some(ev.cursor());
                 }
+                Outcome::Seen(ev) => batch.cursor = Some(ev.cursor()),
                 Outcome::Snapshot(Err(e)) => {
                     tracing::warn!(error = %e, "cannot list the running containers; will retry on the next reconnect");
                 }
@@ -243,7 +263,9 @@ impl Observer {
             batch.gone.push(id.to_string());
             // The start may sit in this same batch: it must not be re-added by it.
             batch.running.retain(|(rid, _)| rid != id);
-            if self.report_stops {
+            // Another container may already run under the same name (a rolling replacement
+            // that starts the new one first): then the stop would overwrite it.
+            if self.report_stops && !self.view.runs(&d.key) {
                 batch.reports.push(d.stopped(exit_code));
             }
         }
@@ -350,6 +372,26 @@ mod tests {
             ]
         );
         assert!(o.view.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stop_does_not_overwrite_its_replacement() {
+        let o = observer(true);
+        let mut replacement = deployment("new", true);
+        replacement.key = deployment("old", true).key;
+        o.apply(vec![started("old", true)]);
+        let batch = o.apply(vec![
+            Outcome::Started(
+                event("new", Action::Start, None),
+                Ok(Resolution::Report(replacement)),
+            ),
+            Outcome::Stopped(event("old", Action::Die, Some(0))),
+        ]);
+        assert_eq!(batch.reports.len(), 1, "{:?}", batch.reports);
+        assert_eq!(
+            batch.reports[0].container.as_ref().unwrap().state,
+            ContainerState::Running
+        );
     }
 
     #[tokio::test]

@@ -135,6 +135,8 @@ impl EventCursor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Start,
+    /// A new name may mean a new `image.name`.
+    Rename,
     /// `die` (Docker) or `died` (some Podman versions).
     Die,
     /// `destroy` (Docker) or `remove` (Podman).
@@ -145,6 +147,7 @@ impl Action {
     fn parse(text: &str) -> Option<Self> {
         match text {
             "start" => Some(Action::Start),
+            "rename" => Some(Action::Rename),
             "die" | "died" => Some(Action::Die),
             "destroy" | "remove" => Some(Action::Destroy),
             _ => None,
@@ -154,6 +157,7 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::Start => "start",
+            Action::Rename => "rename",
             Action::Die => "die",
             Action::Destroy => "destroy",
         }
@@ -239,7 +243,7 @@ impl EventReader {
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
-                ["start", "die", "died", "destroy", "remove"]
+                ["start", "rename", "die", "died", "destroy", "remove"]
                     .map(String::from)
                     .to_vec(),
             ),

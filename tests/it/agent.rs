@@ -387,3 +387,22 @@ async fn dry_run_prints_reports() {
     assert!(agent.stderr().contains("dry run"));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rename_reports_the_new_name() {
+    let scope = Scope::new("rename");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &[]);
+    let host = engine_host_name();
+    let (before, after) = (scope.name("before"), scope.name("after"));
+    let id = scope.run(&["--name", &before], APP1);
+    eventually("the first name", || {
+        (!by_name(&receiver.accepted(), &format!("{host}/{before}")).is_empty()).then_some(())
+    })
+    .await;
+    docker(&["rename", &id, &after]);
+    eventually("the new name", || {
+        (!by_name(&receiver.accepted(), &format!("{host}/{after}")).is_empty()).then_some(())
+    })
+    .await;
+}
