@@ -87,6 +87,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         _ => Sink::Stdout,
     };
     let view = Arc::new(View::restore(restored.running));
+    let (reconciled_tx, reconciled_rx) = watch::channel(false);
     Ok(Parts {
         observer: Observer {
             resolver,
@@ -95,9 +96,11 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             view,
             report_stops: config.report_stops,
             force,
+            reconciled: Arc::new(reconciled_tx),
         },
         dispatcher: Dispatcher {
             outbox: outbox.clone(),
+            reconciled: reconciled_rx,
             sink: Arc::new(sink),
             concurrency: config.concurrency,
             retry: config.retry.clone(),

@@ -24,6 +24,8 @@ pub const USER_AGENT_VALUE: &str = concat!("deploytrack/", env!("CARGO_PKG_VERSI
 const RESPONSE_EXCERPT: usize = 512;
 /// The dispatcher looks at the queue at least this often (operators may change it).
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How long delivery waits at start for the first reconciliation.
+const RECONCILE_GRACE: Duration = Duration::from_secs(5);
 /// A `Retry-After` beyond this is treated as this.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
@@ -219,6 +221,9 @@ struct Hold {
 
 pub struct Dispatcher {
     pub outbox: Outbox,
+    /// True once the observer's first reconciliation is queued; delivery waits for it
+    /// (at most `RECONCILE_GRACE`).
+    pub reconciled: watch::Receiver<bool>,
     pub sink: Arc<Sink>,
     pub concurrency: usize,
     pub retry: RetryPolicy,
@@ -240,6 +245,11 @@ impl Dispatcher {
         let mut hold = Hold::default();
         let mut stopping: Option<Instant> = None;
         let mut next_due: Option<i64> = None;
+        let mut reconciled = self.reconciled.clone();
+        tokio::select! {
+            _ = tokio::time::timeout(RECONCILE_GRACE, reconciled.wait_for(|done| *done)) => {}
+            _ = shutdown.changed() => {}
+        }
         loop {
             self.telemetry.heartbeat_dispatcher();
             if stopping.is_none() {

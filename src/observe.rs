@@ -94,6 +94,9 @@ pub struct Observer {
     pub report_stops: bool,
     /// Replaced by `sync --force`: re-send what the endpoint already has.
     pub force: bool,
+    /// Set once the first reconciliation is handed to the queue, so that delivery after a
+    /// restart starts from the engine's current state rather than from older reports.
+    pub reconciled: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Observer {
@@ -107,8 +110,12 @@ impl Observer {
             .ready_chunks(512);
         let mut writes = tokio::task::JoinSet::new();
         while let Some(chunk) = outcomes.next().await {
+            let reconciles = chunk.iter().any(|o| matches!(o, Outcome::Snapshot(_)));
             let batch = self.apply(chunk);
             if batch.is_empty() {
+                if reconciles {
+                    self.reconciled.send_replace(true);
+                }
                 continue;
             }
             // Handed over now, in order; the wait for the sync is not awaited here, as it
@@ -120,6 +127,9 @@ impl Observer {
                     let _ = fatal.send(format!("cannot write to the queue: {e}"));
                 }
             });
+            if reconciles {
+                self.reconciled.send_replace(true);
+            }
             while writes.try_join_next().is_some() {}
         }
         while writes.join_next().await.is_some() {}
@@ -300,6 +310,7 @@ mod tests {
             view: Arc::new(View::default()),
             report_stops,
             force: false,
+            reconciled: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
