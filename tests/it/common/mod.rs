@@ -212,11 +212,12 @@ impl Drop for Scope {
                 .split_whitespace()
                 .map(String::from)
                 .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
+            // A few at a time, each call bounded: hundreds of parallel kills in one call have
+            // wedged dockerd 20.10 here, and a stuck cleanup must not hang the suite.
+            for chunk in ids.chunks(20) {
+                let _ = Command::new("timeout")
+                    .args(["120", "docker", "rm", "-f"])
+                    .args(chunk)
                     .output();
             }
         }
