@@ -35,6 +35,11 @@ impl EngineError {
         use bollard::errors::Error as B;
         match err {
             B::SocketNotFoundError(path) => EngineError::NoSocket(path),
+            B::DockerResponseServerError { message, .. }
+                if message.contains("HTTP request to an HTTPS server") => EngineError::Setup {
+                host: host.to_string(),
+                reason: "the engine speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or use https://)".into(),
+            },
             B::DockerResponseServerError {
                 status_code,
                 message,

@@ -406,3 +406,74 @@ async fn a_rename_reports_the_new_name() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
+    let scope = Scope::new("tls");
+    let engine = PrivateEngine::start_with_tls().await;
+    let (addr, certs) = engine.tls.clone().unwrap();
+    let receiver = Receiver::start().await;
+    let selector = scope.selector();
+    let token = scope.token_file();
+    let args: Vec<String> = [
+        "run",
+        "--url",
+        &receiver.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--docker-host",
+        &addr,
+        "--label-selector",
+        &selector,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let certs = certs.to_str().unwrap();
+    let agent = Agent::spawn(
+        &scope.dir,
+        &args,
+        &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs)],
+    );
+    agent.ready().await;
+    let host = engine.docker(&["info", "--format", "{{.Name}}"]);
+    engine.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--label",
+        &selector,
+        "--name",
+        "over-tls",
+        APP1,
+    ]);
+    eventually("the container reported over TLS", || {
+        receiver
+            .accepted()
+            .iter()
+            .any(|r| r.name() == format!("{host}/over-tls"))
+            .then_some(())
+    })
+    .await;
+    // https:// means TLS too; plain tcp:// to a TLS engine says what it got.
+    let https = addr.replace("tcp://", "https://");
+    let out = agent_command(&["check", "--docker-host", &https])
+        .env("DOCKER_CERT_PATH", certs)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK   engine: reachable"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = agent_command(&["check", "--docker-host", &addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL engine") && stdout.contains("DOCKER_TLS_VERIFY"),
+        "{stdout}"
+    );
+    engine.docker(&["rm", "-f", "over-tls"]);
+}

@@ -374,6 +374,9 @@ pub async fn metric(listen: std::net::SocketAddr, name: &str) -> Option<f64> {
 /// registry process there serving the test images' storage.
 pub struct PrivateEngine {
     pub host: String,
+    /// With TLS: the engine's `tcp://` address, reached over a veth pair, and the directory
+    /// of the client's `ca.pem`, `cert.pem` and `key.pem` (a `DOCKER_CERT_PATH`).
+    pub tls: Option<(String, PathBuf)>,
     root: PathBuf,
     netns: String,
     registry: Option<Child>,
@@ -382,6 +385,15 @@ pub struct PrivateEngine {
 
 impl PrivateEngine {
     pub async fn start() -> PrivateEngine {
+        Self::start_with(false).await
+    }
+
+    /// The engine also listening on `tcp://` with mutual TLS, as `dockerd --tlsverify` does.
+    pub async fn start_with_tls() -> PrivateEngine {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> PrivateEngine {
         ensure_engine();
         let tag = format!("{:x}", fastrand::u32(..));
         let root = PathBuf::from(format!("/tmp/dt-e{tag}"));
@@ -409,9 +421,44 @@ impl PrivateEngine {
             .stderr(Stdio::null())
             .spawn()
             .expect("start a registry in the namespace");
+        let tls = tls.then(|| {
+            let octet = 1 + fastrand::u8(..250);
+            let (host_if, ns_if) = (format!("dt{tag}h"), format!("dt{tag}n"));
+            let run =
+                |args: &[&str]| assert!(ok(Command::new("ip").args(args)), "ip {args:?} failed");
+            run(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ]);
+            run(&["link", "set", &ns_if, "netns", &netns]);
+            run(&[
+                "addr",
+                "add",
+                &format!("10.213.{octet}.1/30"),
+                "dev",
+                &host_if,
+            ]);
+            run(&["link", "set", &host_if, "up"]);
+            let engine_ip = format!("10.213.{octet}.2");
+            run(&[
+                "netns",
+                "exec",
+                &netns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{engine_ip}/30"),
+                "dev",
+                &ns_if,
+            ]);
+            run(&["netns", "exec", &netns, "ip", "link", "set", &ns_if, "up"]);
+            let certs = root.join("certs");
+            make_certificates(&certs, &engine_ip);
+            (format!("tcp://{engine_ip}:2376"), certs)
+        });
         let host = format!("unix://{}/docker.sock", root.display());
         let mut engine = PrivateEngine {
             host,
+            tls,
             root,
             netns,
             registry: Some(registry),
@@ -454,6 +501,20 @@ impl PrivateEngine {
                 "--iptables=false",
                 "--ip-masq=false",
             ])
+            .args(self.tls.iter().flat_map(|(addr, certs)| {
+                let file = |f: &str| certs.join(f).display().to_string();
+                [
+                    "-H".to_string(),
+                    addr.clone(),
+                    "--tlsverify".into(),
+                    "--tlscacert".into(),
+                    file("ca.pem"),
+                    "--tlscert".into(),
+                    file("server-cert.pem"),
+                    "--tlskey".into(),
+                    file("server-key.pem"),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -492,6 +553,104 @@ impl PrivateEngine {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// A CA, a server certificate for `ip` and a client certificate, with openssl.
+fn make_certificates(dir: &Path, ip: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let steps: [&[&str]; 5] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=deploytrack test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server-key.pem",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=engine",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            "server-cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=client",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
