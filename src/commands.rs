@@ -131,7 +131,7 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
             "none (dry run keeps the queue in memory)".into(),
         ),
         Some(dir) => match check_state_dir(dir) {
-            Ok(()) => line(true, "state dir", format!("{} is writable", dir.display())),
+            Ok(detail) => line(true, "state dir", detail),
             Err(e) => line(false, "state dir", e),
         },
     }
@@ -165,16 +165,28 @@ fn version_at_least(version: &str, min: (u32, u32)) -> bool {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= min
 }
 
-fn check_state_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let probe = dir.join(".deploytrack-check");
-    std::fs::write(&probe, b"ok").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+/// Writable, or creatable: a missing state dir is not created by a check (the agent does
+/// that), but the nearest existing parent must let it be.
+fn check_state_dir(dir: &Path) -> Result<String, String> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let probe = existing.join(format!(".deploytrack-check-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .map_err(|e| format!("{} is not writable: {e}", existing.display()))?;
     let _ = std::fs::remove_file(&probe);
+    if existing != dir {
+        return Ok(format!(
+            "{} does not exist yet; it can be created",
+            dir.display()
+        ));
+    }
     let db = dir.join(DB_FILE);
     if db.exists() {
         outbox::open_file(&db).map_err(|e| format!("{}: {e}", db.display()))?;
     }
-    Ok(())
+    Ok(format!("{} is writable", dir.display()))
 }
 
 /// A GET with the credentials: the API defines no probe, but a 401/403 here tells a wrong

@@ -349,6 +349,8 @@ async fn token_never_appears_in_output_at_any_level() {
         token.to_str().unwrap(),
         "--docker-host",
         "unix:///nonexistent.sock",
+        "--state-dir",
+        scope.state_dir().to_str().unwrap(),
     ]);
     assert!(!format!("{}{}", out.stdout, out.stderr).contains(TOKEN));
 }
@@ -415,8 +417,11 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
     let receiver = Receiver::start().await;
     let selector = scope.selector();
     let token = scope.token_file();
+    let state = scope.state_dir();
     let args: Vec<String> = [
         "run",
+        "--state-dir",
+        state.to_str().unwrap(),
         "--url",
         &receiver.url(),
         "--token-file",
