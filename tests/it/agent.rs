@@ -143,7 +143,7 @@ async fn labels_override_and_select() {
     scope.run(&["--name", &last], APP1);
 
     eventually("the last container", || {
-        (!by_name(&receiver.accepted(), &format!("{host}/{last}")).is_empty()).then_some(())
+        receiver.reported(&format!("{host}/{last}")).then_some(())
     })
     .await;
     agent.ready().await;
@@ -188,7 +188,7 @@ async fn require_label_reports_only_opted_in() {
         APP1,
     );
     eventually("the opted-in container", || {
-        (!by_name(&receiver.accepted(), &format!("{host}/{opted}")).is_empty()).then_some(())
+        receiver.reported(&format!("{host}/{opted}")).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -255,7 +255,7 @@ async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
     let marker = scope.name("marker");
     scope.run(&["--name", &marker], APP1);
     eventually("the marker", || {
-        (!by_name(&receiver.accepted(), &format!("{host}/{marker}")).is_empty()).then_some(())
+        receiver.reported(&format!("{host}/{marker}")).then_some(())
     })
     .await;
     assert_eq!(
@@ -399,12 +399,12 @@ async fn a_rename_reports_the_new_name() {
     let (before, after) = (scope.name("before"), scope.name("after"));
     let id = scope.run(&["--name", &before], APP1);
     eventually("the first name", || {
-        (!by_name(&receiver.accepted(), &format!("{host}/{before}")).is_empty()).then_some(())
+        receiver.reported(&format!("{host}/{before}")).then_some(())
     })
     .await;
     docker(&["rename", &id, &after]);
     eventually("the new name", || {
-        (!by_name(&receiver.accepted(), &format!("{host}/{after}")).is_empty()).then_some(())
+        receiver.reported(&format!("{host}/{after}")).then_some(())
     })
     .await;
 }
@@ -454,11 +454,7 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
         APP1,
     ]);
     eventually("the container reported over TLS", || {
-        receiver
-            .accepted()
-            .iter()
-            .any(|r| r.name() == format!("{host}/over-tls"))
-            .then_some(())
+        receiver.reported(&format!("{host}/over-tls")).then_some(())
     })
     .await;
     // https:// means TLS too; plain tcp:// to a TLS engine says what it got.

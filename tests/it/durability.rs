@@ -228,11 +228,7 @@ async fn engine_restart_is_survived_and_reconciled() {
     };
     start(&engine, "first");
     eventually("the first container", || {
-        receiver
-            .accepted()
-            .iter()
-            .any(|r| r.name() == format!("{host}/first"))
-            .then_some(())
+        receiver.reported(&format!("{host}/first")).then_some(())
     })
     .await;
     engine.stop().await;
@@ -247,11 +243,7 @@ async fn engine_restart_is_survived_and_reconciled() {
     engine.boot().await;
     start(&engine, "second");
     eventually("the container started around the engine restart", || {
-        receiver
-            .accepted()
-            .iter()
-            .any(|r| r.name() == format!("{host}/second"))
-            .then_some(())
+        receiver.reported(&format!("{host}/second")).then_some(())
     })
     .await;
     assert!(

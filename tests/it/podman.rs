@@ -5,16 +5,7 @@ use crate::common::*;
 pub const PODMAN_HOST: &str = "unix:///run/deploytrack-podman.sock";
 
 fn podman(args: &[&str]) -> String {
-    let out = std::process::Command::new("podman")
-        .args(args)
-        .output()
-        .expect("run podman");
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    run_ok("podman", args, None)
 }
 
 /// Removes the scope's Podman containers, also when the test fails.

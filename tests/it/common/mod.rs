@@ -47,17 +47,26 @@ pub fn ensure_engine() {
     }
 }
 
-pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
+/// Run a program to success and return its trimmed stdout.
+pub fn run_ok(program: &str, args: &[&str], dir: Option<&Path>) -> String {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd
         .output()
-        .expect("run docker");
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         out.status.success(),
-        "docker {args:?} failed: {}",
+        "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn docker(args: &[&str]) -> String {
+    run_ok("docker", args, None)
 }
 
 pub fn engine_host_name() -> String {
@@ -641,16 +650,7 @@ fn make_certificates(dir: &Path, ip: &str) {
         ],
     ];
     for args in steps {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok("openssl", args, Some(dir));
     }
 }
 

@@ -140,6 +140,16 @@ impl Receiver {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// True once a report for `name` (image.name) was accepted.
+    pub fn reported(&self, name: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .any(|r| r.status < 300 && r.name() == name)
+    }
+
     /// Accepted (2xx) reports only.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
