@@ -71,15 +71,16 @@ fi
 
 # ---------------------------------------------------------------- packages
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 \
-    || [ ! -x /bin/busybox ] || ! command -v podman >/dev/null 2>&1; then
+    || [ ! -x /bin/busybox ] || ! command -v podman >/dev/null 2>&1 \
+    || ! command -v openssl >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
     if ! can_root; then
-        die "dockerd, docker-registry, podman or /bin/busybox is missing and installing them needs root or sudo."
+        die "dockerd, docker-registry, podman, openssl, ip or /bin/busybox is missing and installing them needs root or sudo."
     fi
-    log "installing docker.io docker-registry busybox-static podman (apt-get)"
+    log "installing docker.io docker-registry busybox-static podman openssl iproute2 (apt-get)"
     apt_log=$(mktemp /tmp/deploytrack-apt.XXXXXX)
     if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >"$apt_log" 2>&1 \
         || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            docker.io docker-registry busybox-static podman >>"$apt_log" 2>&1; then
+            docker.io docker-registry busybox-static podman openssl iproute2 >>"$apt_log" 2>&1; then
         tail -n 30 "$apt_log" >&2
         die "apt-get failed (full log: $apt_log)"
     fi
