@@ -348,3 +348,47 @@ async fn a_burst_is_queued_with_few_syncs_and_drains() {
     keys.dedup();
     assert_eq!(keys.len(), N);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest() {
+    let scope = Scope::new("shutdown");
+    let receiver = Receiver::start().await;
+    let slow = |secs| Answer {
+        delay: Some(Duration::from_secs(secs)),
+        ..Answer::status(200)
+    };
+    // Within the grace period: the request finishes, the report counts as delivered.
+    receiver.set_default(slow(1));
+    let mut agent = scope.agent(&receiver.url(), &["--shutdown-timeout", "5s"]);
+    scope.run(&[], APP1);
+    eventually("a request in flight", || {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    assert_eq!(
+        pending_count(&scope),
+        0,
+        "the finished request was not recorded"
+    );
+    // Past it: the agent still exits 0 at the deadline, and the report stays queued.
+    receiver.set_default(slow(20));
+    let mut agent = scope.agent(&receiver.url(), &["--shutdown-timeout", "500ms"]);
+    scope.run(&[], APP2);
+    eventually("a second request in flight", || {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    let stopping = std::time::Instant::now();
+    agent.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        pending_count(&scope),
+        1,
+        "the unfinished report was not kept"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// Answer only after this long (a slow endpoint).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Answer {
@@ -54,6 +56,7 @@ impl Answer {
         Answer {
             status,
             retry_after: None,
+            delay: None,
             body: if status < 300 {
                 r#"{"correlation_id":"test"}"#.into()
             } else {
@@ -208,6 +211,9 @@ async fn handle(
         });
         answer
     };
+    if let Some(delay) = answer.delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
     if let Some(r) = answer.retry_after {
