@@ -81,8 +81,9 @@ enum Outcome {
     Snapshot(Result<Snapshot, EngineError>),
     Started(ContainerEvent, Result<Resolution, EngineError>),
     Stopped(ContainerEvent),
-    /// Nothing to do but move the cursor.
-    Seen(ContainerEvent),
+    /// Matters only for a container in the view (a stopped one is not reported); decided
+    /// when applied, in order, as the view may not hold its start yet when resolving.
+    Renamed(ContainerEvent, Result<Resolution, EngineError>),
 }
 
 #[derive(Clone)]
@@ -143,12 +144,10 @@ impl Observer {
                     let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
                     Outcome::Started(ev, result)
                 }
-                // Only a running container's new name matters (a stopped one is not reported).
-                Action::Rename if self.view.contains(&ev.id) => {
+                Action::Rename => {
                     let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
-                    Outcome::Started(ev, result)
+                    Outcome::Renamed(ev, result)
                 }
-                Action::Rename => Outcome::Seen(ev),
                 Action::Die | Action::Destroy => Outcome::Stopped(ev),
             },
         }
@@ -207,7 +206,12 @@ impl Observer {
                     self.stopped(&ev.id, ev.exit_code, &mut batch);
                     batch.cursor = Some(ev.cursor());
                 }
-                Outcome::Seen(ev) => batch.cursor = Some(ev.cursor()),
+                Outcome::Renamed(ev, result) => {
+                    if self.view.contains(&ev.id) {
+                        self.started(&ev.id, result, &mut batch);
+                    }
+                    batch.cursor = Some(ev.cursor());
+                }
                 Outcome::Snapshot(Err(e)) => {
                     tracing::warn!(error = %e, "cannot list the running containers; will retry on the next reconnect");
                 }
@@ -383,6 +387,21 @@ mod tests {
             ]
         );
         assert!(o.view.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rename_counts_only_for_a_running_container() {
+        let o = observer(false);
+        let renamed = |id: &str| {
+            Outcome::Renamed(
+                event(id, Action::Rename, None),
+                Ok(Resolution::Report(deployment(id, false))),
+            )
+        };
+        let batch = o.apply(vec![renamed("stopped")]);
+        assert!(batch.reports.is_empty() && o.view.ids().is_empty());
+        let batch = o.apply(vec![started("c1", false), renamed("c1")]);
+        assert_eq!(batch.reports.len(), 2);
     }
 
     #[tokio::test]
