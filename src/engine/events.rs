@@ -16,6 +16,8 @@ use crate::telemetry::Telemetry;
 /// How long the stream may be silent before the engine is pinged to prove the link is alive.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A network stream silent this long is renewed (unix sockets don't need it).
+const STREAM_RECYCLE: Duration = Duration::from_secs(300);
 /// How often the reader looks for room to send an owed reconciliation.
 const DEBT_CHECK: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -293,6 +295,8 @@ impl EventReader {
                     }
                     let connected_at = tokio::time::Instant::now();
                     let mut last_read = tokio::time::Instant::now();
+                    let mut last_event = last_read;
+                    let mut recycled = false;
                     let reason = loop {
                         // While a reconciliation is owed, look for room for it often.
                         let wait = if forward.owes_reconcile {
@@ -308,6 +312,7 @@ impl EventReader {
                         match next {
                             Ok(Some(Ok(msg))) => {
                                 last_read = tokio::time::Instant::now();
+                                last_event = last_read;
                                 let Some(event) = ContainerEvent::from_message(msg) else {
                                     continue;
                                 };
@@ -338,6 +343,15 @@ impl EventReader {
                                 }
                                 last_read = tokio::time::Instant::now();
                                 match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
+                                    // A ping proves the engine, not this connection: over the
+                                    // network a NAT or proxy can drop an idle stream silently.
+                                    Ok(Ok(()))
+                                        if !self.engine.host.starts_with("unix://")
+                                            && last_event.elapsed() >= STREAM_RECYCLE =>
+                                    {
+                                        recycled = true;
+                                        break "renewing a long-idle stream".to_string();
+                                    }
                                     Ok(Ok(())) => continue,
                                     Ok(Err(e)) => break format!("idle check failed: {e}"),
                                     Err(_) => break "idle check timed out".to_string(),
@@ -345,6 +359,11 @@ impl EventReader {
                             }
                         }
                     };
+                    if recycled {
+                        // Resumed from the cursor and reconciled, like any reconnect.
+                        tracing::debug!(reason = %reason, "reconnecting the event stream");
+                        continue;
+                    }
                     self.telemetry.engine_connected(false);
                     self.telemetry.engine_reconnect();
                     tracing::warn!(reason = %reason, "lost the engine's event stream; reconnecting");
