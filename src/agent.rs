@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::deliver::{Dispatcher, HttpSink, Sink};
+use crate::deliver::{Dispatcher, Sink};
 use crate::deployment::Selection;
 use crate::engine::events::{EngineEvent, EventReader, EVENT_BUFFER};
 use crate::engine::resolve::Resolver;
@@ -80,12 +80,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         selection,
         config.report_stops,
     ));
-    let sink = match (&config.url, &config.token, config.dry_run) {
-        (Some(url), Some(token), false) => {
-            Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
-        }
-        _ => Sink::Stdout,
-    };
+    let sink = Sink::for_config(config)?;
     let view = Arc::new(View::restore(restored.running));
     let (reconciled_tx, reconciled_rx) = watch::channel(false);
     Ok(Parts {

@@ -39,12 +39,7 @@ pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
         platform,
         container: None,
     };
-    let sink = match (&config.url, &config.token, config.dry_run) {
-        (Some(url), Some(token), false) => {
-            Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
-        }
-        _ => Sink::Stdout,
-    };
+    let sink = Sink::for_config(&config)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut failures = 0;
@@ -138,8 +133,19 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
     match (&config.url, &config.token) {
         (Some(url), Some(token)) => {
             let shown = crate::config::redact_url(url.as_str());
-            match probe_endpoint(url, token.expose(), config.request_timeout).await {
+            let probe = match HttpSink::new(url.clone(), token, config.request_timeout) {
+                Ok(sink) => sink.probe().await,
+                Err(e) => Err(e),
+            };
+            match probe {
                 Ok(401 | 403) => line(false, "endpoint", format!("{shown} rejected the API token")),
+                // Delivery does not follow redirects (a POST would become a GET), so neither
+                // does the check.
+                Ok(status @ 300..=399) => line(
+                    false,
+                    "endpoint",
+                    format!("{shown} answered {status} (a redirect): set --url to where it points"),
+                ),
                 Ok(status) => line(
                     true,
                     "endpoint",
@@ -187,26 +193,6 @@ fn check_state_dir(dir: &Path) -> Result<String, String> {
         outbox::open_file(&db).map_err(|e| format!("{}: {e}", db.display()))?;
     }
     Ok(format!("{} is writable", dir.display()))
-}
-
-/// A GET with the credentials: the API defines no probe, but a 401/403 here tells a wrong
-/// token without sending a deployment.
-async fn probe_endpoint(url: &reqwest::Url, token: &str, timeout: Duration) -> Result<u16, String> {
-    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
-    auth.set_sensitive(true);
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(crate::deliver::USER_AGENT_VALUE)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let response = client
-        .get(url.clone())
-        .header(reqwest::header::AUTHORIZATION, auth)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
-    Ok(response.status().as_u16())
 }
 
 /// `queue list|dead|retry|purge` against the queue file in the state dir.

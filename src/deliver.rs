@@ -108,6 +108,16 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The endpoint when one is configured and this is not a dry run, else stdout.
+    pub fn for_config(config: &crate::config::Config) -> Result<Self, String> {
+        Ok(match (&config.url, &config.token, config.dry_run) {
+            (Some(url), Some(token), false) => {
+                Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
+            }
+            _ => Sink::Stdout,
+        })
+    }
+
     pub async fn send(&self, body: &str) -> Outcome {
         match self {
             Sink::Http(http) => http.send(body).await,
@@ -180,6 +190,21 @@ impl HttpSink {
                 retry_after: None,
             },
         }
+    }
+}
+
+impl HttpSink {
+    /// A GET with the credentials, for `check`: the API defines no probe, but a 401/403
+    /// tells a wrong token without sending a deployment. Returns the status.
+    pub async fn probe(&self) -> Result<u16, String> {
+        let response = self
+            .client
+            .get(self.url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .send()
+            .await
+            .map_err(|e| describe_error(&e.without_url()))?;
+        Ok(response.status().as_u16())
     }
 }
 
