@@ -441,18 +441,8 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
         &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs)],
     );
     agent.ready().await;
-    let host = engine.docker(&["info", "--format", "{{.Name}}"]);
-    engine.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--label",
-        &selector,
-        "--name",
-        "over-tls",
-        APP1,
-    ]);
+    let host = engine.host_name();
+    engine.run(&selector, "over-tls");
     eventually("the container reported over TLS", || {
         receiver.reported(&format!("{host}/over-tls")).then_some(())
     })

@@ -211,22 +211,9 @@ async fn engine_restart_is_survived_and_reconciled() {
         ],
     );
     agent.ready().await;
-    let host = engine.docker(&["info", "--format", "{{.Name}}"]);
+    let host = engine.host_name();
     let label = scope.selector();
-    let start = |engine: &PrivateEngine, name: &str| {
-        engine.docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--label",
-            &label,
-            "--name",
-            name,
-            APP1,
-        ])
-    };
-    start(&engine, "first");
+    engine.run(&label, "first");
     eventually("the first container", || {
         receiver.reported(&format!("{host}/first")).then_some(())
     })
@@ -241,7 +228,7 @@ async fn engine_restart_is_survived_and_reconciled() {
     })
     .await;
     engine.boot().await;
-    start(&engine, "second");
+    engine.run(&label, "second");
     eventually("the container started around the engine restart", || {
         receiver.reported(&format!("{host}/second")).then_some(())
     })

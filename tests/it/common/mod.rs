@@ -548,6 +548,25 @@ impl PrivateEngine {
         docker(&all)
     }
 
+    pub fn host_name(&self) -> String {
+        self.docker(&["info", "--format", "{{.Name}}"])
+    }
+
+    /// Start a container of the test image named `name`, labelled with `label`.
+    pub fn run(&self, label: &str, name: &str) -> String {
+        self.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            label,
+            "--name",
+            name,
+            APP1,
+        ])
+    }
+
     /// Stop the engine (SIGTERM, as systemd would); `boot` starts it again.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -568,90 +587,59 @@ impl PrivateEngine {
 /// A CA, a server certificate for `ip` and a client certificate, with openssl.
 fn make_certificates(dir: &Path, ip: &str) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("server.ext"),
-        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let steps: [&[&str]; 5] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=deploytrack test CA",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server-key.pem",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=engine",
-        ],
-        &[
+    let openssl = |args: &[&str]| run_ok("openssl", args, Some(dir));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=deploytrack test CA",
+    ]);
+    // A key and a certificate signed by the CA, with the given extensions.
+    let sign = |key: &str, cert: &str, subject: &str, extensions: &str| {
+        std::fs::write(dir.join("ext"), extensions).unwrap();
+        openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", "req.csr", "-subj",
+            subject,
+        ]);
+        openssl(&[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            "req.csr",
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca-key.pem",
             "-CAcreateserial",
             "-out",
-            "server-cert.pem",
+            cert,
             "-days",
             "2",
             "-extfile",
-            "server.ext",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=client",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ],
-    ];
-    for args in steps {
-        run_ok("openssl", args, Some(dir));
-    }
+            "ext",
+        ]);
+    };
+    sign(
+        "server-key.pem",
+        "server-cert.pem",
+        "/CN=engine",
+        &format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
+    );
+    sign(
+        "key.pem",
+        "cert.pem",
+        "/CN=client",
+        "extendedKeyUsage=clientAuth\n",
+    );
 }
 
 impl Drop for PrivateEngine {
