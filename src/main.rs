@@ -1,26 +1,14 @@
 #![forbid(unsafe_code)]
 //! deploytrack: reports which container images run where.
 
-mod admin;
-mod agent;
-mod cli;
-mod commands;
-mod config;
-mod deliver;
-mod deployment;
-mod engine;
-mod observe;
-mod outbox;
-mod reference;
-mod telemetry;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
-use config::{Config, ConfigError, FileConfig};
+use deploytrack::cli::{Cli, Command};
+use deploytrack::config::{self, Config, ConfigError, FileConfig};
+use deploytrack::{agent, commands, telemetry};
 
 /// EX_USAGE: a setting is wrong.
 const EXIT_USAGE: u8 = 64;
