@@ -38,6 +38,7 @@ pub struct Telemetry {
     queue_commits: Counter,
     engine_up: Gauge,
     reconnects: Counter,
+    unexpected: Family<ReasonLabel, Counter>,
     last_delivery: Gauge<f64, AtomicU64>,
     connected: AtomicBool,
     queue_open: AtomicBool,
@@ -70,6 +71,7 @@ impl Telemetry {
             queue_commits: Counter::default(),
             engine_up: Gauge::default(),
             reconnects: Counter::default(),
+            unexpected: Family::default(),
             last_delivery: Gauge::default(),
             connected: AtomicBool::new(false),
             queue_open: AtomicBool::new(false),
@@ -153,6 +155,11 @@ impl Telemetry {
             t.reconnects.clone(),
         );
         registry.register(
+            "engine_answers_unexpected",
+            "Engine answers that did not match the API model and were read leniently, by what was asked",
+            t.unexpected.clone(),
+        );
+        registry.register(
             "last_delivery_timestamp_seconds",
             "Unix time of the last successful delivery",
             t.last_delivery.clone(),
@@ -164,6 +171,15 @@ impl Telemetry {
         self.events
             .get_or_create(&ActionLabel {
                 action: action.to_string(),
+            })
+            .inc();
+    }
+
+    /// An engine answer (`event`, `container`, `image`) that bollard's model rejected.
+    pub fn engine_answer_unexpected(&self, what: &str) {
+        self.unexpected
+            .get_or_create(&ReasonLabel {
+                reason: what.to_string(),
             })
             .inc();
     }

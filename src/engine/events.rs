@@ -20,6 +20,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_RECYCLE: Duration = Duration::from_secs(300);
 /// How often the reader looks for room to send an owed reconciliation.
 const DEBT_CHECK: Duration = Duration::from_millis(50);
+/// A recurring oddity is logged at most this often (the metric counts every one).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How far before the cursor a resumed stream starts.
 const REPLAY_MARGIN: Duration = Duration::from_secs(2);
@@ -115,8 +117,7 @@ pub struct EventCursor {
 impl EventCursor {
     /// `since` for resuming after this cursor: `REPLAY_MARGIN` earlier.
     pub fn since_param(&self) -> String {
-        let t = (self.time_nano - REPLAY_MARGIN.as_nanos() as i64).max(0);
-        format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000)
+        nanos_param(self.time_nano - REPLAY_MARGIN.as_nanos() as i64)
     }
 
     /// Encoded for the state file: `time_nano id action`.
@@ -132,6 +133,18 @@ impl EventCursor {
             action: parts.next()?.to_string(),
         })
     }
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A Unix time in nanoseconds as the API's `since`: `seconds.nanoseconds`.
+fn nanos_param(t: i64) -> String {
+    let t = t.max(0);
+    format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +228,115 @@ impl ContainerEvent {
     }
 }
 
+/// What an event line says when bollard's typed model rejects it (a newer engine's new enum
+/// value, a number where a string was expected): read field by field, with every field
+/// optional, so one odd event never stops the stream.
+#[derive(Debug, Default)]
+pub struct LenientEvent {
+    /// When the event happened, if the line tells: the stream resumes after it.
+    pub time_nano: Option<i64>,
+    /// The container event, if the line is one the agent acts on.
+    pub event: Option<ContainerEvent>,
+}
+
+/// Reads one line of the event stream the way the reader does: bollard's model first, then
+/// field by field.
+pub fn decode_line(line: &[u8]) -> LenientEvent {
+    match serde_json::from_slice::<bollard::models::EventMessage>(line) {
+        Ok(msg) => {
+            let event = ContainerEvent::from_message(msg);
+            LenientEvent {
+                time_nano: event.as_ref().map(|e| e.time_nano),
+                event,
+            }
+        }
+        Err(_) => decode_lenient(line),
+    }
+}
+
+/// Field-by-field reading of an event line (API 1.22+ shape, plus the older `status`/`id`).
+pub fn decode_lenient(line: &[u8]) -> LenientEvent {
+    use serde_json::Value;
+    let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(line) else {
+        return LenientEvent::default();
+    };
+    let time_nano = msg
+        .get("timeNano")
+        .and_then(json_i64)
+        .or_else(|| {
+            msg.get("time")
+                .and_then(json_i64)
+                .map(|t| t.saturating_mul(1_000_000_000))
+        })
+        .filter(|t| *t > 0);
+    let is_container = msg
+        .get("Type")
+        .and_then(Value::as_str)
+        .is_none_or(|t| t == "container");
+    let action = msg
+        .get("Action")
+        .or_else(|| msg.get("status"))
+        .and_then(Value::as_str)
+        .and_then(Action::parse);
+    let actor = msg.get("Actor").and_then(Value::as_object);
+    let id = actor
+        .and_then(|a| a.get("ID"))
+        .or_else(|| msg.get("id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty());
+    let event = match (is_container, action, id) {
+        (true, Some(action), Some(id)) => {
+            let mut attributes: HashMap<String, String> = actor
+                .and_then(|a| a.get("Attributes"))
+                .and_then(Value::as_object)
+                .map(|attrs| {
+                    attrs
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), json_text(v)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let exit_code = attributes
+                .get("exitCode")
+                .or(attributes.get("containerExitCode"))
+                .and_then(|c| c.parse().ok());
+            Some(ContainerEvent {
+                id: id.to_string(),
+                action,
+                time_nano: time_nano.unwrap_or(0),
+                exit_code,
+                hint: EventHint {
+                    name: attributes.remove("name"),
+                    image: attributes.remove("image"),
+                    labels: attributes,
+                },
+            })
+        }
+        _ => None,
+    };
+    LenientEvent { time_nano, event }
+}
+
+fn json_i64(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_u64().map(|_| i64::MAX))
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+        })
+        .or_else(|| v.as_str()?.parse().ok())
+}
+
+fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 #[derive(Debug)]
 pub enum EngineEvent {
     /// The stream is (re)connected: the running containers must be listed and reconciled.
@@ -230,11 +352,38 @@ pub struct EventReader {
 }
 
 impl EventReader {
-    fn options(&self) -> EventsOptions {
-        let since = match &self.cursor {
-            Some(c) => c.since_param(),
+    /// Forward one decoded event unless it was already seen; false once the observer is gone.
+    fn accept(
+        &mut self,
+        event: ContainerEvent,
+        recent: &mut Recent,
+        forward: &mut Forward,
+    ) -> bool {
+        self.telemetry.event_received(event.action.name());
+        if !recent.insert(&event.id, event.action.name(), event.time_nano) {
+            return true;
+        }
+        if self
+            .cursor
+            .as_ref()
+            .is_none_or(|c| event.time_nano > c.time_nano)
+        {
+            self.cursor = Some(event.cursor());
+        }
+        forward.send(EngineEvent::Container(event), &self.telemetry)
+    }
+
+    /// `floor`: the time of the last event line that could not be decoded; the stream resumes
+    /// after it, so a line that fails every time is read once, not forever.
+    fn options(&self, floor: Option<i64>) -> EventsOptions {
+        let since = match (&self.cursor, floor) {
+            (Some(c), Some(f)) if f >= c.time_nano - REPLAY_MARGIN.as_nanos() as i64 => {
+                nanos_param(f.saturating_add(1))
+            }
+            (None, Some(f)) => nanos_param(f.saturating_add(1)),
+            (Some(c), _) => c.since_param(),
             // First start: a little history so nothing between list and subscribe is missed.
-            None => {
+            (None, None) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
@@ -265,6 +414,9 @@ impl EventReader {
     pub async fn run(mut self, tx: mpsc::Sender<EngineEvent>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(250);
         let mut recent = Recent::default();
+        let mut floor: Option<i64> = None;
+        let mut undecodable = 0u64;
+        let mut last_warned: Option<tokio::time::Instant> = None;
         let mut forward = Forward {
             tx,
             owes_reconcile: false,
@@ -289,7 +441,7 @@ impl EventReader {
             }) {
                 Ok(()) => {
                     self.telemetry.engine_connected(true);
-                    let mut stream = self.engine.stream.events(Some(self.options()));
+                    let mut stream = self.engine.stream.events(Some(self.options(floor)));
                     if !forward.send(EngineEvent::Connected, &self.telemetry) {
                         return;
                     }
@@ -313,23 +465,35 @@ impl EventReader {
                             Ok(Some(Ok(msg))) => {
                                 last_read = tokio::time::Instant::now();
                                 last_event = last_read;
-                                let Some(event) = ContainerEvent::from_message(msg) else {
-                                    continue;
-                                };
-                                self.telemetry.event_received(event.action.name());
-                                if !recent.insert(&event.id, event.action.name(), event.time_nano) {
-                                    continue;
+                                if let Some(event) = ContainerEvent::from_message(msg) {
+                                    if !self.accept(event, &mut recent, &mut forward) {
+                                        return;
+                                    }
                                 }
-                                if self
-                                    .cursor
-                                    .as_ref()
-                                    .is_none_or(|c| event.time_nano > c.time_nano)
-                                {
-                                    self.cursor = Some(event.cursor());
+                            }
+                            // The engine sent an event bollard's model rejects. The decoder
+                            // cannot step over it, so read it field by field, act on it, and
+                            // resume the stream just after it.
+                            Ok(Some(Err(bollard::errors::Error::JsonDataError {
+                                message,
+                                contents,
+                                ..
+                            }))) => {
+                                self.telemetry.engine_answer_unexpected("event");
+                                let lenient = decode_lenient(contents.as_bytes());
+                                undecodable += 1;
+                                if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                                    last_warned = Some(tokio::time::Instant::now());
+                                    tracing::warn!(error = %message, count = undecodable, "the engine sent an event that does not match the API model; read it field by field and resuming after it");
                                 }
-                                if !forward.send(EngineEvent::Container(event), &self.telemetry) {
-                                    return;
+                                floor = Some(lenient.time_nano.unwrap_or_else(now_nanos));
+                                if let Some(event) = lenient.event {
+                                    if !self.accept(event, &mut recent, &mut forward) {
+                                        return;
+                                    }
                                 }
+                                recycled = true;
+                                break "resuming after an undecodable event".to_string();
                             }
                             Ok(Some(Err(e))) => {
                                 break super::EngineError::from_bollard(&self.engine.host, e)
@@ -459,5 +623,73 @@ mod tests {
         assert!(!forward.owes_reconcile);
         drop(rx);
         assert!(!forward.send(event("f"), &telemetry));
+    }
+
+    #[test]
+    fn an_event_the_model_rejects_is_read_field_by_field() {
+        // A scope value this bollard does not know, and a label whose value is a number.
+        let line = br#"{"Type":"container","Action":"start","scope":"cluster","Actor":{"ID":"abc","Attributes":{"name":"web","image":"app:1","tier":3}},"time":1700000000,"timeNano":1700000000000000042}"#;
+        assert!(serde_json::from_slice::<bollard::models::EventMessage>(line).is_err());
+        let read = decode_line(line);
+        assert_eq!(read.time_nano, Some(1_700_000_000_000_000_042));
+        let event = read.event.expect("a container start");
+        assert_eq!(event.id, "abc");
+        assert_eq!(event.action, Action::Start);
+        assert_eq!(event.hint.name.as_deref(), Some("web"));
+        assert_eq!(event.hint.image.as_deref(), Some("app:1"));
+        assert_eq!(event.hint.labels.get("tier").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn podman_and_old_shapes_and_other_types() {
+        let died = br#"{"status":"died","Action":"died","id":"p1","Type":"container","Actor":{"ID":"p1","Attributes":{"containerExitCode":"137"}},"time":1700000000}"#;
+        let event = decode_line(died).event.unwrap();
+        assert_eq!(
+            (event.action, event.exit_code, event.time_nano),
+            (Action::Die, Some(137), 1_700_000_000_000_000_000)
+        );
+        // The pre-1.22 shape: `status` and `id` only.
+        let old = br#"{"status":"start","id":"o1","time":3}"#;
+        let event = decode_lenient(old).event.unwrap();
+        assert_eq!((event.id.as_str(), event.action), ("o1", Action::Start));
+        // An event type added by a newer engine: skipped, but its time still moves the stream.
+        let other = br#"{"Type":"sandbox","Action":"start","Actor":{"ID":"x"},"timeNano":5}"#;
+        let read = decode_line(other);
+        assert!(read.event.is_none());
+        assert_eq!(read.time_nano, Some(5));
+        for junk in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{",
+            b"{\"Action\":7}",
+            b"\xff\xfe",
+        ] {
+            assert!(decode_line(junk).event.is_none());
+        }
+    }
+
+    #[test]
+    fn a_stream_resumes_after_an_undecodable_event() {
+        let reader = |cursor| EventReader {
+            engine: Engine::new("tcp://127.0.0.1:9").unwrap(),
+            label_filters: Vec::new(),
+            cursor,
+            telemetry: Arc::new(Telemetry::new()),
+        };
+        let cursor = EventCursor {
+            time_nano: 10_000_000_000,
+            id: "a".into(),
+            action: "start".into(),
+        };
+        let r = reader(Some(cursor));
+        assert_eq!(r.options(None).since.unwrap(), "8.000000000");
+        assert_eq!(
+            r.options(Some(10_500_000_000)).since.unwrap(),
+            "10.500000001"
+        );
+        // A floor older than the replay window changes nothing.
+        assert_eq!(r.options(Some(1)).since.unwrap(), "8.000000000");
+        assert_eq!(reader(None).options(Some(7)).since.unwrap(), "0.000000008");
     }
 }
