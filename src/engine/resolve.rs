@@ -135,9 +135,9 @@ impl Resolver {
         }
         let facts = self.image_facts(&image_id).await?;
         let image_url = match pick_repo_digest(&reference, &facts.repo_digests) {
-            Ok(Picked::Matching(url)) => url,
-            Ok(Picked::Only(url)) => url,
-            Ok(Picked::Arbitrary(url)) => {
+            Some(Picked::Matching(url)) => url,
+            Some(Picked::Only(url)) => url,
+            Some(Picked::Arbitrary(url)) => {
                 self.warn_once(&image_id, || {
                     tracing::info!(
                         image = %reference, chosen = %url, candidates = facts.repo_digests.len(),
@@ -146,7 +146,7 @@ impl Resolver {
                 });
                 url
             }
-            Err(()) => {
+            None => {
                 self.warn_once(&image_id, || {
                     tracing::warn!(
                         image = %reference, image_id = %image_id,
@@ -251,11 +251,12 @@ pub enum Picked {
     Arbitrary(String),
 }
 
-/// Choose `image.url` for a container started as `reference` from the image's RepoDigests.
-pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Result<Picked, ()> {
+/// Choose `image.url` for a container started as `reference` from the image's RepoDigests;
+/// `None` when the image has no repo digest at all.
+pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Option<Picked> {
     let wanted = ImageRef::parse(reference).ok();
     if let Some(pinned) = wanted.as_ref().and_then(ImageRef::pinned) {
-        return Ok(Picked::Matching(pinned));
+        return Some(Picked::Matching(pinned));
     }
     let mut candidates: Vec<String> = repo_digests
         .iter()
@@ -267,13 +268,13 @@ pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Result<Pick
     if let Some(wanted) = &wanted {
         let prefix = format!("{}@", wanted.repository);
         if let Some(m) = candidates.iter().find(|c| c.starts_with(&prefix)) {
-            return Ok(Picked::Matching(m.clone()));
+            return Some(Picked::Matching(m.clone()));
         }
     }
     match candidates.len() {
-        0 => Err(()),
-        1 => Ok(Picked::Only(candidates.remove(0))),
-        _ => Ok(Picked::Arbitrary(candidates.remove(0))),
+        0 => None,
+        1 => Some(Picked::Only(candidates.remove(0))),
+        _ => Some(Picked::Arbitrary(candidates.remove(0))),
     }
 }
 
@@ -289,11 +290,11 @@ mod tests {
         let digests = vec![format!("localhost:5000/mirror@{B}"), format!("nginx@{A}")];
         assert_eq!(
             pick_repo_digest("nginx:1.25", &digests),
-            Ok(Picked::Matching(format!("docker.io/library/nginx@{A}")))
+            Some(Picked::Matching(format!("docker.io/library/nginx@{A}")))
         );
         assert_eq!(
             pick_repo_digest("localhost:5000/mirror:1", &digests),
-            Ok(Picked::Matching(format!("localhost:5000/mirror@{B}")))
+            Some(Picked::Matching(format!("localhost:5000/mirror@{B}")))
         );
     }
 
@@ -301,7 +302,7 @@ mod tests {
     fn reference_digest_wins() {
         assert_eq!(
             pick_repo_digest(&format!("nginx@{B}"), &[format!("nginx@{A}")]),
-            Ok(Picked::Matching(format!("docker.io/library/nginx@{B}")))
+            Some(Picked::Matching(format!("docker.io/library/nginx@{B}")))
         );
     }
 
@@ -310,13 +311,13 @@ mod tests {
         let one = vec![format!("registry.example/x/app@{A}")];
         assert_eq!(
             pick_repo_digest("sha256:0123", &one),
-            Ok(Picked::Only(format!("registry.example/x/app@{A}")))
+            Some(Picked::Only(format!("registry.example/x/app@{A}")))
         );
         let two = vec![format!("z.example/app@{A}"), format!("a.example/app@{B}")];
         assert_eq!(
             pick_repo_digest("other", &two),
-            Ok(Picked::Arbitrary(format!("a.example/app@{B}")))
+            Some(Picked::Arbitrary(format!("a.example/app@{B}")))
         );
-        assert_eq!(pick_repo_digest("local/app:1", &[]), Err(()));
+        assert_eq!(pick_repo_digest("local/app:1", &[]), None);
     }
 }
