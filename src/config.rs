@@ -66,7 +66,12 @@ impl FileConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
         })?;
-        toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The file's text, `origin` naming it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             // toml's message spans several lines (it quotes the file); keep the first.
             let msg = e
                 .message()
@@ -78,7 +83,7 @@ impl FileConfig {
                 .span()
                 .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
                 .unwrap_or_default();
-            ConfigError::new("--config", format!("{}{at}: {msg}", path.display()))
+            ConfigError::new("--config", format!("{origin}{at}: {msg}"))
         })
     }
 }
