@@ -72,14 +72,17 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         selector: config.label_selector.clone(),
     };
     let label_filters = selection.selector.engine_filters();
-    let resolver = Arc::new(Resolver::new(
-        engine.clone(),
-        host,
-        config.environment.clone(),
-        config.name_template.clone(),
-        selection,
-        config.report_stops,
-    ));
+    let resolver = Arc::new(
+        Resolver::new(
+            engine.clone(),
+            host,
+            config.environment.clone(),
+            config.name_template.clone(),
+            selection,
+            config.report_stops,
+        )
+        .with_telemetry(telemetry.clone()),
+    );
     let sink = Sink::for_config(config)?;
     let view = Arc::new(View::restore(restored.running));
     let (reconciled_tx, reconciled_rx) = watch::channel(false);

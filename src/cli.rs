@@ -160,6 +160,10 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
 
+    /// PEM file of CA certificates trusted for the endpoint besides the system's (a private CA).
+    #[arg(long, env = "DEPLOYTRACK_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
     /// Address of the admin listener (/healthz /readyz /metrics /deployments); off by default.
     #[arg(long, env = "DEPLOYTRACK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,

@@ -27,6 +27,9 @@ pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
     };
     let timeout = humantime::parse_duration(args.timeout.as_deref().unwrap_or("2m"))
         .map_err(|e| Fatal(format!("invalid --timeout: {e}")))?;
+    if timeout > Duration::from_secs(24 * 3600) {
+        return Err(Fatal("invalid --timeout: longer than 24h".into()));
+    }
     let deployment = Deployment {
         key: DeploymentKey {
             environment: config.environment.clone(),
@@ -133,7 +136,12 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
     match (&config.url, &config.token) {
         (Some(url), Some(token)) => {
             let shown = crate::config::redact_url(url.as_str());
-            let probe = match HttpSink::new(url.clone(), token, config.request_timeout) {
+            let probe = match HttpSink::new(
+                url.clone(),
+                token,
+                config.request_timeout,
+                &config.ca_certificates,
+            ) {
                 Ok(sink) => sink.probe().await,
                 Err(e) => Err(e),
             };

@@ -39,6 +39,7 @@ impl ConfigError {
 pub struct FileConfig {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub environment: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub docker_host: Option<String>,
@@ -130,7 +131,17 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub request_timeout: Duration,
     pub listen: Option<SocketAddr>,
+    /// Certificates from `--ca-file`, trusted besides the system roots.
+    pub ca_certificates: Vec<reqwest::Certificate>,
+    /// Settings that work but deserve a look; logged once at start.
+    pub warnings: Vec<String>,
 }
+
+/// The longest any duration setting may be: past it a value is a typo, not a choice (and
+/// deadlines computed from it stay far from the clock's limits).
+const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The most pending reports a queue may be told to keep.
+const QUEUE_MAX_ENTRIES_LIMIT: u64 = 100_000_000;
 
 fn duration(
     setting: &'static str,
@@ -138,12 +149,19 @@ fn duration(
     default: &str,
 ) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_string());
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let parsed = humantime::parse_duration(text.trim()).map_err(|e| {
         ConfigError::new(
             setting,
             format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"),
         )
-    })
+    })?;
+    if parsed > DURATION_MAX {
+        return Err(ConfigError::new(
+            setting,
+            format!("{text:?} is longer than 24h"),
+        ));
+    }
+    Ok(parsed)
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
@@ -263,6 +281,12 @@ impl Config {
                 .or(file.queue_max_entries.map(|n| n.to_string())),
             100_000u64,
         )?;
+        if queue_max_entries > QUEUE_MAX_ENTRIES_LIMIT {
+            return Err(ConfigError::new(
+                "--queue-max-entries",
+                format!("{queue_max_entries} is more than {QUEUE_MAX_ENTRIES_LIMIT}"),
+            ));
+        }
         let shutdown_timeout = duration(
             "--shutdown-timeout",
             args.shutdown_timeout
@@ -293,7 +317,26 @@ impl Config {
             })?),
         };
 
+        let mut warnings = Vec::new();
+        if let Some(url) = &url {
+            if url.scheme() == "http" && !is_loopback(url) {
+                warnings.push(format!(
+                    "the endpoint {} is plain http:// to a host that is not loopback: the token and the reports cross the network unencrypted",
+                    redact_url(url.as_str())
+                ));
+            }
+        }
+        let ca_certificates = match args.ca_file.clone().or_else(|| file.ca_file.clone()) {
+            None => Vec::new(),
+            Some(path) => load_ca_file(&path)?,
+        };
+
         let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
+        if let Some(path) = &token_file {
+            if let Some(warning) = token_file_warning(path) {
+                warnings.push(warning);
+            }
+        }
         let token = load_token(token_file.as_deref())?;
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
@@ -319,8 +362,53 @@ impl Config {
             shutdown_timeout,
             request_timeout,
             listen,
+            ca_certificates,
+            warnings,
         })
     }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `--ca-file`: one or more PEM certificates.
+fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        ConfigError::new("--ca-file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+        ConfigError::new(
+            "--ca-file",
+            format!("{} is not a PEM certificate file", path.display()),
+        )
+    })?;
+    if certificates.is_empty() {
+        return Err(ConfigError::new(
+            "--ca-file",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certificates)
+}
+
+/// A token file other users can read is a leaked token waiting to happen.
+fn token_file_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "the token file {} is readable by every user (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        )
+    })
 }
 
 /// The state dir alone, for `queue` commands (which need no token or endpoint).

@@ -81,6 +81,19 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
     }
 }
 
+/// The start of an answer's body, for the log: a body of any size is read only this far.
+async fn excerpt_of(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(RESPONSE_EXCERPT);
+    body
+}
+
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(RESPONSE_EXCERPT)]);
     text.chars()
@@ -111,9 +124,12 @@ impl Sink {
     /// The endpoint when one is configured and this is not a dry run, else stdout.
     pub fn for_config(config: &crate::config::Config) -> Result<Self, String> {
         Ok(match (&config.url, &config.token, config.dry_run) {
-            (Some(url), Some(token), false) => {
-                Sink::Http(HttpSink::new(url.clone(), token, config.request_timeout)?)
-            }
+            (Some(url), Some(token), false) => Sink::Http(HttpSink::new(
+                url.clone(),
+                token,
+                config.request_timeout,
+                &config.ca_certificates,
+            )?),
             _ => Sink::Stdout,
         })
     }
@@ -142,11 +158,21 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(url: reqwest::Url, token: &Token, timeout: Duration) -> Result<Self, String> {
+    /// `roots`: certificates trusted besides the system's (`--ca-file`).
+    pub fn new(
+        url: reqwest::Url,
+        token: &Token,
+        timeout: Duration,
+        roots: &[reqwest::Certificate],
+    ) -> Result<Self, String> {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
         authorization.set_sensitive(true);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for root in roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let client = builder
             .user_agent(USER_AGENT_VALUE)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
@@ -177,11 +203,7 @@ impl HttpSink {
                 let body = if status.is_success() {
                     Vec::new()
                 } else {
-                    response
-                        .bytes()
-                        .await
-                        .map(|b| b.to_vec())
-                        .unwrap_or_default()
+                    excerpt_of(response).await
                 };
                 classify(status, &headers, &body)
             }

@@ -324,6 +324,8 @@ pub enum SkipReason {
     NotOptedIn,
     OutOfScope,
     NoDigest,
+    /// The image was removed between the event and the inspection.
+    ImageGone,
     Unresolvable,
 }
 
@@ -334,6 +336,7 @@ impl SkipReason {
             SkipReason::NotOptedIn => "not_opted_in",
             SkipReason::OutOfScope => "out_of_scope",
             SkipReason::NoDigest => "no_digest",
+            SkipReason::ImageGone => "image_gone",
             SkipReason::Unresolvable => "unresolvable",
         }
     }

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
     let result = match &cli.command {
-        Command::Run(args) => match Config::build(args, &file) {
+        Command::Run(args) => match build_config(args, &file) {
             Ok(config) => runtime.block_on(agent::run(config)),
             Err(e) => return usage(&e),
         },
@@ -83,18 +83,18 @@ fn main() -> ExitCode {
                     "pass --once (the continuous form is `deploytrack run`)",
                 ));
             }
-            match Config::build(run, &file) {
+            match build_config(run, &file) {
                 Ok(config) => {
                     runtime.block_on(agent::sync_once(config, *force, Duration::from_secs(120)))
                 }
                 Err(e) => return usage(&e),
             }
         }
-        Command::Report(args) => match Config::build(&args.run, &file) {
+        Command::Report(args) => match build_config(&args.run, &file) {
             Ok(config) => runtime.block_on(commands::report(args, config)),
             Err(e) => return usage(&e),
         },
-        Command::Check(args) => runtime.block_on(commands::check(Config::build(args, &file))),
+        Command::Check(args) => runtime.block_on(commands::check(build_config(args, &file))),
         Command::Queue { state_dir, action } => {
             commands::queue(action, &config::state_dir(state_dir.as_deref(), &file))
         }
@@ -143,6 +143,18 @@ The persistent queue (SQLite), readable with \fBsqlite3\fR(1) and \fBdeploytrack
 \fBsystemd.exec\fR(5), \fBdocker\fR(1)
 "#,
     )
+}
+
+/// The validated config; what works but deserves a look is logged once here.
+fn build_config(
+    args: &deploytrack::cli::RunArgs,
+    file: &FileConfig,
+) -> Result<Config, ConfigError> {
+    let config = Config::build(args, file)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
 }
 
 fn usage(e: &ConfigError) -> ExitCode {

@@ -180,12 +180,16 @@ impl Outbox {
         let (conn, moved_aside, label) = match state_dir {
             None => (open_memory()?, None, ":memory:".to_string()),
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| OutboxError::StateDir {
+                make_private_dir(dir).map_err(|source| OutboxError::StateDir {
                     path: dir.to_path_buf(),
                     source,
                 })?;
                 lock = Some(lock_state_dir(dir)?);
                 let path = dir.join(DB_FILE);
+                // Not fatal: a file that cannot be opened is dealt with below.
+                if let Err(e) = make_private_file(&path) {
+                    tracing::debug!(error = %e, path = %path.display(), "cannot set the queue file's mode");
+                }
                 let label = path.display().to_string();
                 match open_file(&path) {
                     Ok(conn) => (conn, None, label),
@@ -195,6 +199,10 @@ impl Outbox {
                             source,
                         })?;
                         tracing::error!(error = %e, "the queue database is damaged");
+                        make_private_file(&path).map_err(|source| OutboxError::StateDir {
+                            path: path.clone(),
+                            source,
+                        })?;
                         let conn = open_file(&path).map_err(|source| OutboxError::Sqlite {
                             path: label.clone(),
                             source,
@@ -304,10 +312,49 @@ impl Outbox {
     }
 }
 
+/// The state dir holds what runs where on this host: created 0700 (its parents too, when
+/// missing). An existing directory keeps its mode (systemd's `StateDirectory=` sets 0700, an
+/// operator may have chosen otherwise), but one that others can enter draws a warning.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o007 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format_args!("{:o}", meta.permissions().mode() & 0o7777), "the state dir is open to other users; chmod 700 it");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// The queue file is created 0600, before SQLite opens it: SQLite gives its `-wal` and
+/// `-shm` files the database file's mode. A queue file others can read is tightened.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
 /// One agent per state dir: a second one would deliver the same queue twice over.
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, OutboxError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("deploytrack.lock");
     let file = std::fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .truncate(false)
         .write(true)

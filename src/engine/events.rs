@@ -20,6 +20,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_RECYCLE: Duration = Duration::from_secs(300);
 /// How often the reader looks for room to send an owed reconciliation.
 const DEBT_CHECK: Duration = Duration::from_millis(50);
+/// How often the running containers are listed again even on a healthy stream: a container
+/// whose inspection failed (the engine busy) is reported by the next one at the latest.
+const RESYNC_EVERY: Duration = Duration::from_secs(600);
 /// A recurring oddity is logged at most this often (the metric counts every one).
 const WARN_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -339,7 +342,8 @@ fn json_text(v: &serde_json::Value) -> Option<String> {
 
 #[derive(Debug)]
 pub enum EngineEvent {
-    /// The stream is (re)connected: the running containers must be listed and reconciled.
+    /// The stream is (re)connected, or a periodic resync is due: the running containers must
+    /// be listed and reconciled.
     Connected,
     Container(ContainerEvent),
 }
@@ -449,6 +453,7 @@ impl EventReader {
                     let mut last_read = tokio::time::Instant::now();
                     let mut last_event = last_read;
                     let mut recycled = false;
+                    let mut next_resync = connected_at + RESYNC_EVERY;
                     let reason = loop {
                         // While a reconciliation is owed, look for room for it often.
                         let wait = if forward.owes_reconcile {
@@ -458,6 +463,13 @@ impl EventReader {
                         };
                         let next = tokio::select! {
                             next = tokio::time::timeout(wait, stream.next()) => next,
+                            _ = tokio::time::sleep_until(next_resync) => {
+                                next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
+                                if !forward.send(EngineEvent::Connected, &self.telemetry) {
+                                    return;
+                                }
+                                continue;
+                            }
                             _ = shutdown.changed() => return,
                         };
                         self.telemetry.heartbeat_reader();

@@ -1,6 +1,7 @@
 //! The Docker Engine side: connecting, following events and resolving containers.
 
 pub mod events;
+pub mod lenient;
 pub mod resolve;
 
 use std::io::ErrorKind;

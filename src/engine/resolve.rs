@@ -1,16 +1,19 @@
 //! Inspection: a container id becomes a `Deployment` (or a reason to skip it).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
 
+use super::lenient::{ContainerFacts, ImageFields};
 use super::{Engine, EngineError};
 use crate::deployment::{
     ContainerState, ContainerStatus, Deployment, DeploymentKey, NameFacts, NameTemplate, Platform,
     Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
 };
 use crate::reference::ImageRef;
+use crate::telemetry::Telemetry;
 
 /// Images are immutable by id, so their facts are cached; the cache is small and bounded.
 const IMAGE_CACHE_MAX: usize = 4096;
@@ -44,6 +47,7 @@ pub struct Resolver {
     report_stops: bool,
     images: Mutex<HashMap<String, ImageFacts>>,
     warned: Mutex<HashSet<String>>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Resolver {
@@ -64,6 +68,7 @@ impl Resolver {
             report_stops,
             images: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
+            telemetry: None,
         }
     }
 
@@ -94,24 +99,9 @@ impl Resolver {
                 return Ok(Resolution::Skip(reason));
             }
         }
-        let inspected = self
-            .engine
-            .api
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| EngineError::from_bollard(&self.engine.host, e));
-        let (name, reference, image_id, labels) = match inspected {
-            Ok(c) => {
-                let config = c.config.unwrap_or_default();
-                let name = c
-                    .name
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_string();
-                let reference = config.image.unwrap_or_default();
-                let image_id = c.image.unwrap_or_else(|| reference.clone());
-                (name, reference, image_id, config.labels.unwrap_or_default())
-            }
+        let inspected = self.inspect_container(id).await;
+        let (mut name, reference, image_id, labels) = match inspected {
+            Ok(c) => (c.name, c.reference, c.image_id, c.labels),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -133,7 +123,32 @@ impl Resolver {
                 return Ok(Resolution::Skip(reason));
             }
         }
-        let facts = self.image_facts(&image_id).await?;
+        if name.is_empty() {
+            // An answer without a name: the event's, else the short id.
+            name = hint
+                .and_then(|h| h.name.clone())
+                .unwrap_or_else(|| id.chars().take(12).collect());
+        }
+        if image_id.is_empty() {
+            self.warn_once(&format!("no image {id}"), || {
+                tracing::warn!(
+                    container = id,
+                    "the engine's answer names no image for the container; it cannot be reported"
+                );
+            });
+            return Ok(Resolution::Skip(SkipReason::Unresolvable));
+        }
+        let facts = match self.image_facts(&image_id).await {
+            Ok(facts) => facts,
+            // Removed (`docker rmi -f`) between the event and the inspection.
+            Err(e) if e.is_not_found() => {
+                self.warn_once(&image_id, || {
+                    tracing::warn!(container = id, image = %reference, image_id = %image_id, "the container's image is gone from the engine, so its digest cannot be read; skipped");
+                });
+                return Ok(Resolution::Skip(SkipReason::ImageGone));
+            }
+            Err(e) => return Err(e),
+        };
         let image_url = match pick_repo_digest(&reference, &facts.repo_digests) {
             Some(Picked::Matching(url)) => url,
             Some(Picked::Only(url)) => url,
@@ -188,6 +203,12 @@ impl Resolver {
         }))
     }
 
+    /// Count the answers bollard's model rejects in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     fn warn_once(&self, image_id: &str, log: impl FnOnce()) {
         let first = self
             .warned
@@ -199,6 +220,50 @@ impl Resolver {
         }
     }
 
+    /// `GET /containers/{id}/json`, read field by field if the model rejects the answer, and
+    /// tried again briefly when the engine stumbles (a reconciliation catches the rest).
+    async fn inspect_container(&self, id: &str) -> Result<ContainerFacts, EngineError> {
+        let answer = retry_briefly(|| {
+            self.engine
+                .api
+                .inspect_container(id, None::<InspectContainerOptions>)
+        })
+        .await;
+        match answer {
+            Ok(c) => Ok(ContainerFacts::from_model(c)),
+            Err(bollard::errors::Error::JsonDataError {
+                message, contents, ..
+            }) => {
+                self.unexpected("container", &message);
+                ContainerFacts::from_text(&contents).ok_or(EngineError::Decode(message))
+            }
+            Err(e) => Err(EngineError::from_bollard(&self.engine.host, e)),
+        }
+    }
+
+    /// `GET /images/{id}/json`, like `inspect_container`.
+    async fn inspect_image(&self, image: &str) -> Result<ImageFields, EngineError> {
+        match retry_briefly(|| self.engine.api.inspect_image(image)).await {
+            Ok(i) => Ok(ImageFields::from_model(i)),
+            Err(bollard::errors::Error::JsonDataError {
+                message, contents, ..
+            }) => {
+                self.unexpected("image", &message);
+                ImageFields::from_text(&contents).ok_or(EngineError::Decode(message))
+            }
+            Err(e) => Err(EngineError::from_bollard(&self.engine.host, e)),
+        }
+    }
+
+    fn unexpected(&self, what: &str, message: &str) {
+        if let Some(t) = &self.telemetry {
+            t.engine_answer_unexpected(what);
+        }
+        self.warn_once(&format!("unexpected {what}"), || {
+            tracing::warn!(answer = what, error = %message, "the engine's answer does not match the API model; reading the fields deploytrack needs one by one");
+        });
+    }
+
     async fn image_facts(&self, image: &str) -> Result<ImageFacts, EngineError> {
         let cacheable = image.starts_with("sha256:");
         if cacheable {
@@ -206,14 +271,9 @@ impl Resolver {
                 return Ok(f);
             }
         }
-        let inspect = self
-            .engine
-            .api
-            .inspect_image(image)
-            .await
-            .map_err(|e| EngineError::from_bollard(&self.engine.host, e))?;
+        let inspect = self.inspect_image(image).await?;
         let facts = ImageFacts {
-            repo_digests: inspect.repo_digests.unwrap_or_default(),
+            repo_digests: inspect.repo_digests,
             platform: Platform::new(
                 inspect
                     .os
@@ -238,6 +298,36 @@ impl Resolver {
             }
         }
         Ok(facts)
+    }
+}
+
+/// Delays between tries of an engine request that failed for a reason that may pass (the
+/// engine busy or restarting). Short: events wait behind the inspection.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+
+async fn retry_briefly<T, F, Fut>(mut call: F) -> Result<T, bollard::errors::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    use bollard::errors::Error as B;
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        match call().await {
+            Err(e) => {
+                let passing = match &e {
+                    B::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+                    B::JsonDataError { .. } | B::JsonSerdeError { .. } => false,
+                    B::SocketNotFoundError(_) => false,
+                    _ => true,
+                };
+                match delays.next() {
+                    Some(delay) if passing => tokio::time::sleep(*delay).await,
+                    _ => return Err(e),
+                }
+            }
+            ok => return ok,
+        }
     }
 }
 
