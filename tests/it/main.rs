@@ -8,3 +8,4 @@ mod config;
 mod durability;
 mod podman;
 mod service;
+mod soak;
