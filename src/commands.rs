@@ -13,22 +13,34 @@ use crate::outbox::{self, admin, DB_FILE};
 use crate::reference::ImageRef;
 
 /// `report`: one deployment from a pipeline, retried on transient failures until `--timeout`.
-pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
-    let image = ImageRef::parse(&args.image).map_err(|e| Fatal(format!("invalid --image: {e}")))?;
+/// What `report` sends and how long it may try, from its flags; a bad one is a usage error.
+pub fn report_request(
+    args: &ReportArgs,
+    config: &Config,
+) -> Result<(Deployment, Duration), ConfigError> {
+    let image =
+        ImageRef::parse(&args.image).map_err(|e| ConfigError::new("--image", e.to_string()))?;
     let Some(url) = image.pinned() else {
-        return Err(Fatal(format!(
-            "invalid --image: {:?} is not pinned by digest (REPOSITORY[:TAG]@sha256:...)",
-            args.image
-        )));
+        return Err(ConfigError::new(
+            "--image",
+            format!(
+                "{:?} is not pinned by digest (REPOSITORY[:TAG]@sha256:...)",
+                args.image
+            ),
+        ));
     };
     let platform = match &args.platform {
-        Some(p) => Platform::parse(p).map_err(|e| Fatal(format!("invalid --platform: {e}")))?,
+        Some(p) => Platform::parse(p).map_err(|e| ConfigError::new("--platform", e))?,
         None => Platform::new("linux", "amd64", None),
     };
-    let timeout = humantime::parse_duration(args.timeout.as_deref().unwrap_or("2m"))
-        .map_err(|e| Fatal(format!("invalid --timeout: {e}")))?;
+    let text = args.timeout.as_deref().unwrap_or("2m");
+    let timeout = humantime::parse_duration(text.trim())
+        .map_err(|e| ConfigError::new("--timeout", format!("{text:?}: {e}")))?;
     if timeout > Duration::from_secs(24 * 3600) {
-        return Err(Fatal("invalid --timeout: longer than 24h".into()));
+        return Err(ConfigError::new(
+            "--timeout",
+            format!("{text:?} is longer than 24h"),
+        ));
     }
     let deployment = Deployment {
         key: DeploymentKey {
@@ -42,6 +54,15 @@ pub async fn report(args: &ReportArgs, config: Config) -> Result<(), Fatal> {
         platform,
         container: None,
     };
+    Ok((deployment, timeout))
+}
+
+/// Send one deployment and wait until it is delivered or `timeout` passes.
+pub async fn report(
+    deployment: Deployment,
+    timeout: Duration,
+    config: Config,
+) -> Result<(), Fatal> {
     let sink = Sink::for_config(&config)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;

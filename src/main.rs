@@ -90,10 +90,17 @@ fn main() -> ExitCode {
                 Err(e) => return usage(&e),
             }
         }
-        Command::Report(args) => match build_config(&args.run, &file) {
-            Ok(config) => runtime.block_on(commands::report(args, config)),
-            Err(e) => return usage(&e),
-        },
+        Command::Report(args) => {
+            let request = build_config(&args.run, &file).and_then(|config| {
+                commands::report_request(args, &config).map(|request| (request, config))
+            });
+            match request {
+                Ok(((deployment, timeout), config)) => {
+                    runtime.block_on(commands::report(deployment, timeout, config))
+                }
+                Err(e) => return usage(&e),
+            }
+        }
         Command::Check(args) => runtime.block_on(commands::check(build_config(args, &file))),
         Command::Queue { state_dir, action } => {
             commands::queue(action, &config::state_dir(state_dir.as_deref(), &file))

@@ -294,6 +294,24 @@ pub fn init_logging(
 ) -> Result<(), crate::config::ConfigError> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
+        // A bare word is a target name to tracing ("loud" would enable nothing of ours):
+        // accept only the level names, alone or as `target=level` directives.
+        Some(l)
+            if l.split(',').any(|d| {
+                !d.contains('=')
+                    && !matches!(
+                        d.trim().to_ascii_lowercase().as_str(),
+                        "error" | "warn" | "info" | "debug" | "trace" | "off"
+                    )
+            }) =>
+        {
+            return Err(crate::config::ConfigError::new(
+                "--log-level",
+                format!(
+                    "{l:?} is not a level (error, warn, info, debug, trace) or target=level list"
+                ),
+            ));
+        }
         Some(l) => EnvFilter::try_new(l)
             .map_err(|e| crate::config::ConfigError::new("--log-level", format!("{l:?}: {e}")))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -60,6 +60,49 @@ fn invalid_values_exit_64_naming_the_setting() {
         (&["--log-format", "xml", "run"], "--log-format"),
         (&["run", "--frobnicate"], "--frobnicate"),
         (&["--config", "/nonexistent/config.toml", "run"], "--config"),
+        // A directory where a file belongs: unreadable as one.
+        (&["--config", "/", "run"], "--config"),
+        (
+            &["run", "--url", "https://example.com/x", "--token-file", "/"],
+            "--token-file",
+        ),
+        // Absurd durations and sizes, and empty strings.
+        (&["run", "--retry-max", "300years"], "--retry-max"),
+        (
+            &["run", "--request-timeout", "99999999999999999999s"],
+            "--request-timeout",
+        ),
+        (&["run", "--shutdown-timeout", "25h"], "--shutdown-timeout"),
+        (&["run", "--request-timeout", "0s"], "--request-timeout"),
+        (
+            &["run", "--queue-max-entries", "18446744073709551616"],
+            "--queue-max-entries",
+        ),
+        (
+            &["run", "--queue-max-entries", "1000000000000"],
+            "--queue-max-entries",
+        ),
+        (&["run", "--concurrency", "100000"], "--concurrency"),
+        (&["run", "--concurrency=-1"], "--concurrency"),
+        (&["run", "--url", ""], "--url"),
+        (&["run", "--docker-host", ""], "--docker-host"),
+        (&["run", "--name-template", ""], "--name-template"),
+        (&["run", "--listen", ""], "--listen"),
+        (&["run", "--state-dir", ""], "--state-dir"),
+        (&["run", "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+        (&["run", "--ca-file", "/etc/hostname"], "--ca-file"),
+        (&["--log-level", "loud", "run"], "--log-level"),
+        (&["run", "--dry-run", "maybe"], "--dry-run"),
+        (
+            &[
+                "report",
+                "--image",
+                "app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "--timeout",
+                "400days",
+            ],
+            "--timeout",
+        ),
     ];
     for (args, setting) in cases {
         let out = Scope::command_only(args);
@@ -77,6 +120,40 @@ fn invalid_values_exit_64_naming_the_setting() {
     std::fs::write(&bad_type, "concurrency = \"many\"\n").unwrap();
     let out = Scope::command_only(&["--config", bad_type.to_str().unwrap(), "run"]);
     assert_usage_error(&out, "--config");
+    let cases: &[(&str, &[u8], &str)] = &[
+        ("not-toml.toml", b"this is not = = toml [", "--config"),
+        ("binary.toml", b"\x00\xff\xfe\x01garbage", "--config"),
+        ("bool-as-string.toml", b"dry_run = \"yes\"\n", "--config"),
+        (
+            "string-not-list.toml",
+            b"label_selector = \"a=b\"\n",
+            "--config",
+        ),
+        ("negative.toml", b"concurrency = -4\n", "--config"),
+        ("empty-url.toml", b"url = \"\"\n", "--url"),
+        (
+            "absurd.toml",
+            b"retry_initial = \"1000000h\"\n",
+            "--retry-initial",
+        ),
+        ("table.toml", b"[url]\nhost = \"x\"\n", "--config"),
+    ];
+    for (file, text, setting) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = Scope::command_only(&["--config", path.to_str().unwrap(), "run"]);
+        assert_usage_error(&out, setting);
+    }
+    let control = dir.join("control-token");
+    std::fs::write(&control, "tok\x01en\n").unwrap();
+    let out = Scope::command_only(&[
+        "run",
+        "--url",
+        "https://example.com/x",
+        "--token-file",
+        control.to_str().unwrap(),
+    ]);
+    assert_usage_error(&out, "--token-file");
     let empty_token = dir.join("empty-token");
     std::fs::write(&empty_token, "\n").unwrap();
     let out = Scope::command_only(&[

@@ -6,6 +6,8 @@ mod common;
 mod agent;
 mod config;
 mod durability;
+mod endpoint;
+mod hostile;
 mod podman;
 mod service;
 mod soak;

@@ -109,9 +109,9 @@ async fn report_command_for_pipelines() {
         Some(format!("Bearer {TOKEN}").as_str())
     );
 
-    // Not pinned by digest: refused before anything is sent.
+    // Not pinned by digest: a usage error, before anything is sent.
     let out = report(&url, "nginx:latest", &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(
         out.stderr.contains("not pinned by digest"),
         "{}",

@@ -1,6 +1,7 @@
 //! Test harness: the real engine (set up by scripts/test-env.sh), a per-test label that
 //! scopes every container, the real agent binary as a child process, and patience.
 
+pub mod proxy;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -197,11 +198,40 @@ impl Scope {
 
     /// The agent binary to completion, without an engine or a scope.
     pub fn command_only(args: &[&str]) -> Output {
-        let out = agent_command(args).output().expect("run deploytrack");
+        let base = std::env::temp_dir().join(format!(
+            "deploytrack-cmd-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+        let mut child = agent_command(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("run deploytrack");
+        // A command that should end but runs on must fail the test, not hang the suite.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("deploytrack {args:?} did not exit within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |p: &Path| {
+            let text = String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+            let _ = std::fs::remove_file(p);
+            text
+        };
         Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            status,
+            stdout: read(&out_path),
+            stderr: read(&err_path),
         }
     }
 }
@@ -250,6 +280,7 @@ pub fn agent_command(args: &[&str]) -> Command {
             || k == "STATE_DIRECTORY"
             || k == "CREDENTIALS_DIRECTORY"
             || k == "RUST_LOG"
+            || k.to_ascii_lowercase().ends_with("_proxy")
         {
             cmd.env_remove(k);
         }
@@ -585,7 +616,7 @@ impl PrivateEngine {
 }
 
 /// A CA, a server certificate for `ip` and a client certificate, with openssl.
-fn make_certificates(dir: &Path, ip: &str) {
+pub fn make_certificates(dir: &Path, ip: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let openssl = |args: &[&str]| run_ok("openssl", args, Some(dir));
     openssl(&[

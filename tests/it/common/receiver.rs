@@ -88,6 +88,32 @@ impl Receiver {
 
     /// A receiver on a given address (to bring an endpoint "back" on the port it had).
     pub async fn start_on(addr: SocketAddr) -> Receiver {
+        Self::serve(addr, None).await
+    }
+
+    /// An https:// receiver on loopback with this certificate and key (PEM files).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve("127.0.0.1:0".parse().unwrap(), Some(acceptor)).await
+    }
+
+    async fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind(addr).await.expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -104,15 +130,30 @@ impl Receiver {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, state.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            // A client that refuses the certificate ends the handshake here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         Receiver { addr, state }
+    }
+
+    /// `https://127.0.0.1:PORT/...` for a receiver started with `start_tls`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}/atomist/resource/test", self.addr)
     }
 
     pub fn url(&self) -> String {

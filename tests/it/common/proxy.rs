@@ -1,0 +1,242 @@
+//! A proxy on a unix socket in front of the real engine. It records every request the agent
+//! makes, can answer some itself or edit the engine's answers (to play a newer or odder
+//! engine), and can cut every connection (a lost stream).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
+type Edit = Arc<dyn Fn(&mut serde_json::Value) + Send + Sync>;
+
+/// What the proxy does to requests whose path contains `path`.
+#[derive(Clone)]
+pub enum Rule {
+    /// Answer with this status and body instead of the engine.
+    Answer {
+        path: String,
+        status: u16,
+        body: String,
+    },
+    /// Replace text in the engine's answer (for `/events`, in each chunk of the stream).
+    Replace {
+        path: String,
+        from: String,
+        to: String,
+    },
+    /// Edit the engine's JSON answer.
+    Edit { path: String, edit: Edit },
+}
+
+impl Rule {
+    pub fn edit(path: &str, edit: impl Fn(&mut serde_json::Value) + Send + Sync + 'static) -> Self {
+        Rule::Edit {
+            path: path.to_string(),
+            edit: Arc::new(edit),
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Rule::Answer { path, .. } | Rule::Replace { path, .. } | Rule::Edit { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// (method, path without the query)
+    requests: Vec<(String, String)>,
+    rules: Vec<Rule>,
+}
+
+pub struct EngineProxy {
+    pub socket: PathBuf,
+    state: Arc<Mutex<State>>,
+    cut: watch::Sender<u64>,
+}
+
+impl EngineProxy {
+    pub async fn start(dir: &Path) -> EngineProxy {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("engine-proxy.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).expect("bind the engine proxy");
+        let state = Arc::new(Mutex::new(State::default()));
+        let (cut, _) = watch::channel(0u64);
+        let (shared, cuts) = (state.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        EngineProxy { socket, state, cut }
+    }
+
+    /// `--docker-host` for the agent.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn add(&self, rule: Rule) {
+        self.state.lock().unwrap().rules.push(rule);
+    }
+
+    pub fn clear_rules(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
+    /// Every request so far, as (method, path).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Close every open connection (the event stream among them).
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+fn answer(status: u16, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let rules: Vec<Rule> = {
+        let mut s = state.lock().unwrap();
+        s.requests.push((req.method().to_string(), path.clone()));
+        s.rules
+            .iter()
+            .filter(|r| path.contains(r.path()))
+            .cloned()
+            .collect()
+    };
+    if let Some(Rule::Answer { status, body, .. }) =
+        rules.iter().find(|r| matches!(r, Rule::Answer { .. }))
+    {
+        return Ok(answer(*status, body.clone()));
+    }
+    let response = match forward(req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(answer(502, format!("{{\"message\":\"proxy: {e}\"}}"))),
+    };
+    if rules.is_empty() {
+        return Ok(response.map(BodyExt::boxed));
+    }
+    let (mut parts, body) = response.into_parts();
+    if path.ends_with("/events") {
+        // A stream: edit each chunk as it passes.
+        let body = body
+            .map_frame(move |frame| {
+                frame.map_data(|data| {
+                    let mut text = String::from_utf8_lossy(&data).into_owned();
+                    for rule in &rules {
+                        if let Rule::Replace { from, to, .. } = rule {
+                            text = text.replace(from.as_str(), to);
+                        }
+                    }
+                    Bytes::from(text)
+                })
+            })
+            .boxed();
+        return Ok(Response::from_parts(parts, body));
+    }
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    for rule in &rules {
+        match rule {
+            Rule::Replace { from, to, .. } => text = text.replace(from.as_str(), to),
+            Rule::Edit { edit, .. } => {
+                if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) {
+                    edit(&mut value);
+                    text = value.to_string();
+                }
+            }
+            Rule::Answer { .. } => {}
+        }
+    }
+    parts.headers.remove("content-length");
+    Ok(Response::from_parts(
+        parts,
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    ))
+}
+
+async fn forward(req: Request<Incoming>) -> Result<Response<Incoming>, String> {
+    let stream = UnixStream::connect(ENGINE_SOCKET)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// The requests a read-only agent may make: GET or HEAD on these paths (with or without an
+/// API version prefix such as `/v1.41`). The README lists the same.
+pub fn allowed(method: &str, path: &str) -> bool {
+    let path = match path.strip_prefix("/v") {
+        Some(rest) => match rest.find('/') {
+            Some(i) if rest[..i].chars().all(|c| c.is_ascii_digit() || c == '.') => &rest[i..],
+            _ => path,
+        },
+        None => path,
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let path_ok = matches!(
+        segments.as_slice(),
+        ["_ping"]
+            | ["version"]
+            | ["info"]
+            | ["events"]
+            | ["containers", "json"]
+            | ["containers", _, "json"]
+    ) || (segments.first() == Some(&"images")
+        && segments.last() == Some(&"json")
+        && segments.len() >= 3);
+    matches!(method, "GET" | "HEAD") && path_ok
+}

@@ -1,0 +1,370 @@
+//! The endpoint side of bad input: odd answers, silence, TLS and proxies. Each ends in a
+//! clear line, a counted failure, no panic, and the report delivered once it can be.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+/// The longest line the agent wrote; an answer's body must not flood the log.
+fn longest_line(text: &str) -> usize {
+    text.lines().map(str::len).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrives() {
+    let scope = Scope::new("garbage");
+    let receiver = Receiver::start().await;
+    let mut garbage = String::new();
+    while garbage.len() < 8 * 1024 * 1024 {
+        garbage.push_str("\u{1b}[31m<html>\n\r\0 ünï 🚀 not json at all\t");
+    }
+    receiver.script([
+        Answer {
+            body: garbage.clone(),
+            ..Answer::status(503)
+        },
+        Answer {
+            body: garbage.clone(),
+            ..Answer::status(400)
+        },
+    ]);
+    receiver.set_default(Answer {
+        body: garbage,
+        ..Answer::status(200)
+    });
+    let listen = unused_addr();
+    let listen_text = listen.to_string();
+    let agent = scope.agent(&receiver.url(), &["--listen", &listen_text]);
+    let first = scope.name("first");
+    let second = scope.name("second");
+    scope.run(&["--name", &first], APP1);
+    let host = engine_host_name();
+    // The 503 holds the queue, the 400 dead-letters one report; the next is accepted in
+    // spite of its 8 MiB of garbage.
+    eventually("a dead letter and an accepted report", || {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    scope.run(&["--name", &second], APP2);
+    eventually("the report after the garbage", || {
+        receiver.reported(&format!("{host}/{second}")).then_some(())
+    })
+    .await;
+    let failures = metric(
+        listen,
+        "deploytrack_delivery_failures_total{reason=\"http_503\"}",
+    )
+    .await;
+    let stderr = agent.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        longest_line(&stderr) < 2048,
+        "a log line of {} bytes",
+        longest_line(&stderr)
+    );
+    assert!(!stderr.contains('\u{1b}'), "escape codes reached the log");
+    assert!(
+        stderr.lines().any(|l| l.contains("400")),
+        "the refusal is not logged: {stderr}"
+    );
+    assert!(
+        failures.unwrap_or(0.0) >= 1.0 || stderr.contains("503"),
+        "the 503 was neither counted nor logged"
+    );
+    // The rejected report waits in the dead letters, to be retried by hand.
+    let state = scope.state_dir();
+    let dead = scope.command(&["queue", "dead", "--state-dir", state.to_str().unwrap()]);
+    assert!(dead.stdout.contains("400"), "{}", dead.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
+    let scope = Scope::new("silent");
+    let receiver = Receiver::start().await;
+    receiver.script([Answer {
+        delay: Some(Duration::from_secs(3600)),
+        ..Answer::status(200)
+    }]);
+    let agent = scope.agent(&receiver.url(), &["--request-timeout", "1s"]);
+    let name = scope.name("silent");
+    scope.run(&["--name", &name], APP1);
+    let host = engine_host_name();
+    // The receiver notes a request when it arrives, so the silent attempt is counted too.
+    let attempts = || {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.name() == format!("{host}/{name}"))
+            .count()
+    };
+    eventually("a second attempt after the silent one", || {
+        (attempts() >= 2).then_some(())
+    })
+    .await;
+    let state = scope.state_dir();
+    eventually("an empty queue", || {
+        let out = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);
+        (!out.stdout.contains(&name)).then_some(())
+    })
+    .await;
+    let stderr = agent.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("timed out") || l.contains("timeout")),
+        "the timeout is not logged: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_is_trusted_only_through_ca_file() {
+    let scope = Scope::new("tls");
+    let certs = scope.dir.join("certs");
+    make_certificates(&certs, "127.0.0.1");
+    let receiver = Receiver::start_tls(
+        &certs.join("server-cert.pem"),
+        &certs.join("server-key.pem"),
+    )
+    .await;
+    let url = receiver.https_url();
+    let token = scope.token_file();
+    let ca = certs.join("ca.pem");
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--docker-host",
+            "unix:///nonexistent.sock",
+        ];
+        args.extend_from_slice(extra);
+        Scope::command_only(&args)
+    };
+    // Without the CA: verification fails, in one line that says why.
+    let out = check(&[]);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("endpoint"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.starts_with("FAIL"), "{}", out.stdout);
+    assert!(
+        line.to_lowercase().contains("certificate"),
+        "the reason is not named: {line}"
+    );
+    // With it: the endpoint answers.
+    let out = check(&["--ca-file", ca.to_str().unwrap()]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("OK") && l.contains("endpoint")),
+        "{}",
+        out.stdout
+    );
+    // A CA file that is not one fails the config check, naming the setting.
+    let out = check(&["--ca-file", token.to_str().unwrap()]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("--ca-file")),
+        "{}",
+        out.stdout
+    );
+
+    // The agent: held without the CA, delivered with it, nothing lost in between.
+    let name = scope.name("tls");
+    scope.run(&["--name", &name], APP1);
+    let probes = receiver.received().len();
+    let mut agent = scope.agent(&url, &[]);
+    eventually("a certificate failure in the log", || {
+        agent
+            .stderr()
+            .to_lowercase()
+            .contains("certificate")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        probes,
+        "a request crossed unverified TLS"
+    );
+    agent.stop().await;
+    let _agent = scope.agent(&url, &["--ca-file", ca.to_str().unwrap()]);
+    let host = engine_host_name();
+    eventually("the report over verified TLS", || {
+        receiver.reported(&format!("{host}/{name}")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_from_the_environment_are_honoured() {
+    let scope = Scope::new("proxy");
+    let proxy = Receiver::start().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let token = scope.token_file();
+    // Names under .invalid never resolve: only a proxy can carry these requests.
+    let plain = "http://deploytrack-endpoint.invalid/atomist/resource/test";
+    let secure = "https://deploytrack-endpoint.invalid/atomist/resource/test";
+    let check = |url: &str, env: &[(&str, &str)]| {
+        let out = agent_command(&[
+            "check",
+            "--url",
+            url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--docker-host",
+            "unix:///nonexistent.sock",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    check(plain, &[("HTTP_PROXY", &proxy_url)]);
+    assert!(
+        proxy
+            .received()
+            .iter()
+            .any(|r| r.path == "/atomist/resource/test"),
+        "HTTP_PROXY was not used: {:?}",
+        proxy.received()
+    );
+    check(secure, &[("HTTPS_PROXY", &proxy_url)]);
+    assert!(
+        proxy.received().iter().any(|r| r.method == "CONNECT"),
+        "HTTPS_PROXY was not used: {:?}",
+        proxy.received()
+    );
+    let before = proxy.received().len();
+    let out = check(
+        plain,
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("NO_PROXY", "deploytrack-endpoint.invalid"),
+        ],
+    );
+    assert_eq!(proxy.received().len(), before, "NO_PROXY was not honoured");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("endpoint")),
+        "{out}"
+    );
+
+    // The agent delivers through the proxy.
+    let name = scope.name("proxied");
+    scope.run(&["--name", &name], APP1);
+    let token_text = token.to_str().unwrap().to_string();
+    let state = scope.state_dir();
+    let selector = scope.selector();
+    let args: Vec<String> = [
+        "run",
+        "--url",
+        plain,
+        "--token-file",
+        &token_text,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--label-selector",
+        &selector,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _agent = Agent::spawn(&scope.dir, &args, &[("http_proxy", &proxy_url)]);
+    let host = engine_host_name();
+    eventually("a report through the proxy", || {
+        proxy.reported(&format!("{host}/{name}")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_dir_and_queue_file_are_private() {
+    let scope = Scope::new("private");
+    let receiver = Receiver::start().await;
+    // A state dir whose parent does not exist yet, created under the usual umask.
+    let state = scope.dir.join("nested").join("state");
+    let token = scope.token_file();
+    let args: Vec<String> = [
+        "run",
+        "--url",
+        &receiver.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--label-selector",
+        &scope.selector(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::spawn(&scope.dir, &args, &[]);
+    agent.ready().await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "state dir");
+    for file in ["deploytrack.db", "deploytrack.lock"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
+    eventually("the write-ahead log", || {
+        state.join("deploytrack.db-wal").exists().then_some(())
+    })
+    .await;
+    assert_eq!(mode(&state.join("deploytrack.db-wal")), 0o600, "wal");
+}
+
+#[test]
+fn risky_settings_draw_one_warning_each() {
+    let scope = Scope::new("risky");
+    let token = scope.token_file();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = scope.command(&[
+        "check",
+        "--url",
+        "http://deploytrack-endpoint.invalid/x",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--docker-host",
+        "unix:///nonexistent.sock",
+    ]);
+    let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("readable by every user")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("plain http://")),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(TOKEN));
+    // A private token file and a loopback or https:// endpoint draw none.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for url in [
+        "http://127.0.0.1:1/x",
+        "http://localhost:1/x",
+        "http://[::1]:1/x",
+        "https://deploytrack-endpoint.invalid/x",
+    ] {
+        let out = scope.command(&[
+            "check",
+            "--url",
+            url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--docker-host",
+            "unix:///nonexistent.sock",
+        ]);
+        assert!(!out.stderr.contains("WARN"), "{url}: {}", out.stderr);
+    }
+}

@@ -1,0 +1,337 @@
+//! The engine side of least privilege and bad input: every request the agent makes goes
+//! through a recording proxy in front of the real engine, which can also play an engine
+//! whose answers are odd, incomplete or newer than the API model.
+
+use std::time::Duration;
+
+use crate::common::proxy::{allowed, EngineProxy, Rule};
+use crate::common::*;
+
+/// The agent on the proxy, with an admin listener for its metrics.
+fn agent_on(
+    scope: &Scope,
+    proxy: &EngineProxy,
+    receiver: &Receiver,
+    extra: &[&str],
+) -> (Agent, std::net::SocketAddr) {
+    let listen = unused_addr();
+    let host = proxy.host();
+    let listen_text = listen.to_string();
+    let mut args = vec!["--docker-host", &host, "--listen", &listen_text];
+    args.extend_from_slice(extra);
+    (scope.agent(&receiver.url(), &args), listen)
+}
+
+fn name_of(host: &str, container: &str) -> String {
+    format!("{host}/{container}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_only_reads_allowlisted_engine_paths() {
+    let scope = Scope::new("allowlist");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let before = scope.name("before");
+    scope.run(&["--name", &before], APP1);
+    let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--report-stops"]);
+    agent.ready().await;
+    eventually("the container running at start", || {
+        receiver.reported(&name_of(&host, &before)).then_some(())
+    })
+    .await;
+    let started = scope.name("started");
+    scope.run(&["--name", &started], APP2);
+    eventually("a container started later", || {
+        receiver.reported(&name_of(&host, &started)).then_some(())
+    })
+    .await;
+    docker(&["stop", "-t", "0", &started]);
+    eventually("its stop", || {
+        receiver
+            .accepted()
+            .iter()
+            .any(|r| {
+                r.name() == name_of(&host, &started) && r.body["container"]["state"] == "stopped"
+            })
+            .then_some(())
+    })
+    .await;
+    // A lost stream: the agent reconnects and reconciles through the proxy again.
+    let reconciled = agent.stderr().matches("reconciled with the engine").count();
+    proxy.cut();
+    let after = scope.name("after");
+    scope.run(&["--name", &after], APP1);
+    eventually("a container started across the reconnect", || {
+        receiver.reported(&name_of(&host, &after)).then_some(())
+    })
+    .await;
+    eventually("a reconciliation after the reconnect", || {
+        (agent.stderr().matches("reconciled with the engine").count() > reconciled).then_some(())
+    })
+    .await;
+
+    let requests = proxy.requests();
+    let refused: Vec<_> = requests.iter().filter(|(m, p)| !allowed(m, p)).collect();
+    assert!(
+        refused.is_empty(),
+        "requests outside the allowlist: {refused:?}"
+    );
+    // The proxy saw the whole scenario, so the check above covered it.
+    for needed in ["/_ping", "/events", "/containers/json", "/info"] {
+        assert!(
+            requests.iter().any(|(_, p)| p.ends_with(needed)),
+            "no {needed} request among {requests:?}"
+        );
+    }
+    assert!(requests
+        .iter()
+        .any(|(_, p)| p.starts_with("/containers/") && p.ends_with("/json") && p.len() > 20));
+    assert!(requests.iter().any(|(_, p)| p.starts_with("/images/")));
+    assert!(
+        requests
+            .iter()
+            .filter(|(_, p)| p.ends_with("/events"))
+            .count()
+            >= 2,
+        "the stream was not reopened: {requests:?}"
+    );
+    // The allowlist itself refuses what a writer would do.
+    for (m, p) in [
+        ("POST", "/containers/create"),
+        ("POST", "/containers/abc/start"),
+        ("DELETE", "/containers/abc"),
+        ("POST", "/v1.41/containers/abc/exec"),
+        ("GET", "/containers/abc/archive"),
+        ("GET", "/secrets"),
+        ("POST", "/images/create"),
+    ] {
+        assert!(!allowed(m, p), "{m} {p} must not be allowed");
+    }
+    assert!(allowed("GET", "/v1.41/containers/abc/json"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
+    let scope = Scope::new("newer-engine");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    // A newer engine: an event scope, a container state and a label type the model does not
+    // know. bollard rejects each of these answers outright.
+    proxy.add(Rule::Replace {
+        path: "/events".into(),
+        from: "\"scope\":\"local\"".into(),
+        to: "\"scope\":\"galaxy\"".into(),
+    });
+    proxy.add(Rule::edit("/containers/", |v| {
+        if v.get("State").is_some() {
+            v["State"]["Status"] = "hibernating".into();
+        }
+    }));
+    proxy.add(Rule::edit("/images/", |v| {
+        v["Descriptor"] = serde_json::json!({"mediaType": 7});
+    }));
+    let (agent, listen) = agent_on(&scope, &proxy, &receiver, &[]);
+    agent.ready().await;
+    let digest1 = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let first = scope.name("first");
+    scope.run(&["--name", &first], APP1);
+    let got = eventually("a container started on the odd engine", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == name_of(&host, &first))
+    })
+    .await;
+    assert_eq!(got.url(), digest1);
+    // The stream goes on: a second start is reported too.
+    let second = scope.name("second");
+    scope.run(&["--name", &second], APP2);
+    let got = eventually("a second container", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == name_of(&host, &second))
+    })
+    .await;
+    assert_eq!(got.url(), digest2);
+    for what in ["event", "container", "image"] {
+        let counted = metric(
+            listen,
+            &format!("deploytrack_engine_answers_unexpected_total{{reason=\"{what}\"}}"),
+        )
+        .await
+        .unwrap_or(0.0);
+        assert!(counted >= 1.0, "unexpected {what} answers not counted");
+    }
+    let stderr = agent.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("does not match the API model"))
+        .count();
+    assert!(
+        (1..=3).contains(&warnings),
+        "one warning per kind of answer, not one per answer: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_fields_and_vanished_objects() {
+    let scope = Scope::new("missing");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let (agent, listen) = agent_on(&scope, &proxy, &receiver, &[]);
+    agent.ready().await;
+
+    // An inspect answer without the name, the image id and the platform: the event's name,
+    // the reference and the defaults fill in.
+    let bare = scope.name("bare");
+    let label = scope.selector();
+    let id = docker(&[
+        "create",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "--name",
+        &bare,
+        APP1,
+    ]);
+    proxy.add(Rule::edit(&format!("/containers/{id}/json"), |v| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("Name");
+            o.remove("Image");
+        }
+    }));
+    docker(&["start", &id]);
+    let got = eventually("a container whose inspect lacks fields", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == name_of(&host, &bare))
+    })
+    .await;
+    assert_eq!(
+        got.url(),
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+
+    // The container vanished before its inspection: resolved from the start event.
+    let vanished = scope.name("vanished");
+    let id = docker(&[
+        "create",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "--name",
+        &vanished,
+        APP2,
+    ]);
+    proxy.add(Rule::Answer {
+        path: format!("/containers/{id}/json"),
+        status: 404,
+        body: format!("{{\"message\":\"No such container: {id}\"}}"),
+    });
+    docker(&["start", &id]);
+    let got = eventually("a container gone before its inspection", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == name_of(&host, &vanished))
+    })
+    .await;
+    assert_eq!(
+        got.url(),
+        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+    );
+
+    // The image was deleted between the event and the inspection: one warning, counted,
+    // and the agent goes on.
+    let orphan = scope.name("orphan");
+    proxy.add(Rule::Answer {
+        path: "/images/".into(),
+        status: 404,
+        body: "{\"message\":\"No such image\"}".into(),
+    });
+    scope.run(&["--name", &orphan], ARM1);
+    eventually("the skip to be counted", || {
+        let stderr = agent.stderr();
+        stderr.contains("image is gone").then_some(())
+    })
+    .await;
+    let skipped = metric(
+        listen,
+        "deploytrack_containers_skipped_total{reason=\"image_gone\"}",
+    )
+    .await;
+    assert!(skipped.unwrap_or(0.0) >= 1.0, "image_gone not counted");
+    proxy.clear_rules();
+    let after = scope.name("after");
+    scope.run(&["--name", &after], APP1);
+    eventually("a container after the odd answers", || {
+        receiver.reported(&name_of(&host, &after)).then_some(())
+    })
+    .await;
+    let stderr = agent.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
+    let scope = Scope::new("odd-labels");
+    let receiver = Receiver::start().await;
+    let mut agent = scope.agent(&receiver.url(), &["--log-level", "trace"]);
+    agent.ready().await;
+    let big = "x".repeat(64 * 1024);
+    let odd_name =
+        "prod/\"quoted\" back\\slash ünïcødé 🚀 \u{202e}rtl tab\there\nERROR forged log line";
+    let secret = "pw-Sekr1t-in-env-5d1e";
+    scope.run(
+        &[
+            "--label",
+            &format!("deploytrack.name={odd_name}"),
+            "--label",
+            &format!("big={big}"),
+            "--label",
+            "deploytrack.environment=staging-ü",
+            "--label",
+            "emoji.🚀=yes",
+            "-e",
+            &format!("DB_PASSWORD={secret}"),
+        ],
+        APP1,
+    );
+    let got = eventually("the oddly labelled container", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == odd_name)
+    })
+    .await;
+    assert_eq!(
+        got.url(),
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+    assert_eq!(got.environment(), "staging-ü");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.stop().await;
+    let output = format!("{}{}", agent.stdout(), agent.stderr());
+    assert!(!output.contains("panicked"), "{output}");
+    assert!(
+        !output.contains(secret),
+        "a container's environment reached the log"
+    );
+    assert!(
+        !output.contains(&big[..1024]),
+        "a 64 KiB label was written to the log"
+    );
+    assert!(
+        output.lines().all(|l| !l.starts_with("ERROR forged")),
+        "a label forged a log line:\n{output}"
+    );
+}
