@@ -19,18 +19,8 @@ impl Drop for PodmanScope {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn podman_starts_and_stops_are_reported() {
-    let scope = Scope::new("podman");
-    let _cleanup = PodmanScope(scope.selector());
-    let receiver = Receiver::start().await;
-    let agent = scope.agent(
-        &receiver.url(),
-        &["--docker-host", PODMAN_HOST, "--report-stops"],
-    );
-    agent.ready().await;
-    let name = scope.name("pod");
-    let label = scope.selector();
+/// `podman run -d` of APP1 with the scope's label.
+fn podman_run(label: &str, name: &str) {
     podman(&[
         "run",
         "-d",
@@ -41,11 +31,35 @@ async fn podman_starts_and_stops_are_reported() {
         "--ulimit",
         "nproc=1024:1024",
         "--label",
-        &label,
+        label,
         "--name",
-        &name,
+        name,
         APP1,
     ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_starts_stops_and_reconciliation_are_reported() {
+    let scope = Scope::new("podman");
+    let _cleanup = PodmanScope(scope.selector());
+    let receiver = Receiver::start().await;
+    let label = scope.selector();
+    // Running before the agent: found by the reconciliation at start.
+    let before = scope.name("before");
+    podman_run(&label, &before);
+    let args = ["--docker-host", PODMAN_HOST, "--report-stops"];
+    let mut agent = scope.agent(&receiver.url(), &args);
+    agent.ready().await;
+    let before_suffix = format!("/{before}");
+    eventually("the container running before the agent", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name().ends_with(&before_suffix))
+    })
+    .await;
+    let name = scope.name("pod");
+    podman_run(&label, &name);
     let digests = podman(&[
         "image",
         "inspect",
@@ -74,6 +88,18 @@ async fn podman_starts_and_stops_are_reported() {
             .accepted()
             .into_iter()
             .find(|r| r.name().ends_with(&suffix) && r.body["container"]["state"] == "stopped")
+    })
+    .await;
+    assert_eq!(stopped.url(), want);
+
+    // Removed while the agent is down: the reconciliation at the next start reports the stop.
+    agent.stop().await;
+    podman(&["rm", "-f", &before]);
+    let _agent = scope.agent(&receiver.url(), &args);
+    let stopped = eventually("the stop that happened while the agent was down", || {
+        receiver.accepted().into_iter().find(|r| {
+            r.name().ends_with(&before_suffix) && r.body["container"]["state"] == "stopped"
+        })
     })
     .await;
     assert_eq!(stopped.url(), want);
