@@ -46,7 +46,7 @@ impl EngineError {
                 message,
             } => EngineError::Api {
                 status: status_code,
-                message: message.trim().to_string(),
+                message: one_line(&message),
             },
             B::JsonDataError { message, .. } => EngineError::Decode(message),
             B::JsonSerdeError { err } => EngineError::Decode(err.to_string()),
@@ -96,6 +96,21 @@ impl EngineError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, EngineError::Permission(_) | EngineError::Setup { .. })
     }
+}
+
+/// An engine's message as one short line: its answers are untrusted input.
+fn one_line(message: &str) -> String {
+    const MAX: usize = 300;
+    let mut line: String = message
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if message.trim().chars().count() > MAX {
+        line.push('…');
+    }
+    line
 }
 
 fn socket_path(host: &str) -> Option<&str> {
@@ -207,6 +222,21 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_messages_are_one_short_line() {
+        let err = EngineError::from_bollard(
+            "unix:///var/run/docker.sock",
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message: format!("boom\nforged line\x1b[31m{}", "x".repeat(10_000)),
+            },
+        );
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1);
+        assert!(!text.contains('\x1b'));
+        assert!(text.len() < 400, "{} bytes", text.len());
+    }
 
     #[test]
     fn hosts() {
