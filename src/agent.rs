@@ -109,6 +109,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             label_filters,
             cursor: restored.cursor,
             telemetry: telemetry.clone(),
+            resync: config.resync_interval,
         },
         telemetry,
         outbox,

@@ -160,6 +160,10 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
 
+    /// How often the running containers are listed again on a healthy event stream [default: 10m].
+    #[arg(long, env = "DEPLOYTRACK_RESYNC_INTERVAL", value_name = "DURATION")]
+    pub resync_interval: Option<String>,
+
     /// PEM file of CA certificates trusted for the endpoint besides the system's (a private CA).
     #[arg(long, env = "DEPLOYTRACK_CA_FILE", value_name = "PATH")]
     pub ca_file: Option<PathBuf>,

@@ -54,6 +54,7 @@ pub struct FileConfig {
     pub queue_max_entries: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub resync_interval: Option<String>,
     pub listen: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -130,6 +131,7 @@ pub struct Config {
     pub queue_max_entries: u64,
     pub shutdown_timeout: Duration,
     pub request_timeout: Duration,
+    pub resync_interval: Duration,
     pub listen: Option<SocketAddr>,
     /// Certificates from `--ca-file`, trusted besides the system roots.
     pub ca_certificates: Vec<reqwest::Certificate>,
@@ -307,6 +309,19 @@ impl Config {
                 "must be longer than zero",
             ));
         }
+        let resync_interval = duration(
+            "--resync-interval",
+            args.resync_interval
+                .clone()
+                .or(file.resync_interval.clone()),
+            "10m",
+        )?;
+        if resync_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "--resync-interval",
+                "must be 1s or longer",
+            ));
+        }
         let listen = match args.listen.clone().or(file.listen.clone()) {
             None => None,
             Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
@@ -361,6 +376,7 @@ impl Config {
             queue_max_entries,
             shutdown_timeout,
             request_timeout,
+            resync_interval,
             listen,
             ca_certificates,
             warnings,

@@ -266,7 +266,7 @@ impl Observer {
             Err(e) => {
                 self.telemetry
                     .skipped(crate::deployment::SkipReason::Unresolvable.as_str());
-                tracing::warn!(container = id, error = %e, "cannot inspect container; the next reconciliation (within 10 minutes) picks it up");
+                tracing::warn!(container = id, error = %e, "cannot inspect container; the next reconciliation (--resync-interval) picks it up");
             }
         }
     }

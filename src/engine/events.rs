@@ -20,9 +20,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_RECYCLE: Duration = Duration::from_secs(300);
 /// How often the reader looks for room to send an owed reconciliation.
 const DEBT_CHECK: Duration = Duration::from_millis(50);
-/// How often the running containers are listed again even on a healthy stream: a container
-/// whose inspection failed (the engine busy) is reported by the next one at the latest.
-const RESYNC_EVERY: Duration = Duration::from_secs(600);
 /// A recurring oddity is logged at most this often (the metric counts every one).
 const WARN_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -353,6 +350,9 @@ pub struct EventReader {
     pub label_filters: Vec<String>,
     pub cursor: Option<EventCursor>,
     pub telemetry: Arc<Telemetry>,
+    /// How often the running containers are listed again even on a healthy stream, so a
+    /// container whose inspection failed (the engine busy) is reported by the next one.
+    pub resync: Duration,
 }
 
 impl EventReader {
@@ -453,7 +453,7 @@ impl EventReader {
                     let mut last_read = tokio::time::Instant::now();
                     let mut last_event = last_read;
                     let mut recycled = false;
-                    let mut next_resync = connected_at + RESYNC_EVERY;
+                    let mut next_resync = connected_at + self.resync;
                     let reason = loop {
                         // While a reconciliation is owed, look for room for it often.
                         let wait = if forward.owes_reconcile {
@@ -464,7 +464,7 @@ impl EventReader {
                         let next = tokio::select! {
                             next = tokio::time::timeout(wait, stream.next()) => next,
                             _ = tokio::time::sleep_until(next_resync) => {
-                                next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
+                                next_resync = tokio::time::Instant::now() + self.resync;
                                 if !forward.send(EngineEvent::Connected, &self.telemetry) {
                                     return;
                                 }
@@ -688,6 +688,7 @@ mod tests {
             label_filters: Vec::new(),
             cursor,
             telemetry: Arc::new(Telemetry::new()),
+            resync: Duration::from_secs(600),
         };
         let cursor = EventCursor {
             time_nano: 10_000_000_000,

@@ -74,6 +74,7 @@ fn invalid_values_exit_64_naming_the_setting() {
         ),
         (&["run", "--shutdown-timeout", "25h"], "--shutdown-timeout"),
         (&["run", "--request-timeout", "0s"], "--request-timeout"),
+        (&["run", "--resync-interval", "100ms"], "--resync-interval"),
         (
             &["run", "--queue-max-entries", "18446744073709551616"],
             "--queue-max-entries",

@@ -282,6 +282,53 @@ async fn missing_fields_and_vanished_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
+    let scope = Scope::new("resync");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--resync-interval", "2s"]);
+    agent.ready().await;
+    let busy = scope.name("busy");
+    let label = scope.selector();
+    let id = docker(&[
+        "create",
+        "--network",
+        "none",
+        "--label",
+        &label,
+        "--name",
+        &busy,
+        APP1,
+    ]);
+    proxy.add(Rule::Answer {
+        path: format!("/containers/{id}/json"),
+        status: 500,
+        body: "{\"message\":\"engine busy\"}".into(),
+    });
+    docker(&["start", &id]);
+    eventually("the failed inspection in the log", || {
+        agent
+            .stderr()
+            .contains("cannot inspect container")
+            .then_some(())
+    })
+    .await;
+    assert!(!receiver.reported(&name_of(&host, &busy)));
+    let attempts = proxy
+        .requests()
+        .iter()
+        .filter(|(_, p)| p.contains(&id))
+        .count();
+    assert!(attempts >= 3, "not retried: {attempts} inspections");
+    proxy.clear_rules();
+    eventually("the container, at the next resync", || {
+        receiver.reported(&name_of(&host, &busy)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
     let scope = Scope::new("odd-labels");
     let receiver = Receiver::start().await;
