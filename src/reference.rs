@@ -1,5 +1,9 @@
 //! Docker image references: `nginx` is `docker.io/library/nginx`, a registry is the first
 //! component only when it looks like a host, and a digest is `sha256:` plus 64 hex digits.
+//!
+//! The rules are the Docker CLI's (`ParseNormalizedNamed` in github.com/distribution/reference).
+//! The parser is more lenient than that grammar about the characters of a name: it reads
+//! references the engine has already accepted, and only has to split and normalise them.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
@@ -46,6 +50,11 @@ impl ImageRef {
         {
             return Err(malformed());
         }
+        // Only a registry holds a colon (its port): one in the path would be read as a tag
+        // once the repository is written out again (`a:b:c` is not `docker.io/library/a:b`).
+        if split_registry(name).1.contains(':') {
+            return Err(malformed());
+        }
         Ok(ImageRef {
             repository: normalize_repository(name),
             tag,
@@ -72,27 +81,31 @@ pub fn validate_digest(digest: &str) -> Result<(), ReferenceError> {
     }
 }
 
-fn normalize_repository(name: &str) -> String {
-    let (first, rest) = match name.split_once('/') {
-        Some((first, rest)) => (first, Some(rest)),
-        None => (name, None),
-    };
-    let is_registry = |c: &str| c.contains('.') || c.contains(':') || c == "localhost";
-    match rest {
-        Some(rest) if is_registry(first) => {
-            let registry = if first == "index.docker.io" || first == "registry-1.docker.io" {
-                "docker.io"
-            } else {
-                first
-            };
-            if registry == "docker.io" && !rest.contains('/') {
-                format!("docker.io/library/{rest}")
-            } else {
-                format!("{registry}/{rest}")
-            }
+/// The first component is a registry when it looks like a host (a `.` or a `:`, or
+/// `localhost`) or holds uppercase letters, which Docker Hub namespaces never do.
+fn split_registry(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.to_lowercase() != first =>
+        {
+            (Some(first), rest)
         }
-        Some(_) => format!("docker.io/{name}"),
-        None => format!("docker.io/library/{name}"),
+        _ => (None, name),
+    }
+}
+
+fn normalize_repository(name: &str) -> String {
+    let (registry, path) = split_registry(name);
+    let registry = match registry {
+        None | Some("index.docker.io" | "registry-1.docker.io") => "docker.io",
+        Some(registry) => registry,
+    };
+    if registry == "docker.io" && !path.contains('/') {
+        format!("docker.io/library/{path}")
+    } else {
+        format!("{registry}/{path}")
     }
 }
 
@@ -138,6 +151,38 @@ mod tests {
     }
 
     #[test]
+    fn a_colon_in_the_path_is_malformed() {
+        // `nginx::1` once normalised to `docker.io/library/nginx:`, which does not parse back,
+        // and `a:b:c@digest` to a url that parses back as another repository.
+        for text in [
+            "nginx::1.2z5",
+            "a:b:c",
+            "user/app:x:y",
+            "localhost:5000/a:b/c",
+            &format!("a:b:c@{D}"),
+        ] {
+            assert!(
+                matches!(ImageRef::parse(text), Err(ReferenceError::Malformed(_))),
+                "{text}"
+            );
+        }
+        let r = ImageRef::parse("[::1]:5000/app:v1").unwrap();
+        assert_eq!(r.repository, "[::1]:5000/app");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn an_uppercase_first_component_is_a_registry() {
+        // Docker Hub namespaces are lowercase, so Docker reads `MyRegistry/app` as a host.
+        let r = ImageRef::parse("MyRegistry/app:1").unwrap();
+        assert_eq!(r.repository, "MyRegistry/app");
+        assert_eq!(
+            ImageRef::parse("myuser/app").unwrap().repository,
+            "docker.io/myuser/app"
+        );
+    }
+
+    #[test]
     fn digests() {
         let r = ImageRef::parse(&format!("nginx:1@{D}")).unwrap();
         assert_eq!(r.pinned().unwrap(), format!("docker.io/library/nginx@{D}"));
@@ -150,3 +195,4 @@ mod tests {
         assert!(ImageRef::parse("app:").is_err());
     }
 }
+
