@@ -251,7 +251,12 @@ impl NameTemplate {
                 Piece::Text(t) => t.as_str(),
                 Piece::Host => facts.host,
                 Piece::Container => facts.container,
-                Piece::Id => &facts.id[..facts.id.len().min(12)],
+                // The short id: 12 characters (an id from an event is not always hex).
+                Piece::Id => facts
+                    .id
+                    .char_indices()
+                    .nth(12)
+                    .map_or(facts.id, |(end, _)| &facts.id[..end]),
                 Piece::ComposeProject => match label(COMPOSE_PROJECT) {
                     Some(v) => v,
                     None => return Self::default().render(facts),
@@ -437,6 +442,22 @@ mod tests {
         assert!(NameTemplate::parse("{host}/{nope}").is_err());
         assert!(NameTemplate::parse("{host").is_err());
         assert!(NameTemplate::parse("static").is_err());
+    }
+
+    #[test]
+    fn the_short_id_is_twelve_characters_of_any_id() {
+        let t = NameTemplate::parse("{id}").unwrap();
+        let render = |id| {
+            t.render(&NameFacts {
+                id,
+                ..NameFacts::default()
+            })
+        };
+        assert_eq!(render("0123456789abcdef"), "0123456789ab");
+        assert_eq!(render("short"), "short");
+        // A multi-byte character across the twelfth byte used to panic the resolver.
+        assert_eq!(render("aaaaaaaaaaaŋb"), "aaaaaaaaaaaŋ");
+        assert_eq!(render("ŋŋŋŋŋŋŋŋŋŋŋŋŋ"), "ŋŋŋŋŋŋŋŋŋŋŋŋ");
     }
 
     #[test]
