@@ -22,9 +22,20 @@ pub struct DeploymentKey {
     pub name: String,
 }
 
+/// For logs: control characters (a newline in a label) are escaped, so a name cannot forge
+/// a log line.
 impl fmt::Display for DeploymentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.environment, self.name)
+        use fmt::Write;
+        let parts = [self.environment.as_str(), "/", self.name.as_str()];
+        for c in parts.iter().flat_map(|p| p.chars()) {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
