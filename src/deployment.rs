@@ -216,6 +216,9 @@ impl NameTemplate {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
+            if rest[..open].contains('}') {
+                return Err(format!("{text:?} has a }} without {{"));
+            }
             if open > 0 {
                 pieces.push(Piece::Text(rest[..open].to_string()));
             }
@@ -453,6 +456,8 @@ mod tests {
         assert!(NameTemplate::parse("{host}/{nope}").is_err());
         assert!(NameTemplate::parse("{host").is_err());
         assert!(NameTemplate::parse("static").is_err());
+        assert!(NameTemplate::parse("}{host}").is_err());
+        assert!(NameTemplate::parse("{host}}").is_err());
     }
 
     #[test]

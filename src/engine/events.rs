@@ -198,13 +198,24 @@ impl ContainerEvent {
     }
 
     fn from_message(msg: bollard::models::EventMessage) -> Option<Self> {
+        use bollard::models::EventMessageTypeEnum;
+        // The stream is filtered to containers; an engine that ignores the filter must not
+        // make a volume's `destroy` look like a container's.
+        if msg
+            .typ
+            .is_some_and(|t| !matches!(t, EventMessageTypeEnum::CONTAINER))
+        {
+            return None;
+        }
         let action = Action::parse(msg.action.as_deref()?)?;
         let actor = msg.actor?;
-        let id = actor.id?;
+        let id = actor.id.filter(|id| !id.is_empty())?;
         let mut attributes = actor.attributes.unwrap_or_default();
+        // No time, or a nonsensical one, is 0: unknown, never moving the cursor back.
         let time_nano = msg
             .time_nano
             .or(msg.time.map(|t| t.saturating_mul(1_000_000_000)))
+            .filter(|t| *t > 0)
             .unwrap_or(0);
         let exit_code = attributes
             .get("exitCode")
@@ -246,7 +257,7 @@ pub fn decode_line(line: &[u8]) -> LenientEvent {
         Ok(msg) => {
             let event = ContainerEvent::from_message(msg);
             LenientEvent {
-                time_nano: event.as_ref().map(|e| e.time_nano),
+                time_nano: event.as_ref().map(|e| e.time_nano).filter(|t| *t > 0),
                 event,
             }
         }
@@ -271,8 +282,7 @@ pub fn decode_lenient(line: &[u8]) -> LenientEvent {
         .filter(|t| *t > 0);
     let is_container = msg
         .get("Type")
-        .and_then(Value::as_str)
-        .is_none_or(|t| t == "container");
+        .is_none_or(|t| t.as_str() == Some("container"));
     let action = msg
         .get("Action")
         .or_else(|| msg.get("status"))
