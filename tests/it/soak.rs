@@ -944,6 +944,7 @@ fn machine() -> String {
     )
 }
 
+/// HEAD when the run starts (the binary was built just before it), and the binary's build time.
 fn revision() -> String {
     let dir = env!("CARGO_MANIFEST_DIR");
     let head = first_line("git", &["-C", dir, "rev-parse", "--short=12", "HEAD"]);
@@ -960,10 +961,15 @@ fn revision() -> String {
             "Cargo.lock",
         ],
     );
+    let built = std::fs::metadata(env!("CARGO_BIN_EXE_deploytrack"))
+        .and_then(|m| m.modified())
+        .map_or("?".into(), |t| {
+            humantime::format_rfc3339_seconds(t).to_string()
+        });
     if dirty.is_empty() {
-        head
+        format!("{head} (the binary tested was built {built})")
     } else {
-        format!("{head} with uncommitted changes under src/ or to Cargo.* (the binary tested is the working tree's)")
+        format!("{head} with uncommitted changes under src/ or to Cargo.* (the binary tested, built {built}, is the working tree's)")
     }
 }
 
@@ -1061,6 +1067,7 @@ struct LaneResult {
 async fn soak() {
     let duration = soak_duration();
     let d = duration.as_secs_f64();
+    let revision = revision();
     let marker = Marker::new();
     let scope = Scope::new("soak");
     let load_before = load_average();
@@ -1448,7 +1455,7 @@ async fn soak() {
         date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         machine: machine(),
         load: format!("{load_before} before, {} after", load_average()),
-        revision: revision(),
+        revision,
         engine_version,
         duration,
         soaked,
