@@ -724,9 +724,6 @@ impl Lane {
         let listen = unused_addr();
         let state = scope.dir.join(format!("state-{title}"));
         let token = scope.token_file();
-        // As an operator keeps it (the agent warns about a token file others can read).
-        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
         let mut args: Vec<String> = [
             "run",
             "--url",

@@ -154,9 +154,12 @@ impl Scope {
         format!("{short}-{}", &self.id[self.id.len() - 8..])
     }
 
+    /// The token in a private file, with the trailing newline an editor leaves (stripped).
     pub fn token_file(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let path = self.dir.join("token");
         std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     }
 
