@@ -2,8 +2,9 @@
 # Run every fuzz target of fuzz/ in turn for SECONDS each (default 60); exit 1 if any
 # crashed. Usage: scripts/fuzz.sh [seconds-per-target]
 #
-# Needs a nightly toolchain (`rustup toolchain install nightly`; FUZZ_TOOLCHAIN picks
-# another) and installs cargo-fuzz if it is missing. New corpus entries go to
+# Uses the nightly toolchain when there is one (FUZZ_TOOLCHAIN picks another), else the
+# stable one with RUSTC_BOOTSTRAP=1 for the sanitizer flags cargo-fuzz passes; installs
+# cargo-fuzz if it is missing. New corpus entries go to
 # fuzz/target/corpus/<target> (kept between runs, not committed); the seeds in
 # fuzz/corpus/<target> are only read. Crashes are written to fuzz/artifacts/<target>/ and
 # each run's libFuzzer output to fuzz/target/fuzz-logs/<target>.log.
@@ -15,6 +16,11 @@ if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
     exit 64
 fi
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
+if [ -z "${FUZZ_TOOLCHAIN:-}" ] && ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "no nightly toolchain: using stable with RUSTC_BOOTSTRAP=1" >&2
+    toolchain=stable
+    export RUSTC_BOOTSTRAP=1
+fi
 
 cd "$(dirname "$0")/../fuzz"
 
