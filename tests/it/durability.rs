@@ -287,10 +287,7 @@ async fn a_burst_is_queued_with_few_syncs_and_drains() {
         .await
         .unwrap_or(0.0);
     // Create first, then start in parallel: the engine's start rate is the limit.
-    let label = scope.selector();
-    let ids: Vec<String> = (0..N)
-        .map(|_| docker(&["create", "--network", "none", "--label", &label, APP1]))
-        .collect();
+    let ids: Vec<String> = (0..N).map(|_| scope.create(&[], APP1)).collect();
     let chunks: Vec<Vec<String>> = ids.chunks(N / 8).map(|c| c.to_vec()).collect();
     let started = std::time::Instant::now();
     let handles: Vec<_> = chunks

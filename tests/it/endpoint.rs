@@ -258,24 +258,12 @@ async fn proxies_from_the_environment_are_honoured() {
     // The agent delivers through the proxy.
     let name = scope.name("proxied");
     scope.run(&["--name", &name], APP1);
-    let token_text = token.to_str().unwrap().to_string();
-    let state = scope.state_dir();
-    let selector = scope.selector();
-    let args: Vec<String> = [
-        "run",
-        "--url",
+    let _agent = scope.agent_in(
+        &scope.state_dir(),
         plain,
-        "--token-file",
-        &token_text,
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--label-selector",
-        &selector,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let _agent = Agent::spawn(&scope.dir, &args, &[("http_proxy", &proxy_url)]);
+        &[],
+        &[("http_proxy", &proxy_url)],
+    );
     let host = engine_host_name();
     eventually("a report through the proxy", || {
         proxy.reported(&format!("{host}/{name}")).then_some(())
@@ -289,22 +277,7 @@ async fn the_state_dir_and_queue_file_are_private() {
     let receiver = Receiver::start().await;
     // A state dir whose parent does not exist yet, created under the usual umask.
     let state = scope.dir.join("nested").join("state");
-    let token = scope.token_file();
-    let args: Vec<String> = [
-        "run",
-        "--url",
-        &receiver.url(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--label-selector",
-        &scope.selector(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::spawn(&scope.dir, &args, &[]);
+    let agent = scope.agent_in(&state, &receiver.url(), &[], &[]);
     agent.ready().await;
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -26,6 +26,14 @@ fn name_of(host: &str, container: &str) -> String {
     format!("{host}/{container}")
 }
 
+/// The first accepted report for `name` (image.name), once it arrives.
+async fn accepted(receiver: &Receiver, what: &str, name: &str) -> receiver::Received {
+    eventually(what, || {
+        receiver.accepted().into_iter().find(|r| r.name() == name)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_only_reads_allowlisted_engine_paths() {
     let scope = Scope::new("allowlist");
@@ -138,24 +146,17 @@ async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
     let digest2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     let first = scope.name("first");
     scope.run(&["--name", &first], APP1);
-    let got = eventually("a container started on the odd engine", || {
-        receiver
-            .accepted()
-            .into_iter()
-            .find(|r| r.name() == name_of(&host, &first))
-    })
+    let got = accepted(
+        &receiver,
+        "a container started on the odd engine",
+        &name_of(&host, &first),
+    )
     .await;
     assert_eq!(got.url(), digest1);
     // The stream goes on: a second start is reported too.
     let second = scope.name("second");
     scope.run(&["--name", &second], APP2);
-    let got = eventually("a second container", || {
-        receiver
-            .accepted()
-            .into_iter()
-            .find(|r| r.name() == name_of(&host, &second))
-    })
-    .await;
+    let got = accepted(&receiver, "a second container", &name_of(&host, &second)).await;
     assert_eq!(got.url(), digest2);
     for what in ["event", "container", "image"] {
         let counted = metric(
@@ -190,17 +191,7 @@ async fn missing_fields_and_vanished_objects() {
     // An inspect answer without the name, the image id and the platform: the event's name,
     // the reference and the defaults fill in.
     let bare = scope.name("bare");
-    let label = scope.selector();
-    let id = docker(&[
-        "create",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        "--name",
-        &bare,
-        APP1,
-    ]);
+    let id = scope.create(&["--name", &bare], APP1);
     proxy.add(Rule::edit(&format!("/containers/{id}/json"), |v| {
         if let Some(o) = v.as_object_mut() {
             o.remove("Name");
@@ -208,12 +199,11 @@ async fn missing_fields_and_vanished_objects() {
         }
     }));
     docker(&["start", &id]);
-    let got = eventually("a container whose inspect lacks fields", || {
-        receiver
-            .accepted()
-            .into_iter()
-            .find(|r| r.name() == name_of(&host, &bare))
-    })
+    let got = accepted(
+        &receiver,
+        "a container whose inspect lacks fields",
+        &name_of(&host, &bare),
+    )
     .await;
     assert_eq!(
         got.url(),
@@ -222,28 +212,18 @@ async fn missing_fields_and_vanished_objects() {
 
     // The container vanished before its inspection: resolved from the start event.
     let vanished = scope.name("vanished");
-    let id = docker(&[
-        "create",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        "--name",
-        &vanished,
-        APP2,
-    ]);
+    let id = scope.create(&["--name", &vanished], APP2);
     proxy.add(Rule::Answer {
         path: format!("/containers/{id}/json"),
         status: 404,
         body: format!("{{\"message\":\"No such container: {id}\"}}"),
     });
     docker(&["start", &id]);
-    let got = eventually("a container gone before its inspection", || {
-        receiver
-            .accepted()
-            .into_iter()
-            .find(|r| r.name() == name_of(&host, &vanished))
-    })
+    let got = accepted(
+        &receiver,
+        "a container gone before its inspection",
+        &name_of(&host, &vanished),
+    )
     .await;
     assert_eq!(
         got.url(),
@@ -290,17 +270,7 @@ async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
     let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--resync-interval", "2s"]);
     agent.ready().await;
     let busy = scope.name("busy");
-    let label = scope.selector();
-    let id = docker(&[
-        "create",
-        "--network",
-        "none",
-        "--label",
-        &label,
-        "--name",
-        &busy,
-        APP1,
-    ]);
+    let id = scope.create(&["--name", &busy], APP1);
     proxy.add(Rule::Answer {
         path: format!("/containers/{id}/json"),
         status: 500,
@@ -353,13 +323,7 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
         ],
         APP1,
     );
-    let got = eventually("the oddly labelled container", || {
-        receiver
-            .accepted()
-            .into_iter()
-            .find(|r| r.name() == odd_name)
-    })
-    .await;
+    let got = accepted(&receiver, "the oddly labelled container", odd_name).await;
     assert_eq!(
         got.url(),
         repo_digest(APP1, "localhost:5000/deploytrack-test/app")

@@ -141,9 +141,19 @@ impl Scope {
 
     /// `docker run -d` with this scope's label; returns the container id.
     pub fn run(&self, extra: &[&str], image: &str) -> String {
+        self.docker_with_label(&["run", "-d"], extra, image)
+    }
+
+    /// `docker create` with this scope's label (started later with `docker start`).
+    pub fn create(&self, extra: &[&str], image: &str) -> String {
+        self.docker_with_label(&["create"], extra, image)
+    }
+
+    fn docker_with_label(&self, command: &[&str], extra: &[&str], image: &str) -> String {
         let label = self.selector();
         // No network: the tests need none, and starts are faster without a veth pair.
-        let mut args = vec!["run", "-d", "--network", "none", "--label", &label];
+        let mut args = command.to_vec();
+        args.extend_from_slice(&["--network", "none", "--label", &label]);
         args.extend_from_slice(extra);
         args.push(image);
         docker(&args)
@@ -169,8 +179,12 @@ impl Scope {
 
     /// The agent, reporting to `url`, watching only this scope's containers.
     pub fn agent(&self, url: &str, extra: &[&str]) -> Agent {
+        self.agent_in(&self.state_dir(), url, extra, &[])
+    }
+
+    /// The agent with its queue in `state` and `env` added to its environment.
+    pub fn agent_in(&self, state: &Path, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let token = self.token_file();
-        let state = self.state_dir();
         let selector = self.selector();
         let mut args: Vec<String> = [
             "run",
@@ -191,7 +205,7 @@ impl Scope {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Agent::spawn(&self.dir, &args, &[])
+        Agent::spawn(&self.dir, &args, env)
     }
 
     /// The agent binary with any arguments, to completion.
