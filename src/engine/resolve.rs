@@ -229,27 +229,40 @@ impl Resolver {
                 .inspect_container(id, None::<InspectContainerOptions>)
         })
         .await;
-        match answer {
-            Ok(c) => Ok(ContainerFacts::from_model(c)),
-            Err(bollard::errors::Error::JsonDataError {
-                message, contents, ..
-            }) => {
-                self.unexpected("container", &message);
-                ContainerFacts::from_text(&contents).ok_or(EngineError::Decode(message))
-            }
-            Err(e) => Err(EngineError::from_bollard(&self.engine.host, e)),
-        }
+        self.read(
+            "container",
+            answer,
+            ContainerFacts::from_model,
+            ContainerFacts::from_text,
+        )
     }
 
     /// `GET /images/{id}/json`, like `inspect_container`.
     async fn inspect_image(&self, image: &str) -> Result<ImageFields, EngineError> {
-        match retry_briefly(|| self.engine.api.inspect_image(image)).await {
-            Ok(i) => Ok(ImageFields::from_model(i)),
+        let answer = retry_briefly(|| self.engine.api.inspect_image(image)).await;
+        self.read(
+            "image",
+            answer,
+            ImageFields::from_model,
+            ImageFields::from_text,
+        )
+    }
+
+    /// An answer through bollard's model, or its text field by field when the model rejects it.
+    fn read<M, F>(
+        &self,
+        what: &str,
+        answer: Result<M, bollard::errors::Error>,
+        from_model: impl FnOnce(M) -> F,
+        from_text: impl FnOnce(&str) -> Option<F>,
+    ) -> Result<F, EngineError> {
+        match answer {
+            Ok(model) => Ok(from_model(model)),
             Err(bollard::errors::Error::JsonDataError {
                 message, contents, ..
             }) => {
-                self.unexpected("image", &message);
-                ImageFields::from_text(&contents).ok_or(EngineError::Decode(message))
+                self.unexpected(what, &message);
+                from_text(&contents).ok_or(EngineError::Decode(message))
             }
             Err(e) => Err(EngineError::from_bollard(&self.engine.host, e)),
         }
