@@ -210,32 +210,44 @@ impl ContainerEvent {
         let action = Action::parse(msg.action.as_deref()?)?;
         let actor = msg.actor?;
         let id = actor.id.filter(|id| !id.is_empty())?;
-        let mut attributes = actor.attributes.unwrap_or_default();
         // No time, or a nonsensical one, is 0: unknown, never moving the cursor back.
         let time_nano = msg
             .time_nano
             .or(msg.time.map(|t| t.saturating_mul(1_000_000_000)))
             .filter(|t| *t > 0)
             .unwrap_or(0);
+        Some(Self::from_parts(
+            id,
+            action,
+            time_nano,
+            actor.attributes.unwrap_or_default(),
+        ))
+    }
+
+    /// The event from its actor's attributes: `name` and `image` go to the hint, the exit
+    /// code is read, and the rest are the container's labels (plus a few engine keys that
+    /// never collide with deploytrack's).
+    fn from_parts(
+        id: String,
+        action: Action,
+        time_nano: i64,
+        mut attributes: HashMap<String, String>,
+    ) -> Self {
         let exit_code = attributes
             .get("exitCode")
             .or(attributes.get("containerExitCode"))
             .and_then(|c| c.parse().ok());
-        let name = attributes.remove("name");
-        let image = attributes.remove("image");
-        // The remaining attributes are the container's labels (plus a few engine keys that
-        // never collide with deploytrack's).
-        Some(ContainerEvent {
+        ContainerEvent {
             id,
             action,
             time_nano,
             exit_code,
             hint: EventHint {
-                name,
-                image,
+                name: attributes.remove("name"),
+                image: attributes.remove("image"),
                 labels: attributes,
             },
-        })
+        }
     }
 }
 
@@ -296,7 +308,7 @@ pub fn decode_lenient(line: &[u8]) -> LenientEvent {
         .filter(|id| !id.is_empty());
     let event = match (is_container, action, id) {
         (true, Some(action), Some(id)) => {
-            let mut attributes: HashMap<String, String> = actor
+            let attributes: HashMap<String, String> = actor
                 .and_then(|a| a.get("Attributes"))
                 .and_then(Value::as_object)
                 .map(|attrs| {
@@ -306,21 +318,12 @@ pub fn decode_lenient(line: &[u8]) -> LenientEvent {
                         .collect()
                 })
                 .unwrap_or_default();
-            let exit_code = attributes
-                .get("exitCode")
-                .or(attributes.get("containerExitCode"))
-                .and_then(|c| c.parse().ok());
-            Some(ContainerEvent {
-                id: id.to_string(),
+            Some(ContainerEvent::from_parts(
+                id.to_string(),
                 action,
-                time_nano: time_nano.unwrap_or(0),
-                exit_code,
-                hint: EventHint {
-                    name: attributes.remove("name"),
-                    image: attributes.remove("image"),
-                    labels: attributes,
-                },
-            })
+                time_nano.unwrap_or(0),
+                attributes,
+            ))
         }
         _ => None,
     };
