@@ -117,6 +117,48 @@ async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_holds_the_queue_and_names_where_it_points() {
+    let scope = Scope::new("redirect");
+    let receiver = Receiver::start().await;
+    let moved = "https://user:secret-in-url@elsewhere.example/atomist/resource/new";
+    receiver.set_default(Answer {
+        location: Some(moved.into()),
+        ..Answer::status(301)
+    });
+    let agent = scope.agent(&receiver.url(), &[]);
+    let name = scope.name("moved");
+    scope.run(&["--name", &name], APP1);
+    let host = engine_host_name();
+    let line = eventually("the redirect in the log", || {
+        agent
+            .stderr()
+            .lines()
+            .find(|l| l.contains("301"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(
+        line.contains("elsewhere.example/atomist/resource/new"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("secret-in-url"),
+        "credentials in a URL were logged: {line}"
+    );
+    // Not followed (a POST would become a GET), not dead-lettered: delivered once the
+    // endpoint answers again.
+    assert!(receiver.received().iter().all(|r| r.method == "POST"));
+    receiver.set_default(Answer::status(200));
+    eventually("the report after the redirect is fixed", || {
+        receiver.reported(&format!("{host}/{name}")).then_some(())
+    })
+    .await;
+    let state = scope.state_dir();
+    let dead = scope.command(&["queue", "dead", "--state-dir", state.to_str().unwrap()]);
+    assert!(!dead.stdout.contains(&name), "{}", dead.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_private_ca_is_trusted_only_through_ca_file() {
     let scope = Scope::new("tls");
     let certs = scope.dir.join("certs");

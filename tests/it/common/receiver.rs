@@ -46,6 +46,8 @@ impl Received {
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// A `Location` header (with a 3xx).
+    pub location: Option<String>,
     pub body: String,
     /// Answer only after this long (a slow endpoint).
     pub delay: Option<std::time::Duration>,
@@ -56,6 +58,7 @@ impl Answer {
         Answer {
             status,
             retry_after: None,
+            location: None,
             delay: None,
             body: if status < 300 {
                 r#"{"correlation_id":"test"}"#.into()
@@ -257,6 +260,11 @@ async fn handle(
     }
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+    if let Some(l) = answer.location {
+        response
+            .headers_mut()
+            .insert("location", l.parse().unwrap());
+    }
     if let Some(r) = answer.retry_after {
         response
             .headers_mut()
