@@ -33,15 +33,7 @@ pub fn report_request(
         Some(p) => Platform::parse(p).map_err(|e| ConfigError::new("--platform", e))?,
         None => Platform::new("linux", "amd64", None),
     };
-    let text = args.timeout.as_deref().unwrap_or("2m");
-    let timeout = humantime::parse_duration(text.trim())
-        .map_err(|e| ConfigError::new("--timeout", format!("{text:?}: {e}")))?;
-    if timeout > Duration::from_secs(24 * 3600) {
-        return Err(ConfigError::new(
-            "--timeout",
-            format!("{text:?} is longer than 24h"),
-        ));
-    }
+    let timeout = crate::config::duration("--timeout", args.timeout.clone(), "2m")?;
     let deployment = Deployment {
         key: DeploymentKey {
             environment: config.environment.clone(),

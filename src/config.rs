@@ -145,7 +145,8 @@ const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The most pending reports a queue may be told to keep.
 const QUEUE_MAX_ENTRIES_LIMIT: u64 = 100_000_000;
 
-fn duration(
+/// A duration setting, `default` when unset, at most `DURATION_MAX`.
+pub fn duration(
     setting: &'static str,
     value: Option<String>,
     default: &str,
