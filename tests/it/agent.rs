@@ -142,10 +142,9 @@ async fn labels_override_and_select() {
     let last = scope.name("last");
     scope.run(&["--name", &last], APP1);
 
-    eventually("the last container", || {
-        receiver.reported(&format!("{host}/{last}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the last container", &format!("{host}/{last}"))
+        .await;
     agent.ready().await;
     let got = receiver.accepted();
     let prod_report = by_name(&got, &format!("{host}/{prod}"));
@@ -187,10 +186,9 @@ async fn require_label_reports_only_opted_in() {
         &["--name", &opted, "--label", "deploytrack.enable=true"],
         APP1,
     );
-    eventually("the opted-in container", || {
-        receiver.reported(&format!("{host}/{opted}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the opted-in container", &format!("{host}/{opted}"))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
 }
@@ -254,10 +252,9 @@ async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
     // A marker container started after the restart proves the restart's events were handled.
     let marker = scope.name("marker");
     scope.run(&["--name", &marker], APP1);
-    eventually("the marker", || {
-        receiver.reported(&format!("{host}/{marker}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the marker", &format!("{host}/{marker}"))
+        .await;
     assert_eq!(
         by_name(&receiver.accepted(), &key).len(),
         1,
@@ -398,15 +395,13 @@ async fn a_rename_reports_the_new_name() {
     let host = engine_host_name();
     let (before, after) = (scope.name("before"), scope.name("after"));
     let id = scope.run(&["--name", &before], APP1);
-    eventually("the first name", || {
-        receiver.reported(&format!("{host}/{before}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the first name", &format!("{host}/{before}"))
+        .await;
     docker(&["rename", &id, &after]);
-    eventually("the new name", || {
-        receiver.reported(&format!("{host}/{after}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the new name", &format!("{host}/{after}"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -443,10 +438,12 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
     agent.ready().await;
     let host = engine.host_name();
     engine.run(&selector, "over-tls");
-    eventually("the container reported over TLS", || {
-        receiver.reported(&format!("{host}/over-tls")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report(
+            "the container reported over TLS",
+            &format!("{host}/over-tls"),
+        )
+        .await;
     // https:// means TLS too; plain tcp:// to a TLS engine says what it got.
     let https = addr.replace("tcp://", "https://");
     let out = agent_command(&["check", "--docker-host", &https])

@@ -214,10 +214,9 @@ async fn engine_restart_is_survived_and_reconciled() {
     let host = engine.host_name();
     let label = scope.selector();
     engine.run(&label, "first");
-    eventually("the first container", || {
-        receiver.reported(&format!("{host}/first")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the first container", &format!("{host}/first"))
+        .await;
     engine.stop().await;
     let readyz = format!("http://{listen}/readyz");
     eventually_async("readiness to drop with the engine", || async {
@@ -229,10 +228,12 @@ async fn engine_restart_is_survived_and_reconciled() {
     .await;
     engine.boot().await;
     engine.run(&label, "second");
-    eventually("the container started around the engine restart", || {
-        receiver.reported(&format!("{host}/second")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report(
+            "the container started around the engine restart",
+            &format!("{host}/second"),
+        )
+        .await;
     assert!(
         agent.stderr().contains("lost the engine's event stream"),
         "{}",

@@ -46,10 +46,9 @@ async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrive
     })
     .await;
     scope.run(&["--name", &second], APP2);
-    eventually("the report after the garbage", || {
-        receiver.reported(&format!("{host}/{second}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the report after the garbage", &format!("{host}/{second}"))
+        .await;
     let failures = metric(
         listen,
         "deploytrack_delivery_failures_total{reason=\"http_503\"}",
@@ -149,10 +148,12 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
     // endpoint answers again.
     assert!(receiver.received().iter().all(|r| r.method == "POST"));
     receiver.set_default(Answer::status(200));
-    eventually("the report after the redirect is fixed", || {
-        receiver.reported(&format!("{host}/{name}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report(
+            "the report after the redirect is fixed",
+            &format!("{host}/{name}"),
+        )
+        .await;
     let state = scope.state_dir();
     let dead = scope.command(&["queue", "dead", "--state-dir", state.to_str().unwrap()]);
     assert!(!dead.stdout.contains(&name), "{}", dead.stdout);
@@ -237,10 +238,9 @@ async fn a_private_ca_is_trusted_only_through_ca_file() {
     agent.stop().await;
     let _agent = scope.agent(&url, &["--ca-file", ca.to_str().unwrap()]);
     let host = engine_host_name();
-    eventually("the report over verified TLS", || {
-        receiver.reported(&format!("{host}/{name}")).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the report over verified TLS", &format!("{host}/{name}"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,10 +307,9 @@ async fn proxies_from_the_environment_are_honoured() {
         &[("http_proxy", &proxy_url)],
     );
     let host = engine_host_name();
-    eventually("a report through the proxy", || {
-        proxy.reported(&format!("{host}/{name}")).then_some(())
-    })
-    .await;
+    proxy
+        .accepted_report("a report through the proxy", &format!("{host}/{name}"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,14 +26,6 @@ fn name_of(host: &str, container: &str) -> String {
     format!("{host}/{container}")
 }
 
-/// The first accepted report for `name` (image.name), once it arrives.
-async fn accepted(receiver: &Receiver, what: &str, name: &str) -> receiver::Received {
-    eventually(what, || {
-        receiver.accepted().into_iter().find(|r| r.name() == name)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_only_reads_allowlisted_engine_paths() {
     let scope = Scope::new("allowlist");
@@ -44,16 +36,14 @@ async fn the_agent_only_reads_allowlisted_engine_paths() {
     scope.run(&["--name", &before], APP1);
     let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--report-stops"]);
     agent.ready().await;
-    eventually("the container running at start", || {
-        receiver.reported(&name_of(&host, &before)).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the container running at start", &name_of(&host, &before))
+        .await;
     let started = scope.name("started");
     scope.run(&["--name", &started], APP2);
-    eventually("a container started later", || {
-        receiver.reported(&name_of(&host, &started)).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("a container started later", &name_of(&host, &started))
+        .await;
     docker(&["stop", "-t", "0", &started]);
     eventually("its stop", || {
         receiver
@@ -70,10 +60,12 @@ async fn the_agent_only_reads_allowlisted_engine_paths() {
     proxy.cut();
     let after = scope.name("after");
     scope.run(&["--name", &after], APP1);
-    eventually("a container started across the reconnect", || {
-        receiver.reported(&name_of(&host, &after)).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report(
+            "a container started across the reconnect",
+            &name_of(&host, &after),
+        )
+        .await;
     eventually("a reconciliation after the reconnect", || {
         (agent.stderr().matches("reconciled with the engine").count() > reconciled).then_some(())
     })
@@ -146,17 +138,19 @@ async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
     let digest2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     let first = scope.name("first");
     scope.run(&["--name", &first], APP1);
-    let got = accepted(
-        &receiver,
-        "a container started on the odd engine",
-        &name_of(&host, &first),
-    )
-    .await;
+    let got = receiver
+        .accepted_report(
+            "a container started on the odd engine",
+            &name_of(&host, &first),
+        )
+        .await;
     assert_eq!(got.url(), digest1);
     // The stream goes on: a second start is reported too.
     let second = scope.name("second");
     scope.run(&["--name", &second], APP2);
-    let got = accepted(&receiver, "a second container", &name_of(&host, &second)).await;
+    let got = receiver
+        .accepted_report("a second container", &name_of(&host, &second))
+        .await;
     assert_eq!(got.url(), digest2);
     for what in ["event", "container", "image"] {
         let counted = metric(
@@ -199,12 +193,12 @@ async fn missing_fields_and_vanished_objects() {
         }
     }));
     docker(&["start", &id]);
-    let got = accepted(
-        &receiver,
-        "a container whose inspect lacks fields",
-        &name_of(&host, &bare),
-    )
-    .await;
+    let got = receiver
+        .accepted_report(
+            "a container whose inspect lacks fields",
+            &name_of(&host, &bare),
+        )
+        .await;
     assert_eq!(
         got.url(),
         repo_digest(APP1, "localhost:5000/deploytrack-test/app")
@@ -219,12 +213,12 @@ async fn missing_fields_and_vanished_objects() {
         body: format!("{{\"message\":\"No such container: {id}\"}}"),
     });
     docker(&["start", &id]);
-    let got = accepted(
-        &receiver,
-        "a container gone before its inspection",
-        &name_of(&host, &vanished),
-    )
-    .await;
+    let got = receiver
+        .accepted_report(
+            "a container gone before its inspection",
+            &name_of(&host, &vanished),
+        )
+        .await;
     assert_eq!(
         got.url(),
         repo_digest(APP2, "localhost:5000/deploytrack-test/app")
@@ -253,10 +247,9 @@ async fn missing_fields_and_vanished_objects() {
     proxy.clear_rules();
     let after = scope.name("after");
     scope.run(&["--name", &after], APP1);
-    eventually("a container after the odd answers", || {
-        receiver.reported(&name_of(&host, &after)).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("a container after the odd answers", &name_of(&host, &after))
+        .await;
     let stderr = agent.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -292,10 +285,9 @@ async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
         .count();
     assert!(attempts >= 3, "not retried: {attempts} inspections");
     proxy.clear_rules();
-    eventually("the container, at the next resync", || {
-        receiver.reported(&name_of(&host, &busy)).then_some(())
-    })
-    .await;
+    receiver
+        .accepted_report("the container, at the next resync", &name_of(&host, &busy))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,7 +315,9 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
         ],
         APP1,
     );
-    let got = accepted(&receiver, "the oddly labelled container", odd_name).await;
+    let got = receiver
+        .accepted_report("the oddly labelled container", odd_name)
+        .await;
     assert_eq!(
         got.url(),
         repo_digest(APP1, "localhost:5000/deploytrack-test/app")

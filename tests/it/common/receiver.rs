@@ -197,6 +197,14 @@ impl Receiver {
             .any(|r| r.status < 300 && r.name() == name)
     }
 
+    /// The first accepted report for `name` (image.name), once it arrives.
+    pub async fn accepted_report(&self, what: &str, name: &str) -> Received {
+        super::eventually(what, || {
+            self.accepted().into_iter().find(|r| r.name() == name)
+        })
+        .await
+    }
+
     /// Accepted (2xx) reports only.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
