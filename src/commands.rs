@@ -8,6 +8,7 @@ use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError};
 use crate::deliver::{backoff, HttpSink, Outcome, Sink};
 use crate::deployment::{Deployment, DeploymentKey, Platform};
+use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
 use crate::outbox::{self, admin, DB_FILE};
 use crate::reference::ImageRef;
@@ -120,7 +121,7 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
             );
             match engine.api_version().await {
                 Ok(v) => {
-                    let ok = version_at_least(&v, (1, 24));
+                    let ok = v.using >= ApiVersion(1, 24);
                     line(
                         ok,
                         "engine API",
@@ -185,11 +186,6 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
         return Err(Fatal(format!("{failed} check(s) failed")));
     }
     Ok(())
-}
-
-fn version_at_least(version: &str, min: (u32, u32)) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= min
 }
 
 /// Writable, or creatable: a missing state dir is not created by a check (the agent does

@@ -449,7 +449,9 @@ impl EventReader {
                 return;
             }
             self.telemetry.heartbeat_reader();
-            let ping = tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await;
+            // Every (re)connection negotiates the API version anew: the engine may have been
+            // upgraded or replaced while the stream was down.
+            let ping = tokio::time::timeout(PING_TIMEOUT, self.engine.handshake()).await;
             match ping.unwrap_or_else(|_| {
                 Err(super::EngineError::Unreachable {
                     host: self.engine.host.clone(),

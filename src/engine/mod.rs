@@ -1,13 +1,17 @@
 //! The Docker Engine side: connecting, following events and resolving containers.
 
 pub mod events;
+pub mod evidence;
 pub mod lenient;
 pub mod resolve;
+pub mod transport;
 
 use std::io::ErrorKind;
 use std::time::Duration;
 
 use bollard::Docker;
+
+use transport::{ApiVersion, Transport};
 
 /// Requests other than the event stream must answer within this.
 const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -36,18 +40,10 @@ impl EngineError {
         use bollard::errors::Error as B;
         match err {
             B::SocketNotFoundError(path) => EngineError::NoSocket(path),
-            B::DockerResponseServerError { message, .. }
-                if message.contains("HTTP request to an HTTPS server") => EngineError::Setup {
-                host: host.to_string(),
-                reason: "the engine speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or use https://)".into(),
-            },
             B::DockerResponseServerError {
                 status_code,
                 message,
-            } => EngineError::Api {
-                status: status_code,
-                message: one_line(&message),
-            },
+            } => Self::from_status(host, status_code, &message),
             B::JsonDataError { message, .. } => EngineError::Decode(message),
             B::JsonSerdeError { err } => EngineError::Decode(err.to_string()),
             B::RequestTimeoutError => EngineError::Unreachable {
@@ -69,6 +65,20 @@ impl EngineError {
                     reason: other.to_string(),
                 }
             }
+        }
+    }
+
+    /// An answer other than 2xx.
+    fn from_status(host: &str, status: u16, message: &str) -> Self {
+        if message.contains("HTTP request to an HTTPS server") {
+            return EngineError::Setup {
+                host: host.to_string(),
+                reason: "the engine speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or use https://)".into(),
+            };
+        }
+        EngineError::Api {
+            status,
+            message: one_line(message),
         }
     }
 
@@ -96,6 +106,27 @@ impl EngineError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, EngineError::Permission(_) | EngineError::Setup { .. })
     }
+}
+
+/// The parts of a `/version` answer that decide the API version.
+fn negotiated_from(text: &str) -> Option<Negotiated> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    let engine_max = ApiVersion::parse(field("ApiVersion")?)?;
+    let engine_min = field("MinAPIVersion").and_then(ApiVersion::parse);
+    let product = v
+        .get("Components")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("Name"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("Engine");
+    Some(Negotiated {
+        using: transport::choose(engine_max, engine_min),
+        engine_max,
+        engine_min,
+        product: one_line(product),
+        engine_version: one_line(field("Version").unwrap_or("unknown")),
+    })
 }
 
 /// An engine's message as one short line: its answers are untrusted input.
@@ -135,32 +166,140 @@ pub fn validate_host(host: &str) -> Result<(), String> {
 }
 
 /// The two clients the agent uses: one for requests, one for the long-lived event stream.
-#[derive(Clone, Debug)]
+/// Both go through one transport, which carries the negotiated API version.
+#[derive(Clone)]
 pub struct Engine {
     pub host: String,
     pub api: Docker,
     pub stream: Docker,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("host", &self.host)
+            .field("api_version", &self.transport.version())
+            .finish()
+    }
+}
+
+/// What `/version` said, and the version the agent chose to speak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub using: ApiVersion,
+    pub engine_max: ApiVersion,
+    pub engine_min: Option<ApiVersion>,
+    /// `Podman Engine`, `Engine` (Docker), as `/version` names its first component.
+    pub product: String,
+    pub engine_version: String,
+}
+
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (engine {} {}: API ",
+            self.using, self.product, self.engine_version
+        )?;
+        match self.engine_min {
+            Some(min) => write!(f, "{min} to {})", self.engine_max),
+            None => write!(f, "up to {})", self.engine_max),
+        }
+    }
 }
 
 impl Engine {
     /// Build the clients. `tcp://` with `DOCKER_TLS_VERIFY`, and `https://`, use TLS with the
     /// certificates in `DOCKER_CERT_PATH` (else ~/.docker), as the Docker CLI does.
     pub fn new(host: &str) -> Result<Self, EngineError> {
-        let client = |timeout| -> Result<Docker, EngineError> {
-            let docker = Docker::connect_with_host(host).map_err(|e| match e {
-                bollard::errors::Error::SocketNotFoundError(path) => EngineError::NoSocket(path),
-                other => EngineError::Setup {
-                    host: host.to_string(),
-                    reason: other.to_string(),
-                },
-            })?;
-            Ok(docker.with_timeout(Duration::from_secs(timeout)))
+        let setup = |reason: String| EngineError::Setup {
+            host: host.to_string(),
+            reason,
         };
+        let tls = host.starts_with("https://")
+            || (std::env::var_os("DOCKER_TLS_VERIFY").is_some()
+                && (host.starts_with("tcp://") || host.starts_with("http://")));
+        let tls = if tls {
+            Some(transport::tls_from_env().map_err(setup)?)
+        } else {
+            None
+        };
+        let transport = Transport::new(host, tls).map_err(setup)?;
+        if let Some(socket) = transport.socket() {
+            if !socket.exists() {
+                return Err(EngineError::NoSocket(socket.display().to_string()));
+            }
+        }
         Ok(Engine {
             host: host.to_string(),
-            api: client(REQUEST_TIMEOUT_SECS)?,
-            stream: client(STREAM_TIMEOUT_SECS)?,
+            api: transport.client(REQUEST_TIMEOUT_SECS),
+            stream: transport.client(STREAM_TIMEOUT_SECS),
+            transport,
         })
+    }
+
+    /// The API version requests carry now (`None` before the first handshake).
+    pub fn api_in_use(&self) -> Option<ApiVersion> {
+        self.transport.version()
+    }
+
+    /// Ask the engine which API versions it speaks (`GET /version`, unversioned, which every
+    /// engine answers) and choose the newest that both the engine and the agent know. Done at
+    /// every (re)connection: an engine upgraded under a running agent may refuse the version
+    /// the old one spoke. A change is logged.
+    pub async fn negotiate(&self) -> Result<Negotiated, EngineError> {
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            self.transport.get("/version", false),
+        )
+        .await
+        .map_err(|_| EngineError::Unreachable {
+            host: self.host.clone(),
+            reason: "GET /version timed out".into(),
+        })?
+        .map_err(|e| EngineError::from_bollard(&self.host, e))?;
+        let text = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| text.to_string());
+            return Err(EngineError::from_status(&self.host, status, &message));
+        }
+        let negotiated = negotiated_from(&text).ok_or_else(|| {
+            EngineError::Decode(format!(
+                "GET /version names no usable ApiVersion: {}",
+                one_line(&text)
+            ))
+        })?;
+        let before = self.transport.version();
+        self.transport.set_version(negotiated.using);
+        if before != Some(negotiated.using) {
+            let note = if negotiated.using > transport::NEWEST_TESTED {
+                "; the engine refuses every version deploytrack is tested with, so answers may hold surprises"
+            } else if negotiated.using < transport::OLDEST_TESTED {
+                "; older than any engine deploytrack is tested with"
+            } else {
+                ""
+            };
+            match before {
+                None => {
+                    tracing::info!(engine = %self.host, "Engine API version {negotiated}{note}")
+                }
+                Some(old) => tracing::warn!(
+                    engine = %self.host,
+                    "the engine changed: Engine API version {negotiated}, was {old}{note}"
+                ),
+            }
+        }
+        Ok(negotiated)
+    }
+
+    /// Negotiate the API version, then ping with it.
+    pub async fn handshake(&self) -> Result<(), EngineError> {
+        self.negotiate().await?;
+        self.ping().await
     }
 
     pub async fn ping(&self) -> Result<(), EngineError> {
@@ -173,25 +312,44 @@ impl Engine {
 
     /// The engine's host name (right even when the agent itself runs in a container).
     pub async fn host_name(&self) -> Result<String, EngineError> {
+        Ok(self.host_facts().await?.0)
+    }
+
+    /// The engine's host name and its image store, from `/info`.
+    pub async fn host_facts(&self) -> Result<(String, evidence::ImageStore), EngineError> {
         let info = self
             .api
             .info()
             .await
             .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        Ok(info
+        let store = evidence::ImageStore::from_driver_status(
+            info.driver_status.as_deref().unwrap_or_default(),
+        );
+        let name = info
             .name
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "unknown-host".into()))
+            .unwrap_or_else(|| "unknown-host".into());
+        Ok((name, store))
     }
 
-    /// Engine API version, e.g. "1.41".
-    pub async fn api_version(&self) -> Result<String, EngineError> {
-        let v = self
-            .api
-            .version()
-            .await
-            .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        Ok(v.api_version.unwrap_or_else(|| "unknown".into()))
+    /// `GET path` with the negotiated version: the status and the whole answer. For the few
+    /// requests bollard has no call for (or no option of).
+    pub async fn get(&self, path: &str) -> Result<(u16, hyper::body::Bytes), EngineError> {
+        tokio::time::timeout(
+            Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            self.transport.get(path, true),
+        )
+        .await
+        .map_err(|_| EngineError::Unreachable {
+            host: self.host.clone(),
+            reason: format!("GET {path} timed out"),
+        })?
+        .map_err(|e| EngineError::from_bollard(&self.host, e))
+    }
+
+    /// The negotiated Engine API version and what the engine offers.
+    pub async fn api_version(&self) -> Result<Negotiated, EngineError> {
+        self.negotiate().await
     }
 
     /// Connect and ping, retrying for `patience` before giving up with the last error.
@@ -201,7 +359,7 @@ impl Engine {
         loop {
             let attempt = async {
                 let engine = Engine::new(host)?;
-                engine.ping().await?;
+                engine.handshake().await?;
                 Ok::<_, EngineError>(engine)
             };
             match attempt.await {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::proxy::{allowed, EngineProxy, Rule};
+use crate::common::proxy::{allowed, unversioned, EngineProxy, Rule};
 use crate::common::*;
 
 /// The agent on the proxy, with an admin listener for its metrics.
@@ -72,6 +72,23 @@ async fn the_agent_only_reads_allowlisted_engine_paths() {
     .await;
 
     let requests = proxy.requests();
+    // Every request but the version negotiation names the API version it speaks.
+    let unpinned: Vec<_> = requests
+        .iter()
+        .filter(|(_, p)| unversioned(p) == p.as_str() && p != "/version")
+        .collect();
+    assert!(
+        unpinned.is_empty(),
+        "requests without an API version: {unpinned:?}"
+    );
+    assert!(
+        requests.iter().any(|(_, p)| p == "/version"),
+        "no version negotiation among {requests:?}"
+    );
+    let requests: Vec<(String, String)> = requests
+        .iter()
+        .map(|(m, p)| (m.clone(), unversioned(p).to_string()))
+        .collect();
     let refused: Vec<_> = requests.iter().filter(|(m, p)| !allowed(m, p)).collect();
     assert!(
         refused.is_empty(),

@@ -216,16 +216,21 @@ async fn forward(req: Request<Incoming>) -> Result<Response<Incoming>, String> {
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
-/// The requests a read-only agent may make: GET or HEAD on these paths (with or without an
-/// API version prefix such as `/v1.41`). The README lists the same.
-pub fn allowed(method: &str, path: &str) -> bool {
-    let path = match path.strip_prefix("/v") {
+/// `path` without its API version prefix (`/v1.41/info` is `/info`).
+pub fn unversioned(path: &str) -> &str {
+    match path.strip_prefix("/v") {
         Some(rest) => match rest.find('/') {
             Some(i) if rest[..i].chars().all(|c| c.is_ascii_digit() || c == '.') => &rest[i..],
             _ => path,
         },
         None => path,
-    };
+    }
+}
+
+/// The requests a read-only agent may make: GET or HEAD on these paths (with or without an
+/// API version prefix such as `/v1.41`). The README lists the same.
+pub fn allowed(method: &str, path: &str) -> bool {
+    let path = unversioned(path);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let path_ok = matches!(
         segments.as_slice(),
@@ -235,7 +240,7 @@ pub fn allowed(method: &str, path: &str) -> bool {
             | ["events"]
             | ["containers", "json"]
             | ["containers", _, "json"]
-    ) || (segments.first() == Some(&"images")
+    ) || (matches!(segments.first(), Some(&"images" | &"distribution"))
         && segments.last() == Some(&"json")
         && segments.len() >= 3);
     matches!(method, "GET" | "HEAD") && path_ok
