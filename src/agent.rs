@@ -57,12 +57,15 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
     let engine = Engine::connect(&config.docker_host, ENGINE_PATIENCE)
         .await
         .map_err(|e| Fatal(e.to_string()))?;
-    let host = engine.host_name().await.map_err(|e| Fatal(e.to_string()))?;
+    let (host, store) = engine
+        .host_facts()
+        .await
+        .map_err(|e| Fatal(e.to_string()))?;
     if config.url.is_none() {
         tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent");
     }
     tracing::info!(
-        engine = %config.docker_host, host = %host, environment = %config.environment,
+        engine = %config.docker_host, host = %host, image_store = store.as_str(), environment = %config.environment,
         endpoint = %config.url.as_ref().map_or("stdout (dry run)".to_string(), |u| crate::config::redact_url(u.as_str())),
         state = %config.state_dir.as_ref().map_or("memory".to_string(), |d| d.display().to_string()),
         "deploytrack started"
@@ -81,6 +84,8 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             selection,
             config.report_stops,
         )
+        .with_report_unverified(config.report_unverified)
+        .with_store(store)
         .with_telemetry(telemetry.clone()),
     );
     let sink = Sink::for_config(config)?;

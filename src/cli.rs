@@ -136,6 +136,12 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_REPORT_STOPS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub report_stops: Option<bool>,
 
+    /// Also report images whose repository cannot be shown to hold the digest (on the
+    /// containerd image store, where every local name gets a repo digest): the repository the
+    /// container was started as is named without evidence.
+    #[arg(long, env = "DEPLOYTRACK_REPORT_UNVERIFIED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub report_unverified: Option<bool>,
+
     /// Reports in flight at once [default: 4].
     #[arg(long, env = "DEPLOYTRACK_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<String>,

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub require_label: Option<bool>,
     pub label_selector: Option<Vec<String>>,
     pub report_stops: Option<bool>,
+    pub report_unverified: Option<bool>,
     pub concurrency: Option<usize>,
     pub retry_initial: Option<String>,
     pub retry_max: Option<String>,
@@ -126,6 +127,7 @@ pub struct Config {
     pub require_label: bool,
     pub label_selector: LabelSelector,
     pub report_stops: bool,
+    pub report_unverified: bool,
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub queue_max_entries: u64,
@@ -372,6 +374,10 @@ impl Config {
             require_label: args.require_label.or(file.require_label).unwrap_or(false),
             label_selector,
             report_stops: args.report_stops.or(file.report_stops).unwrap_or(false),
+            report_unverified: args
+                .report_unverified
+                .or(file.report_unverified)
+                .unwrap_or(false),
             concurrency,
             retry,
             queue_max_entries,

@@ -158,8 +158,9 @@ impl Observer {
         &self,
     ) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
         let engine = self.resolver.engine();
-        if let Ok(host) = engine.host_name().await {
+        if let Ok((host, store)) = engine.host_facts().await {
             self.resolver.set_host(host);
+            self.resolver.set_store(store);
         }
         let mut filters = HashMap::from([("status".to_string(), vec!["running".to_string()])]);
         let labels = self.resolver.selection().selector.engine_filters();

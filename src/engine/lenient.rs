@@ -17,6 +17,39 @@ pub struct ContainerFacts {
     pub image_id: String,
     /// `Config.Labels`.
     pub labels: HashMap<String, String>,
+    /// `ImageManifestDescriptor` (API >= 1.48, containerd image store): the manifest the
+    /// container runs, with its platform when the engine knows it.
+    pub manifest: Option<ManifestFacts>,
+}
+
+/// The platform manifest a container runs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ManifestFacts {
+    pub digest: String,
+    /// `(os, architecture, variant)`.
+    pub platform: Option<(String, String, Option<String>)>,
+}
+
+impl ManifestFacts {
+    fn from_value(v: &Value) -> Option<Self> {
+        let digest = v.get("digest").and_then(Value::as_str)?.to_string();
+        Some(ManifestFacts {
+            digest,
+            platform: v.get("platform").and_then(platform_of),
+        })
+    }
+}
+
+/// `{"os": …, "architecture": …, "variant": …}` (an OCI platform); `None` without both of
+/// the first two.
+pub fn platform_of(v: &Value) -> Option<(String, String, Option<String>)> {
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Some((text("os")?, text("architecture")?, text("variant")))
 }
 
 impl ContainerFacts {
@@ -35,6 +68,10 @@ impl ContainerFacts {
                 .unwrap_or_else(|| reference.clone()),
             reference,
             labels: config.labels.unwrap_or_default(),
+            manifest: c
+                .image_manifest_descriptor
+                .and_then(|d| serde_json::to_value(d).ok())
+                .and_then(|d| ManifestFacts::from_value(&d)),
         }
     }
 
@@ -66,6 +103,9 @@ impl ContainerFacts {
                 .and_then(|c| c.get("Labels"))
                 .map(string_map)
                 .unwrap_or_default(),
+            manifest: c
+                .get("ImageManifestDescriptor")
+                .and_then(ManifestFacts::from_value),
         })
     }
 }
@@ -142,6 +182,30 @@ mod tests {
         assert_eq!(facts.image_id, "sha256:1234");
         assert_eq!(facts.labels.get("tier").map(String::as_str), Some("3"));
         assert_eq!(facts.labels.len(), 2);
+        assert_eq!(facts.manifest, None);
+    }
+
+    #[test]
+    fn the_manifest_a_container_runs() {
+        let text = r#"{"Name":"/web","Image":"sha256:1234","Config":{"Image":"app:1"},
+            "ImageManifestDescriptor":{"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "digest":"sha256:0ce1","size":482,
+            "platform":{"architecture":"arm","os":"linux","variant":"v7"}}}"#;
+        let from_text = ContainerFacts::from_text(text).unwrap();
+        let model: bollard::models::ContainerInspectResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(ContainerFacts::from_model(model), from_text);
+        let manifest = from_text.manifest.unwrap();
+        assert_eq!(manifest.digest, "sha256:0ce1");
+        assert_eq!(
+            manifest.platform,
+            Some(("linux".into(), "arm".into(), Some("v7".into())))
+        );
+        // The platform is optional in the descriptor.
+        let bare = ContainerFacts::from_text(
+            r#"{"ImageManifestDescriptor":{"digest":"sha256:0ce1","size":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(bare.manifest.unwrap().platform, None);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
 
-use super::lenient::{ContainerFacts, ImageFields};
+use super::evidence::{ImageStore, Registries};
+use super::lenient::{ContainerFacts, ImageFields, ManifestFacts};
+use super::transport::ApiVersion;
 use super::{Engine, EngineError};
 use crate::deployment::{
     ContainerState, ContainerStatus, Deployment, DeploymentKey, NameFacts, NameTemplate, Platform,
@@ -48,7 +50,13 @@ pub struct Resolver {
     images: Mutex<HashMap<String, ImageFacts>>,
     warned: Mutex<HashSet<String>>,
     telemetry: Option<Arc<Telemetry>>,
+    store: RwLock<ImageStore>,
+    registries: Registries,
+    report_unverified: bool,
 }
+
+/// `ImageManifestDescriptor` is in container inspect from this Engine API version on.
+const MANIFEST_DESCRIPTOR_SINCE: ApiVersion = ApiVersion(1, 48);
 
 impl Resolver {
     pub fn new(
@@ -69,7 +77,38 @@ impl Resolver {
             images: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
             telemetry: None,
+            store: RwLock::new(ImageStore::default()),
+            registries: Registries::default(),
+            report_unverified: false,
         }
+    }
+
+    /// Report images whose repository cannot be shown to hold the digest, as the repository
+    /// they were started as (`--report-unverified`).
+    pub fn with_report_unverified(mut self, report_unverified: bool) -> Self {
+        self.report_unverified = report_unverified;
+        self
+    }
+
+    pub fn with_store(self, store: ImageStore) -> Self {
+        if let Ok(mut s) = self.store.write() {
+            *s = store;
+        }
+        self
+    }
+
+    /// The engine's image store, which decides what its RepoDigests prove.
+    pub fn set_store(&self, store: ImageStore) {
+        if let Ok(mut s) = self.store.write() {
+            if *s != store {
+                tracing::info!(store = store.as_str(), "the engine's image store");
+            }
+            *s = store;
+        }
+    }
+
+    fn store(&self) -> ImageStore {
+        self.store.read().map(|s| *s).unwrap_or_default()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -100,8 +139,8 @@ impl Resolver {
             }
         }
         let inspected = self.inspect_container(id).await;
-        let (mut name, reference, image_id, labels) = match inspected {
-            Ok(c) => (c.name, c.reference, c.image_id, c.labels),
+        let (mut name, reference, image_id, labels, manifest) = match inspected {
+            Ok(c) => (c.name, c.reference, c.image_id, c.labels, c.manifest),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -112,7 +151,13 @@ impl Resolver {
                         container = id,
                         "container gone before inspection; resolving from its event"
                     );
-                    (name.clone(), image.clone(), image.clone(), labels.clone())
+                    (
+                        name.clone(),
+                        image.clone(),
+                        image.clone(),
+                        labels.clone(),
+                        None,
+                    )
                 }
                 _ => return Err(e),
             },
@@ -149,28 +194,11 @@ impl Resolver {
             }
             Err(e) => return Err(e),
         };
-        let image_url = match pick_repo_digest(&reference, &facts.repo_digests) {
-            Some(Picked::Matching(url)) => url,
-            Some(Picked::Only(url)) => url,
-            Some(Picked::Arbitrary(url)) => {
-                self.warn_once(&image_id, || {
-                    tracing::info!(
-                        image = %reference, chosen = %url, candidates = facts.repo_digests.len(),
-                        "no repo digest of the image matches the repository it was started as; reporting the first in sorted order"
-                    )
-                });
-                url
-            }
-            None => {
-                self.warn_once(&image_id, || {
-                    tracing::warn!(
-                        image = %reference, image_id = %image_id,
-                        "image has no repo digest (built or imported locally, never pushed or pulled): its containers cannot be reported by digest and are skipped"
-                    )
-                });
-                return Ok(Resolution::Skip(SkipReason::NoDigest));
-            }
+        let image_url = match self.image_url(&reference, &image_id, &facts).await {
+            Some(url) => url,
+            None => return Ok(Resolution::Skip(SkipReason::NoDigest)),
         };
+        let platform = self.platform(&image_id, manifest, &facts).await;
         let environment = labels
             .get(LABEL_ENVIRONMENT)
             .filter(|e| crate::deployment::validate_environment(e).is_ok())
@@ -194,13 +222,133 @@ impl Resolver {
                 name: deployment_name,
             },
             image_url,
-            platform: facts.platform,
+            platform,
             container: self.report_stops.then(|| ContainerStatus {
                 id: id.to_string(),
                 state: ContainerState::Running,
                 exit_code: None,
             }),
         }))
+    }
+
+    /// `image.url`: a repo digest of the image in a repository shown to hold it. `None` (and
+    /// one log line per image) when there is none to report.
+    async fn image_url(
+        &self,
+        reference: &str,
+        image_id: &str,
+        facts: &ImageFacts,
+    ) -> Option<String> {
+        if self.store() == ImageStore::Containerd && !self.report_unverified {
+            return self.verified_url(reference, image_id, facts).await;
+        }
+        match pick_repo_digest(reference, &facts.repo_digests) {
+            Some(Picked::Matching(url)) | Some(Picked::Only(url)) => Some(url),
+            Some(Picked::Arbitrary(url)) => {
+                self.warn_once(image_id, || {
+                    tracing::info!(
+                        image = %reference, chosen = %url, candidates = facts.repo_digests.len(),
+                        "no repo digest of the image matches the repository it was started as; reporting the first in sorted order"
+                    )
+                });
+                Some(url)
+            }
+            None => {
+                self.warn_once(image_id, || {
+                    tracing::warn!(
+                        image = %reference, image_id = %image_id,
+                        "image has no repo digest (built or imported locally, never pushed or pulled): its containers cannot be reported by digest and are skipped"
+                    )
+                });
+                None
+            }
+        }
+    }
+
+    /// On the containerd store: the first candidate whose registry confirms the digest, in
+    /// the order of `candidates`.
+    async fn verified_url(
+        &self,
+        reference: &str,
+        image_id: &str,
+        facts: &ImageFacts,
+    ) -> Option<String> {
+        let candidates = candidates(reference, &facts.repo_digests);
+        for candidate in &candidates {
+            if self.registries.holds(&self.engine, candidate).await {
+                return Some(candidate.clone());
+            }
+        }
+        self.warn_once(&format!("unverified {image_id}"), || {
+            tracing::warn!(
+                image = %reference, image_id = %image_id, candidates = %candidates.join(" "),
+                "no registry confirms that it holds this image (built, imported or retagged locally, or the registry refuses the lookup): its containers are skipped; --report-unverified reports them as the repository they were started as"
+            )
+        });
+        None
+    }
+
+    /// The platform the container runs: its manifest's, where the engine names it (API >=
+    /// 1.48, containerd store), else the manifest's config's (as moby reads it), else the
+    /// image's.
+    async fn platform(
+        &self,
+        image_id: &str,
+        manifest: Option<ManifestFacts>,
+        facts: &ImageFacts,
+    ) -> Platform {
+        let known = self
+            .engine
+            .api_in_use()
+            .is_some_and(|v| v >= MANIFEST_DESCRIPTOR_SINCE);
+        let Some(manifest) = manifest.filter(|_| known) else {
+            return facts.platform.clone();
+        };
+        let platform = match manifest.platform {
+            Some(p) => Some(p),
+            None => {
+                self.manifest_config_platform(image_id, &manifest.digest)
+                    .await
+            }
+        };
+        match platform {
+            Some((os, architecture, variant)) => {
+                Platform::new(&os, &architecture, variant.as_deref())
+            }
+            None => facts.platform.clone(),
+        }
+    }
+
+    /// `GET /images/{id}/json?manifests=1`: the platform in the config of manifest `digest`.
+    async fn manifest_config_platform(
+        &self,
+        image_id: &str,
+        digest: &str,
+    ) -> Option<(String, String, Option<String>)> {
+        let (status, body) = self
+            .engine
+            .get(&format!("/images/{image_id}/json?manifests=1"))
+            .await
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let manifest = answer
+            .get("Manifests")?
+            .as_array()?
+            .iter()
+            .find(|m| m.get("ID").and_then(serde_json::Value::as_str) == Some(digest))?;
+        let from_config = manifest
+            .get("ImageData")
+            .and_then(|d| d.get("Platform"))
+            .and_then(super::lenient::platform_of);
+        from_config.or_else(|| {
+            manifest
+                .get("Descriptor")
+                .and_then(|d| d.get("platform"))
+                .and_then(super::lenient::platform_of)
+        })
     }
 
     /// Count the answers bollard's model rejects in `telemetry`.
@@ -381,9 +529,58 @@ pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Option<Pick
     }
 }
 
+/// The pinned references an image could be reported as, best first: the reference's own
+/// digest, then the repository it was started as, then the others in sorted order.
+pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
+    let wanted = ImageRef::parse(reference).ok();
+    let mut all: Vec<String> = repo_digests
+        .iter()
+        .filter_map(|d| ImageRef::parse(d).ok())
+        .filter_map(|r| r.pinned())
+        .collect();
+    all.sort();
+    all.dedup();
+    let mut out = Vec::with_capacity(all.len() + 1);
+    if let Some(pinned) = wanted.as_ref().and_then(ImageRef::pinned) {
+        out.push(pinned);
+    }
+    if let Some(wanted) = &wanted {
+        let prefix = format!("{}@", wanted.repository);
+        out.extend(all.iter().filter(|c| c.starts_with(&prefix)).cloned());
+    }
+    for c in all {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_best_first() {
+        let digests = vec![
+            format!("z.example/app@{A}"),
+            format!("docker.io/library/app@{A}"),
+            format!("a.example/app@{A}"),
+        ];
+        assert_eq!(
+            candidates("app:prod", &digests),
+            vec![
+                format!("docker.io/library/app@{A}"),
+                format!("a.example/app@{A}"),
+                format!("z.example/app@{A}"),
+            ]
+        );
+        assert_eq!(
+            candidates(&format!("z.example/app@{B}"), &digests)[0],
+            format!("z.example/app@{B}")
+        );
+        assert!(candidates("local/app:1", &[]).is_empty());
+    }
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
