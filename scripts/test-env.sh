@@ -13,6 +13,32 @@
 #                                                 amd64, so it runs here: the platform case)
 #   - installs Podman and serves its Docker-compatible API on $PODMAN_SOCK, with app:1
 #     pulled into it (the agent is tested against both engines)
+#   - a second Docker engine, 28.5 with the containerd image store ("docker28"):
+#       binaries   Debian sid's docker.io, containerd, docker-compose, docker-buildx and
+#                  tini-static, unpacked (not installed) into /opt/deploytrack-docker28;
+#                  versions in /opt/deploytrack-docker28/VERSIONS. dockerd is
+#                  /opt/deploytrack-docker28/usr/sbin/dockerd; put the directory
+#                  /opt/deploytrack-docker28/path first on its PATH (sid's containerd,
+#                  containerd-shim-runc-v2, docker-init, docker-proxy and bookworm's runc).
+#                  Remove /opt/deploytrack-docker28 to fetch sid's newest again.
+#       plugins    `docker compose` (v2) and `docker buildx` for every user, linked in
+#                  /usr/local/lib/docker/cli-plugins
+#       engine     socket unix:///var/run/deploytrack-docker28.sock, config
+#                  /etc/deploytrack-docker28/daemon.json (containerd-snapshotter), data
+#                  root /var/lib/deploytrack-docker28, exec root /var/run/deploytrack-d28/x,
+#                  pidfile /var/run/deploytrack-d28/docker.pid, log
+#                  /tmp/deploytrack-docker28.log
+#       network    its own network namespace deploytrack-d28 (/var/run/netns/deploytrack-d28;
+#                  enter it with nsenter --net=..., not `ip netns exec`), where a second
+#                  docker-registry serves the same config and storage on 127.0.0.1:5000
+#                  (log /tmp/deploytrack-registry-d28.log), so localhost:5000 is the same
+#                  registry for both engines
+#       images     app:1, mirror:1 and app:2 pulled from the registry (same digests);
+#                  deploytrack-test/local:1 imported, never pushed (it has RepoDigests all
+#                  the same on this store); localhost:5000/deploytrack-test/multi:1, an OCI
+#                  index for linux/amd64, linux/arm64 and linux/arm/v7 built with buildx and
+#                  pushed (every variant carries the host's busybox, so each one runs here:
+#                  `docker run --platform linux/arm/v7 ...`)
 #
 # Idempotent, and a fast no-op when everything is up. Safe to run concurrently
 # (serialised by flock). Progress goes to stderr; stdout stays empty.
@@ -40,6 +66,25 @@ readonly LOCAL1=deploytrack-test/local:1
 readonly ARM1=$REG/arm:1
 readonly PODMAN_SOCK=/run/deploytrack-podman.sock
 readonly PODMAN_LOG=/tmp/deploytrack-podman.log
+
+# The second engine (see the header).
+readonly D28=/opt/deploytrack-docker28
+readonly D28_PATH=$D28/path
+readonly D28_VERSIONS=$D28/VERSIONS
+readonly D28_PACKAGES=(docker.io containerd docker-compose docker-buildx tini-static)
+readonly D28_CONF=/etc/deploytrack-docker28/daemon.json
+readonly D28_DATA=/var/lib/deploytrack-docker28
+readonly D28_RUN=/var/run/deploytrack-d28
+readonly D28_PIDFILE=$D28_RUN/docker.pid
+readonly D28_HOST=unix:///var/run/deploytrack-docker28.sock
+readonly D28_LOG=/tmp/deploytrack-docker28.log
+readonly D28_NETNS=deploytrack-d28
+readonly D28_NETNS_PATH=/var/run/netns/$D28_NETNS
+readonly D28_REGISTRY_LOG=/tmp/deploytrack-registry-d28.log
+readonly D28_REGISTRY_PID=/tmp/deploytrack-registry-d28.pid
+readonly CLI_PLUGINS=/usr/local/lib/docker/cli-plugins
+readonly MULTI1=$REG/multi:1
+readonly MULTI_PLATFORMS=(linux/amd64 linux/arm64 linux/arm/v7)
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() { printf 'test-env: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -132,19 +177,19 @@ fi
 
 # ---------------------------------------------------------------- registry
 # Minimal HTTP/1.0 client over bash's /dev/tcp (curl is not guaranteed in CI).
-# Prints the response head (status line and headers).
+# Prints the response head (status line and headers). Arguments: ADDR METHOD PATH.
+# shellcheck disable=SC2016 # the script expands its own arguments
+readonly HTTP_HEAD_SCRIPT='
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+    printf "%s %s HTTP/1.0\r\nHost: localhost:5000\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\nConnection: close\r\n\r\n" "$2" "$3" >&3
+    while IFS= read -r line <&3; do
+        line=${line%$'\''\r'\''}
+        [ -z "$line" ] && break
+        printf "%s\n" "$line"
+    done
+'
 http_head() {
-    local method=$1 path=$2
-    # shellcheck disable=SC2016 # the inner script expands its own arguments
-    timeout 5 bash -c '
-        exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
-        printf "%s %s HTTP/1.0\r\nHost: localhost:5000\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\nConnection: close\r\n\r\n" "$2" "$3" >&3
-        while IFS= read -r line <&3; do
-            line=${line%$'\''\r'\''}
-            [ -z "$line" ] && break
-            printf "%s\n" "$line"
-        done
-    ' _ "$REGISTRY_ADDR" "$method" "$path" 2>/dev/null
+    timeout 5 bash -c "$HTTP_HEAD_SCRIPT" _ "$REGISTRY_ADDR" "$1" "$2" 2>/dev/null
 }
 
 registry_up() {
@@ -159,6 +204,14 @@ registry_digest() {
     head=$(http_head HEAD "/v2/$name/manifests/$tag") || return 0
     [[ $(head -n 1 <<<"$head") == "HTTP/1."?" 200"* ]] || return 0
     sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p' <<<"$head"
+}
+
+# Media type of the manifest the registry serves for repo:tag (empty when none).
+registry_media_type() {
+    local name=$1 tag=$2 head
+    head=$(http_head HEAD "/v2/$name/manifests/$tag") || return 0
+    [[ $(head -n 1 <<<"$head") == "HTTP/1."?" 200"* ]] || return 0
+    sed -n 's/^[Cc]ontent-[Tt]ype: *//p' <<<"$head"
 }
 
 if ! registry_up; then
@@ -373,10 +426,297 @@ if [[ " $have " != *"@$want "* ]]; then
     quiet "${SUDO[@]}" podman pull -q --tls-verify=false "$APP1"
 fi
 
+# ---------------------------------------------------------------- docker28: binaries
+# Debian sid's Docker 28.5 does not install on bookworm, but its binaries run here when
+# unpacked (sid's runc needs glibc 2.38, so bookworm's runc stands in).
+
+# d28_runs PACKAGE FILE ARGS...: run FILE ARGS (a binary of PACKAGE, e.g. "sid's
+# containerd") and print its output; when it is missing or does not run, print why in
+# one line and fail.
+d28_runs() {
+    local pkg=$1 file=$2 out
+    shift 2
+    if [ ! -e "$file" ]; then
+        printf "%s no longer has %s\n" "$pkg" "$file"
+        return 1
+    fi
+    if ! out=$(timeout 30 "$file" "$@" 2>&1); then
+        printf "%s does not run here: \`%s %s\` says: %s\n" \
+            "$pkg" "${file##*/}" "$*" "$(grep -m 1 . <<<"$out" || echo "(no output)")"
+        return 1
+    fi
+    printf '%s\n' "$out"
+}
+
+# d28_check ROOT: the unpacked tree in ROOT runs here and its dockerd is 28 or 29.
+# On failure prints one line saying what is wrong.
+d28_check() {
+    local root=$1 out major check
+    local -a args
+    out=$(d28_runs "sid's docker.io" "$root/usr/sbin/dockerd" --version) || { printf '%s\n' "$out"; return 1; }
+    major=$(sed -n 's/^Docker version \([0-9]*\)\..*/\1/p' <<<"$out")
+    if [ "$major" != 28 ] && [ "$major" != 29 ]; then
+        printf "sid's docker.io now has %s, not major version 28 or 29 as this script expects\n" \
+            "$(grep -m 1 . <<<"$out")"
+        return 1
+    fi
+    for check in "sid containerd path/containerd --version" \
+        "sid containerd path/containerd-shim-runc-v2 -v" \
+        "sid docker.io path/docker-proxy --version" \
+        "sid tini-static path/docker-init --version" \
+        "bookworm runc path/runc --version" \
+        "sid docker-compose usr/libexec/docker/cli-plugins/docker-compose version" \
+        "sid docker-buildx usr/libexec/docker/cli-plugins/docker-buildx version"; do
+        read -r -a args <<<"$check"
+        out=$(d28_runs "${args[0]}'s ${args[1]}" "$root/${args[2]}" "${args[@]:3}") \
+            || { printf '%s\n' "$out"; return 1; }
+    done
+}
+
+# d28_install: download sid's newest packages, unpack them into $D28.new, check them,
+# then put the tree in place of $D28 (a running dockerd keeps its old files).
+d28_install() {
+    local apt mirror pkg version why line
+    local -a o versions=()
+    can_root || die "installing Docker 28 from Debian sid into $D28 needs root or sudo."
+    apt=$(mktemp -d /var/tmp/deploytrack-apt-sid.XXXXXX)
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+    : >"$apt/status"
+    mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null) || true
+    [ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) .*/\2/p' /etc/apt/sources.list 2>/dev/null) || true
+    mirror=${mirror%%$'\n'*}
+    mirror=${mirror%% *}
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    echo "deb $mirror sid main" >"$apt/sources.list"
+    # A private sources list, lists, cache and an empty dpkg status: only sid's
+    # packages are candidates, and the system's apt state is left alone.
+    o=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=-
+       -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+       -o "Dir::State::status=$apt/status" -o APT::Sandbox::User=root)
+    log "downloading ${D28_PACKAGES[*]} from Debian sid ($mirror)"
+    if ! as_root apt-get "${o[@]}" update >"$apt/log" 2>&1; then
+        tail -n 20 "$apt/log" >&2
+        die "apt-get update of Debian sid ($mirror) failed (log: $apt/log)"
+    fi
+    for pkg in "${D28_PACKAGES[@]}"; do
+        version=$(apt-cache "${o[@]}" show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p') \
+            || version=""
+        version=${version%%$'\n'*}
+        if [ -z "$version" ]; then
+            as_root rm -rf "$apt"
+            die "package $pkg is gone from Debian sid ($mirror): update the Docker 28 section of $0"
+        fi
+        versions+=("$pkg=$version")
+    done
+    if ! (cd "$apt/cache/archives" && as_root apt-get "${o[@]}" download "${versions[@]}") >>"$apt/log" 2>&1; then
+        tail -n 20 "$apt/log" >&2
+        die "apt-get download ${versions[*]} from Debian sid failed (log: $apt/log)"
+    fi
+    as_root rm -rf "$D28.new"
+    as_root mkdir -p "$D28.new/path"
+    for pkg in "$apt"/cache/archives/*.deb; do
+        quiet as_root dpkg-deb -x "$pkg" "$D28.new"
+    done
+    as_root ln -s ../usr/bin/containerd ../usr/bin/containerd-shim-runc-v2 ../usr/bin/docker-init \
+        ../usr/sbin/docker-proxy /usr/sbin/runc "$D28.new/path/"
+    if ! why=$(d28_check "$D28.new"); then
+        as_root rm -rf "$D28.new" "$apt"
+        die "$why (nothing changed in $D28)"
+    fi
+    {
+        for line in "${versions[@]}"; do printf '%s %s\n' "${line%%=*}" "${line#*=}"; done
+        printf "runc %s (bookworm's /usr/sbin/runc)\n" "$(dpkg-query -W -f '${Version}' runc 2>/dev/null || echo '?')"
+    } | as_root tee "$D28.new/VERSIONS" >/dev/null
+    as_root rm -rf "$D28.old"
+    [ ! -e "$D28" ] || as_root mv "$D28" "$D28.old"
+    as_root mv "$D28.new" "$D28"
+    as_root rm -rf "$D28.old" "$apt"
+    log "Docker 28 from Debian sid in $D28: $(paste -sd, "$D28_VERSIONS" | sed 's/,/, /g')"
+}
+
+if [ ! -f "$D28_VERSIONS" ]; then
+    d28_install
+elif ! why=$(d28_check "$D28"); then
+    log "$D28 fails its check ($why): downloading again"
+    d28_install
+fi
+
+# `docker compose` (v2) and `docker buildx` for every user's docker client.
+for plugin in docker-compose docker-buildx; do
+    target=$D28/usr/libexec/docker/cli-plugins/$plugin
+    if [ "$(readlink "$CLI_PLUGINS/$plugin" 2>/dev/null)" != "$target" ]; then
+        log "linking $CLI_PLUGINS/$plugin -> $target"
+        as_root mkdir -p "$CLI_PLUGINS"
+        as_root ln -sfn "$target" "$CLI_PLUGINS/$plugin"
+    fi
+done
+for sub in compose buildx; do
+    out=$(docker "$sub" version 2>&1) \
+        || die "\`docker $sub version\` fails: $(grep -m 1 . <<<"$out" || echo "(no output)")"
+done
+
+# ---------------------------------------------------------------- docker28: namespace
+# The engine gets its own network namespace, so that its bridges, firewall rules and a
+# swarm never meet the classic engine's. nsenter, not `ip netns exec`: the engine needs
+# the host's /sys and cgroup mounts, which `ip netns exec` replaces.
+in_netns() { as_root nsenter --net="$D28_NETNS_PATH" "$@"; }
+if ! in_netns true 2>/dev/null; then
+    log "creating network namespace $D28_NETNS"
+    [ ! -e "$D28_NETNS_PATH" ] || as_root ip netns delete "$D28_NETNS" 2>/dev/null \
+        || as_root rm -f "$D28_NETNS_PATH"
+    quiet as_root ip netns add "$D28_NETNS"
+fi
+quiet in_netns ip link set lo up
+
+# A second registry process in the namespace, on the same config and storage: the engine
+# there pulls and pushes the localhost:5000 that the host's registry serves.
+ns_registry_up() {
+    local head
+    head=$(in_netns timeout 5 bash -c "$HTTP_HEAD_SCRIPT" _ "$REGISTRY_ADDR" GET /v2/ 2>/dev/null) || return 1
+    [[ $head == "HTTP/1."?" 200"* ]]
+}
+if ! ns_registry_up; then
+    [ -f "$REGISTRY_CONF" ] || die "$REGISTRY_CONF is missing (the host's registry runs without it?): stop that registry and run $0 again"
+    log "starting docker-registry on $REGISTRY_ADDR in namespace $D28_NETNS (log: $D28_REGISTRY_LOG)"
+    "${SUDO[@]}" setsid nsenter --net="$D28_NETNS_PATH" docker-registry serve "$REGISTRY_CONF" \
+        >"$D28_REGISTRY_LOG" 2>&1 </dev/null 9>&- &
+    echo $! >"$D28_REGISTRY_PID"
+    for _ in $(seq 1 60); do
+        ns_registry_up && break
+        sleep 0.5
+    done
+    if ! ns_registry_up; then
+        tail -n 40 "$D28_REGISTRY_LOG" >&2 || true
+        die "docker-registry in namespace $D28_NETNS did not answer on http://$REGISTRY_ADDR/v2/ within 30 s (log: $D28_REGISTRY_LOG)"
+    fi
+fi
+
+# ---------------------------------------------------------------- docker28: dockerd
+DOCKER_CLASSIC=("${DOCKER[@]}")
+DOCKER28=(docker -H "$D28_HOST")
+if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -gt 0 ] && [ ! -w "${D28_HOST#unix://}" ]; then
+    DOCKER28=("${SUDO[@]}" docker -H "$D28_HOST")
+fi
+d28_up() { timeout 10 "${DOCKER28[@]}" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+d28_pid() { cat "$D28_PIDFILE" 2>/dev/null; }
+# a dockerd of ours, alive (maybe still starting)
+d28_alive() {
+    local pid
+    pid=$(d28_pid) && [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]
+}
+d28_wait() {
+    for _ in $(seq 1 120); do
+        d28_up && return 0
+        d28_alive || break
+        sleep 0.5
+    done
+    d28_up
+}
+
+if ! d28_up; then
+    if ! d28_alive || ! d28_wait; then
+        d28_alive && die "dockerd 28 (pid $(d28_pid)) is running but does not answer on $D28_HOST: stop it and run $0 again (log: $D28_LOG)"
+        # dockerd uses a containerd on this socket instead of starting sid's own.
+        [ ! -S /run/containerd/containerd.sock ] \
+            || die "a system containerd listens on /run/containerd/containerd.sock: dockerd 28 would use it instead of sid's containerd; stop it first"
+        want='{"features": {"containerd-snapshotter": true}}'
+        if [ "$(cat "$D28_CONF" 2>/dev/null)" != "$want" ]; then
+            as_root mkdir -p "${D28_CONF%/*}"
+            printf '%s\n' "$want" | as_root tee "$D28_CONF" >/dev/null
+        fi
+        as_root mkdir -p "$D28_DATA" "$D28_RUN"
+        as_root rm -f "$D28_PIDFILE"
+        log "starting dockerd 28 on $D28_HOST in namespace $D28_NETNS (log: $D28_LOG)"
+        "${SUDO[@]}" env "PATH=$D28_PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+            setsid nsenter --net="$D28_NETNS_PATH" "$D28/usr/sbin/dockerd" \
+            --config-file "$D28_CONF" --data-root "$D28_DATA" --exec-root "$D28_RUN/x" \
+            --pidfile "$D28_PIDFILE" -H "$D28_HOST" >"$D28_LOG" 2>&1 </dev/null 9>&- &
+        d28_start=$!
+        for _ in $(seq 1 120); do
+            d28_up && break
+            kill -0 "$d28_start" 2>/dev/null || break
+            sleep 0.5
+        done
+        if ! d28_up; then
+            tail -n 40 "$D28_LOG" >&2 || true
+            die "dockerd 28 did not answer \`docker -H $D28_HOST version\` within 60 s (log: $D28_LOG)"
+        fi
+    fi
+fi
+# The engine must be the one in the namespace (not one left from a namespace since deleted).
+pid=$(d28_pid) || die "dockerd 28 answers on $D28_HOST but $D28_PIDFILE is missing: stop that dockerd and run $0 again"
+if [ "$(as_root readlink "/proc/$pid/ns/net")" != "net:[$(as_root stat -L -c %i "$D28_NETNS_PATH")]" ]; then
+    die "dockerd 28 (pid $pid) on $D28_HOST is not in network namespace $D28_NETNS: stop it and run $0 again"
+fi
+status=$("${DOCKER28[@]}" info --format '{{json .DriverStatus}}' 2>&1) || status="(docker info failed: $status)"
+[[ $status == *io.containerd.snapshotter.v1* ]] \
+    || die "dockerd 28 on $D28_HOST does not use the containerd image store (DriverStatus: $status): check $D28_CONF"
+
+# ---------------------------------------------------------------- docker28: images
+# The image helpers above (dk, image_ok, import_image, platform_of...) now talk to
+# the 28 engine.
+DOCKER=("${DOCKER28[@]}")
+
+# The same app:1, mirror:1 and app:2 (same digests) as the classic engine's.
+for ref in "$APP1" "$MIRROR1" "$APP2"; do
+    if ! image_ok "$ref" "$ref"; then
+        log "docker28: pulling $ref"
+        quiet dk pull -q "$ref"
+        image_ok "$ref" "$ref" || die "docker28: $ref lacks the registry's RepoDigest after a pull: $(repo_digests "$ref")"
+    fi
+done
+
+# local:1, never pushed (on this store it has RepoDigests all the same).
+if ! dk image inspect "$LOCAL1" >/dev/null 2>&1; then
+    log "docker28: importing $LOCAL1"
+    import_image "$LOCAL1" "$LOCAL1"
+fi
+
+# multi:1, a real OCI index built for three platforms from a busybox rootfs (FROM
+# scratch + COPY: no emulation, no internet). The default `docker` builder of the 28
+# engine can push a multi-platform image because of the containerd store. Plain --push
+# would make a Docker manifest list: oci-mediatypes=true makes it an OCI index. No
+# provenance or SBOM: the index holds exactly the three platform manifests.
+multi_ok() {
+    local repo=${MULTI1%:*}
+    image_ok "$MULTI1" "$MULTI1" \
+        && [ "$(registry_media_type "${repo#localhost:5000/}" "${MULTI1##*:}")" = application/vnd.oci.image.index.v1+json ]
+}
+if ! multi_ok; then
+    log "docker28: building $MULTI1 for ${MULTI_PLATFORMS[*]}"
+    ensure_work
+    ctx=$(mktemp -d "$WORK/multi.XXXXXX")
+    mkdir -p "$ctx/root/bin" "$ctx/root/etc" "$ctx/root/tmp"
+    cp /bin/busybox "$ctx/root/bin/busybox"
+    for link in sleep sh true; do ln -s busybox "$ctx/root/bin/$link"; done
+    printf '%s\n' "$MULTI1" >"$ctx/root/etc/deploytrack-test-version"
+    printf '%s\n' 'FROM scratch' 'COPY root/ /' 'CMD ["/bin/sleep","3600"]' >"$ctx/Dockerfile"
+    platforms=$(IFS=,; echo "${MULTI_PLATFORMS[*]}")
+    quiet dk buildx build --builder default --platform "$platforms" --provenance=false --sbom=false \
+        -t "$MULTI1" --output type=image,push=true,oci-mediatypes=true "$ctx"
+    multi_ok || die "docker28: $MULTI1 is not an OCI index in the registry matching the local image after the buildx push (RepoDigests: $(repo_digests "$MULTI1"))"
+    index=$(dk buildx imagetools inspect "$MULTI1" 2>&1) \
+        || die "docker28: buildx imagetools inspect $MULTI1 failed: $(grep -m 1 . <<<"$index")"
+    for platform in "${MULTI_PLATFORMS[@]}"; do
+        grep -q "^ *Platform: *$platform\$" <<<"$index" \
+            || die "docker28: the index of $MULTI1 has no $platform manifest: $(paste -sd ' ' <<<"$index")"
+    done
+    quiet dk run --rm --network none --platform linux/arm/v7 "$MULTI1" /bin/true
+fi
+
 # ---------------------------------------------------------------- summary
+# summary LABEL REF...: one line per image (platform and RepoDigests) on the engine $DOCKER.
+summary() {
+    local label=$1 ref
+    shift
+    for ref in "$@"; do
+        printf 'test-env: %s%s %s RepoDigests=%s\n' "$label" "$ref" "$(platform_of "$ref")" \
+            "$(dk image inspect --format '{{json .RepoDigests}}' "$ref")" >&2
+    done
+}
 images=("$APP1" "$MIRROR1" "$APP2" "$LOCAL1")
 [ "$ARM_OK" -eq 0 ] || images+=("$ARM1")
-for ref in "${images[@]}"; do
-    printf 'test-env: %s %s RepoDigests=%s\n' "$ref" "$(platform_of "$ref")" \
-        "$(dk image inspect --format '{{json .RepoDigests}}' "$ref")" >&2
-done
+DOCKER=("${DOCKER_CLASSIC[@]}")
+summary "" "${images[@]}"
+DOCKER=("${DOCKER28[@]}")
+summary "docker28: " "$APP1" "$MIRROR1" "$APP2" "$LOCAL1" "$MULTI1"

@@ -197,11 +197,11 @@ pub struct Negotiated {
 
 impl std::fmt::Display for Negotiated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (engine {} {}: API ",
-            self.using, self.product, self.engine_version
-        )?;
+        let product = match self.product.as_str() {
+            "Engine" => "Docker Engine",
+            other => other,
+        };
+        write!(f, "{} ({product} {}: API ", self.using, self.engine_version)?;
         match self.engine_min {
             Some(min) => write!(f, "{min} to {})", self.engine_max),
             None => write!(f, "up to {})", self.engine_max),

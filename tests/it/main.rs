@@ -7,6 +7,7 @@ mod agent;
 mod config;
 mod durability;
 mod endpoint;
+mod engines;
 mod hostile;
 mod podman;
 mod service;

@@ -21,6 +21,45 @@ pub const ARM1: &str = "localhost:5000/deploytrack-test/arm:1";
 pub const RUN_LABEL: &str = "deploytrack.test.run";
 pub const TOKEN: &str = "tok-Sup3rSecret-7f3a9c";
 
+/// The engine the engine-facing tests run against, chosen by `DEPLOYTRACK_TEST_ENGINE`:
+/// `classic` (the default: Debian's dockerd 20.10, classic image store) or `containerd`
+/// (Docker 28.5 with the containerd image store, in its own network namespace). Both are
+/// started by scripts/test-env.sh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestEngine {
+    Classic,
+    Containerd,
+}
+
+impl TestEngine {
+    pub fn socket(self) -> &'static str {
+        match self {
+            TestEngine::Classic => "/var/run/docker.sock",
+            TestEngine::Containerd => "/var/run/deploytrack-docker28.sock",
+        }
+    }
+
+    pub fn host(self) -> String {
+        format!("unix://{}", self.socket())
+    }
+}
+
+/// The line the agent logs, once per image, for a locally made image no report may name.
+pub fn unreportable_line() -> &'static str {
+    match test_engine() {
+        TestEngine::Classic => "image has no repo digest",
+        TestEngine::Containerd => "no registry confirms that it holds this image",
+    }
+}
+
+pub fn test_engine() -> TestEngine {
+    match std::env::var("DEPLOYTRACK_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("" | "classic") => TestEngine::Classic,
+        Ok("containerd") => TestEngine::Containerd,
+        Ok(other) => panic!("DEPLOYTRACK_TEST_ENGINE={other:?}: expected classic or containerd"),
+    }
+}
+
 /// Run scripts/test-env.sh once per test binary. Without an engine the tests fail: they
 /// never skip (under CI=true or otherwise).
 pub fn ensure_engine() {
@@ -31,6 +70,9 @@ pub fn ensure_engine() {
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if out.status.success() {
+            // Every `docker` command of the tests, and every agent (see `agent_command`),
+            // talks to the engine under test.
+            std::env::set_var("DOCKER_HOST", test_engine().host());
             Ok(())
         } else {
             Err(format!(
@@ -301,6 +343,9 @@ pub fn agent_command(args: &[&str]) -> Command {
         {
             cmd.env_remove(k);
         }
+    }
+    if test_engine() != TestEngine::Classic {
+        cmd.env("DOCKER_HOST", test_engine().host());
     }
     cmd
 }

@@ -12,8 +12,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-const ENGINE_SOCKET: &str = "/var/run/docker.sock";
-
 type Edit = Arc<dyn Fn(&mut serde_json::Value) + Send + Sync>;
 
 /// What the proxy does to requests whose path contains `path`.
@@ -206,7 +204,7 @@ async fn handle(
 }
 
 async fn forward(req: Request<Incoming>) -> Result<Response<Incoming>, String> {
-    let stream = UnixStream::connect(ENGINE_SOCKET)
+    let stream = UnixStream::connect(super::test_engine().socket())
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
