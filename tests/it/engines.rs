@@ -275,3 +275,65 @@ async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
     }
     assert!(!agent.stderr().contains("ERROR"), "{}", agent.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_version_is_negotiated_again_when_the_engine_is_upgraded() {
+    let scope = Scope::new("upgrade");
+    let receiver = Receiver::start().await;
+    // Docker 20.10 knows no API version above 1.41.
+    let mut engine = PrivateEngine::start_as(Dockerd::Debian).await;
+    let agent = scope.agent(&receiver.url(), &["--docker-host", &engine.host]);
+    agent.ready().await;
+    assert!(
+        agent
+            .stderr()
+            .contains("Engine API version 1.41 (Docker Engine 20.10"),
+        "{}",
+        agent.stderr()
+    );
+    let host = engine.host_name();
+    let before = scope.name("before");
+    engine.run(&scope.selector(), &before);
+    receiver
+        .accepted_report("a container on Docker 20.10", &format!("{host}/{before}"))
+        .await;
+
+    // Upgraded under the running agent to Docker 28.5, which refuses anything below 1.44.
+    engine.stop().await;
+    engine.dockerd = Dockerd::Docker28 {
+        containerd: false,
+        min_api: Some("1.44"),
+    };
+    engine.boot().await;
+    let refused = Command::new("docker")
+        .args(["-H", &engine.host, "version"])
+        .env("DOCKER_API_VERSION", "1.41")
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the upgraded engine must refuse 1.41 for this test to mean anything"
+    );
+    eventually("the agent to negotiate with the new engine", || {
+        agent
+            .stderr()
+            .contains("the engine changed: Engine API version 1.51 (Docker Engine 28.5")
+            .then_some(())
+    })
+    .await;
+    assert!(agent.stderr().contains("API 1.44 to 1.51), was 1.41"));
+    let after = scope.name("after");
+    engine.run(&scope.selector(), &after);
+    receiver
+        .accepted_report("a container on Docker 28.5", &format!("{host}/{after}"))
+        .await;
+    let check = agent_command(&["check", "--docker-host", &engine.host])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        stdout.contains("OK   engine API: version 1.51 (Docker Engine 28.5"),
+        "{stdout}"
+    );
+    assert!(!agent.stderr().contains("ERROR"), "{}", agent.stderr());
+}

@@ -474,7 +474,36 @@ pub async fn metric(listen: std::net::SocketAddr, name: &str) -> Option<f64> {
 /// A second dockerd of the test's own, so restarting it disturbs no other test. It lives in
 /// its own network namespace (an engine rewrites bridges and firewall rules), with its own
 /// registry process there serving the test images' storage.
+/// Which dockerd a private engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dockerd {
+    /// Debian's docker.io (20.10, API 1.41), classic image store.
+    Debian,
+    /// Docker 28.5 from scripts/test-env.sh, classic store unless `containerd`, refusing API
+    /// versions below `min_api` when given (`DOCKER_MIN_API_VERSION`).
+    Docker28 {
+        containerd: bool,
+        min_api: Option<&'static str>,
+    },
+}
+
+impl Dockerd {
+    /// The engine the tests run against (`DEPLOYTRACK_TEST_ENGINE`).
+    pub fn under_test() -> Self {
+        match test_engine() {
+            TestEngine::Classic => Dockerd::Debian,
+            TestEngine::Containerd => Dockerd::Docker28 {
+                containerd: true,
+                min_api: None,
+            },
+        }
+    }
+}
+
+const DOCKER28: &str = "/opt/deploytrack-docker28";
+
 pub struct PrivateEngine {
+    pub dockerd: Dockerd,
     pub host: String,
     /// With TLS: the engine's `tcp://` address, reached over a veth pair, and the directory
     /// of the client's `ca.pem`, `cert.pem` and `key.pem` (a `DOCKER_CERT_PATH`).
@@ -487,15 +516,20 @@ pub struct PrivateEngine {
 
 impl PrivateEngine {
     pub async fn start() -> PrivateEngine {
-        Self::start_with(false).await
+        Self::start_with(false, Dockerd::under_test()).await
+    }
+
+    /// A private engine running the given dockerd.
+    pub async fn start_as(dockerd: Dockerd) -> PrivateEngine {
+        Self::start_with(false, dockerd).await
     }
 
     /// The engine also listening on `tcp://` with mutual TLS, as `dockerd --tlsverify` does.
     pub async fn start_with_tls() -> PrivateEngine {
-        Self::start_with(true).await
+        Self::start_with(true, Dockerd::under_test()).await
     }
 
-    async fn start_with(tls: bool) -> PrivateEngine {
+    async fn start_with(tls: bool, dockerd: Dockerd) -> PrivateEngine {
         ensure_engine();
         let tag = format!("{:x}", fastrand::u32(..));
         let root = PathBuf::from(format!("/tmp/dt-e{tag}"));
@@ -559,6 +593,7 @@ impl PrivateEngine {
         });
         let host = format!("unix://{}/docker.sock", root.display());
         let mut engine = PrivateEngine {
+            dockerd,
             host,
             tls,
             root,
@@ -587,10 +622,30 @@ impl PrivateEngine {
             .open(self.root.join("dockerd.log"))
             .unwrap();
         let r = &self.root;
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/var/run/netns/{}", self.netns));
+        match self.dockerd {
+            Dockerd::Debian => {
+                command.arg("dockerd");
+            }
+            Dockerd::Docker28 {
+                containerd,
+                min_api,
+            } => {
+                let path = std::env::var("PATH").unwrap_or_default();
+                command
+                    .arg(format!("{DOCKER28}/usr/sbin/dockerd"))
+                    .env("PATH", format!("{DOCKER28}/path:{path}"));
+                if containerd {
+                    command.args(["--config-file", "/etc/deploytrack-docker28/daemon.json"]);
+                }
+                if let Some(min) = min_api {
+                    command.env("DOCKER_MIN_API_VERSION", min);
+                }
+            }
+        }
+        let child = command
             .args([
-                &format!("--net=/var/run/netns/{}", self.netns),
-                "dockerd",
                 "--data-root",
                 &format!("{}/data", r.display()),
                 "--exec-root",
