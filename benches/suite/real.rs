@@ -204,6 +204,7 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
             url: Some(receiver.url()),
             state_dir: Some(dir.join("state")),
             selectors: vec![format!("{RUN_LABEL}={}", fleet.run_id)],
+            docker_host: engine_host(),
             ..AgentArgs::default()
         },
     );
@@ -373,6 +374,7 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
                         format!("{RUN_LABEL}={}", fleet.run_id),
                         Fleet::subset_label(n),
                     ],
+                    docker_host: engine_host(),
                     ..AgentArgs::default()
                 },
             );
@@ -445,4 +447,11 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
             .collect(),
     );
     Ok(s)
+}
+
+/// The engine the bench's own client and `docker` commands use (`DOCKER_HOST`), for the agent
+/// too: `DOCKER_HOST=unix:///var/run/deploytrack-docker28.sock scripts/bench.sh --only B1,B2`
+/// measures the containerd image store.
+fn engine_host() -> Option<String> {
+    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty())
 }
