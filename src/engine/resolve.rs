@@ -333,22 +333,7 @@ impl Resolver {
         if status != 200 {
             return None;
         }
-        let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let manifest = answer
-            .get("Manifests")?
-            .as_array()?
-            .iter()
-            .find(|m| m.get("ID").and_then(serde_json::Value::as_str) == Some(digest))?;
-        let from_config = manifest
-            .get("ImageData")
-            .and_then(|d| d.get("Platform"))
-            .and_then(super::lenient::platform_of);
-        from_config.or_else(|| {
-            manifest
-                .get("Descriptor")
-                .and_then(|d| d.get("platform"))
-                .and_then(super::lenient::platform_of)
-        })
+        platform_in_manifests(&serde_json::from_slice(&body).ok()?, digest)
     }
 
     /// Count the answers bollard's model rejects in `telemetry`.
@@ -529,6 +514,29 @@ pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Option<Pick
     }
 }
 
+/// The platform of manifest `digest` in an image inspection with `manifests=1`: the one in
+/// its config, else its descriptor's.
+fn platform_in_manifests(
+    answer: &serde_json::Value,
+    digest: &str,
+) -> Option<(String, String, Option<String>)> {
+    let manifest = answer
+        .get("Manifests")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("ID").and_then(serde_json::Value::as_str) == Some(digest))?;
+    let from_config = manifest
+        .get("ImageData")
+        .and_then(|d| d.get("Platform"))
+        .and_then(super::lenient::platform_of);
+    from_config.or_else(|| {
+        manifest
+            .get("Descriptor")
+            .and_then(|d| d.get("platform"))
+            .and_then(super::lenient::platform_of)
+    })
+}
+
 /// The pinned references an image could be reported as, best first: the reference's own
 /// digest, then the repository it was started as, then the others in sorted order.
 pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
@@ -559,6 +567,39 @@ pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_platform_from_its_config() {
+        // As `GET /images/{id}/json?manifests=1` answers (API 1.48), abridged.
+        let answer = serde_json::json!({"Manifests": [
+            {"ID": "sha256:amd", "Kind": "image",
+             "Descriptor": {"platform": {"os": "linux", "architecture": "amd64"}},
+             "ImageData": {"Platform": {"os": "linux", "architecture": "amd64"}}},
+            {"ID": "sha256:arm", "Kind": "image",
+             "Descriptor": {"digest": "sha256:arm"},
+             "ImageData": {"Platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}},
+            {"ID": "sha256:att", "Kind": "attestation",
+             "Descriptor": {"platform": {"os": "unknown", "architecture": "unknown"}}}
+        ]});
+        let p = |d| platform_in_manifests(&answer, d);
+        assert_eq!(
+            p("sha256:arm"),
+            Some(("linux".into(), "arm".into(), Some("v7".into())))
+        );
+        assert_eq!(
+            p("sha256:amd"),
+            Some(("linux".into(), "amd64".into(), None))
+        );
+        assert_eq!(
+            p("sha256:att"),
+            Some(("unknown".into(), "unknown".into(), None))
+        );
+        assert_eq!(p("sha256:none"), None);
+        assert_eq!(
+            platform_in_manifests(&serde_json::json!({}), "sha256:arm"),
+            None
+        );
+    }
 
     #[test]
     fn candidates_best_first() {
