@@ -81,6 +81,9 @@ enum Outcome {
     Snapshot(Result<Snapshot, EngineError>),
     Started(ContainerEvent, Result<Resolution, EngineError>),
     Stopped(ContainerEvent),
+    /// A `die` after which the container still counts as running: a restart policy brings
+    /// it back, or it already has. Only the cursor moves.
+    StillRunning(ContainerEvent),
     /// Matters only for a container in the view (a stopped one is not reported); decided
     /// when applied, in order, as the view may not hold its start yet when resolving.
     Renamed(ContainerEvent, Result<Resolution, EngineError>),
@@ -140,7 +143,7 @@ impl Observer {
         match event {
             EngineEvent::Connected => Outcome::Snapshot(self.snapshot().await),
             EngineEvent::Container(ev) => match ev.action {
-                Action::Start => {
+                Action::Start | Action::Unpause => {
                     let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
                     Outcome::Started(ev, result)
                 }
@@ -148,12 +151,17 @@ impl Observer {
                     let result = self.resolver.resolve(&ev.id, Some(&ev.hint)).await;
                     Outcome::Renamed(ev, result)
                 }
-                Action::Die | Action::Destroy => Outcome::Stopped(ev),
+                // A crash loop under a restart policy is one deployment, not a flapping one.
+                Action::Die => match self.resolver.still_alive(&ev.id).await {
+                    Ok(true) => Outcome::StillRunning(ev),
+                    _ => Outcome::Stopped(ev),
+                },
+                Action::Destroy => Outcome::Stopped(ev),
             },
         }
     }
 
-    /// List and resolve every running container in scope.
+    /// List and resolve every running (or paused, or restarting) container in scope.
     pub async fn snapshot(
         &self,
     ) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
@@ -162,7 +170,13 @@ impl Observer {
             self.resolver.set_host(host);
             self.resolver.set_store(store);
         }
-        let mut filters = HashMap::from([("status".to_string(), vec!["running".to_string()])]);
+        // Paused containers and those between restart-policy attempts still run a deployment.
+        let mut filters = HashMap::from([(
+            "status".to_string(),
+            ["running", "paused", "restarting"]
+                .map(String::from)
+                .to_vec(),
+        )]);
         let labels = self.resolver.selection().selector.engine_filters();
         if !labels.is_empty() {
             filters.insert("label".to_string(), labels);
@@ -205,6 +219,10 @@ impl Observer {
                 }
                 Outcome::Stopped(ev) => {
                     self.stopped(&ev.id, ev.exit_code, &mut batch);
+                    batch.cursor = Some(ev.cursor());
+                }
+                Outcome::StillRunning(ev) => {
+                    tracing::debug!(container = %ev.id, "container died and is restarting");
                     batch.cursor = Some(ev.cursor());
                 }
                 Outcome::Renamed(ev, result) => {

@@ -150,6 +150,8 @@ fn nanos_param(t: i64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Start,
+    /// A paused container runs again: like a start (the same digest sends nothing).
+    Unpause,
     /// A new name may mean a new `image.name`.
     Rename,
     /// `die` (Docker) or `died` (some Podman versions).
@@ -162,6 +164,7 @@ impl Action {
     fn parse(text: &str) -> Option<Self> {
         match text {
             "start" => Some(Action::Start),
+            "unpause" => Some(Action::Unpause),
             "rename" => Some(Action::Rename),
             "die" | "died" => Some(Action::Die),
             "destroy" | "remove" => Some(Action::Destroy),
@@ -172,6 +175,7 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::Start => "start",
+            Action::Unpause => "unpause",
             Action::Rename => "rename",
             Action::Die => "die",
             Action::Destroy => "destroy",
@@ -411,9 +415,11 @@ impl EventReader {
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
-                ["start", "rename", "die", "died", "destroy", "remove"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "start", "unpause", "rename", "die", "died", "destroy", "remove",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
         ]);
         if !self.label_filters.is_empty() {

@@ -20,6 +20,9 @@ pub struct ContainerFacts {
     /// `ImageManifestDescriptor` (API >= 1.48, containerd image store): the manifest the
     /// container runs, with its platform when the engine knows it.
     pub manifest: Option<ManifestFacts>,
+    /// `State`: running, paused or between restart-policy attempts (all "running" to a
+    /// deployment); `None` when the answer has no state.
+    pub alive: Option<bool>,
 }
 
 /// The platform manifest a container runs.
@@ -72,6 +75,11 @@ impl ContainerFacts {
                 .image_manifest_descriptor
                 .and_then(|d| serde_json::to_value(d).ok())
                 .and_then(|d| ManifestFacts::from_value(&d)),
+            alive: c.state.map(|s| {
+                s.running.unwrap_or(false)
+                    || s.paused.unwrap_or(false)
+                    || s.restarting.unwrap_or(false)
+            }),
         }
     }
 
@@ -106,6 +114,11 @@ impl ContainerFacts {
             manifest: c
                 .get("ImageManifestDescriptor")
                 .and_then(ManifestFacts::from_value),
+            alive: c.get("State").and_then(Value::as_object).map(|s| {
+                ["Running", "Paused", "Restarting"]
+                    .iter()
+                    .any(|k| s.get(*k).and_then(Value::as_bool) == Some(true))
+            }),
         })
     }
 }
@@ -183,6 +196,13 @@ mod tests {
         assert_eq!(facts.labels.get("tier").map(String::as_str), Some("3"));
         assert_eq!(facts.labels.len(), 2);
         assert_eq!(facts.manifest, None);
+        assert_eq!(facts.alive, Some(false));
+        let restarting = ContainerFacts::from_text(
+            r#"{"State":{"Status":"restarting","Running":false,"Restarting":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(restarting.alive, Some(true));
+        assert_eq!(ContainerFacts::from_text("{}").unwrap().alive, None);
     }
 
     #[test]

@@ -336,6 +336,16 @@ impl Resolver {
         platform_in_manifests(&serde_json::from_slice(&body).ok()?, digest)
     }
 
+    /// Whether container `id` still counts as running after a `die`: restarted already,
+    /// between restart-policy attempts (`restarting`), or paused. Gone is not alive.
+    pub async fn still_alive(&self, id: &str) -> Result<bool, EngineError> {
+        match self.inspect_container(id).await {
+            Ok(c) => Ok(c.alive.unwrap_or(false)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Count the answers bollard's model rejects in `telemetry`.
     pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
         self.telemetry = Some(telemetry);

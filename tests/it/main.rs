@@ -8,6 +8,7 @@ mod config;
 mod durability;
 mod endpoint;
 mod engines;
+mod faults;
 mod hostile;
 mod podman;
 mod service;
