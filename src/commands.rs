@@ -74,6 +74,13 @@ pub async fn report(
                     "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
                 )))
             }
+            Outcome::WrongEndpoint { status } => {
+                return Err(Fatal(format!(
+                    "{}: {}",
+                    sink.shown_url().unwrap_or_default(),
+                    crate::deliver::wrong_endpoint(status)
+                )))
+            }
             Outcome::Transient { reason, retry_after } => {
                 let delay = backoff(&config.retry, failures).max(retry_after.unwrap_or_default());
                 failures += 1;
@@ -161,6 +168,12 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
             };
             match probe {
                 Ok(401 | 403) => line(false, "endpoint", format!("{shown} rejected the API token")),
+                // A GET answered 405 is normal for an endpoint that takes only POSTs.
+                Ok(status @ (404 | 410)) => line(
+                    false,
+                    "endpoint",
+                    format!("{shown}: {}", crate::deliver::wrong_endpoint(status)),
+                ),
                 // Delivery does not follow redirects (a POST would become a GET), so neither
                 // does the check.
                 Ok(status @ 300..=399) => line(

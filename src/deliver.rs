@@ -42,6 +42,11 @@ pub enum Outcome {
     Unauthorized {
         status: u16,
     },
+    /// 404/405/410: the URL names no endpoint that takes reports (a mistyped or deleted
+    /// endpoint): wrong for every report, like the credentials.
+    WrongEndpoint {
+        status: u16,
+    },
     /// Any other 4xx: this report will never be accepted.
     Rejected {
         status: u16,
@@ -55,6 +60,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
     match code {
         200..=299 => Outcome::Delivered,
         401 | 403 => Outcome::Unauthorized { status: code },
+        404 | 405 | 410 => Outcome::WrongEndpoint { status: code },
         // Redirects are not followed (a client following a 301 turns the POST into a GET):
         // the endpoint is misconfigured for every report, so hold and say where it points.
         300..=399 => Outcome::Transient {
@@ -120,7 +126,25 @@ pub enum Sink {
     Stdout,
 }
 
+/// What a status of `Outcome::WrongEndpoint` says about the URL.
+pub fn wrong_endpoint(status: u16) -> &'static str {
+    match status {
+        404 => "no endpoint at this URL (404): is --url mistyped?",
+        405 => "this URL does not take a POST (405): is --url the endpoint's address?",
+        410 => "the endpoint at this URL is gone (410): was it deleted? set --url to the new one",
+        _ => "this URL takes no reports",
+    }
+}
+
 impl Sink {
+    /// The endpoint's URL without credentials, for messages; `None` for stdout.
+    pub fn shown_url(&self) -> Option<String> {
+        match self {
+            Sink::Http(http) => Some(crate::config::redact_url(http.url.as_str())),
+            Sink::Stdout => None,
+        }
+    }
+
     /// The endpoint when one is configured and this is not a dry run, else stdout.
     pub fn for_config(config: &crate::config::Config) -> Result<Self, String> {
         Ok(match (&config.url, &config.token, config.dry_run) {
@@ -263,7 +287,24 @@ struct Hold {
     failures: u32,
     until: Option<Instant>,
     probing: bool,
-    unauthorized: bool,
+    /// The endpoint-wide fault already logged (credentials, a wrong URL), once per hold.
+    logged: Option<u16>,
+}
+
+impl Hold {
+    /// A request failed. The backoff escalates once per failed probe: the first failure
+    /// starts the hold; the other requests already in flight then fail for the same reason
+    /// and do not count again. `probe`: the request was sent while held.
+    fn failed(&mut self, probe: bool, delay: impl FnOnce(u32) -> Duration) -> Duration {
+        if probe || self.until.is_none() {
+            self.failures = self.failures.saturating_add(1);
+        }
+        let delay = delay(self.failures.saturating_sub(1));
+        self.probing = false;
+        let until = Instant::now() + delay;
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+        delay
+    }
 }
 
 pub struct Dispatcher {
@@ -286,7 +327,7 @@ impl Dispatcher {
         grace: Duration,
         until_empty: bool,
     ) -> Result<(), String> {
-        let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
+        let mut inflight: JoinSet<(Pending, Outcome, bool)> = JoinSet::new();
         let mut inflight_keys: HashSet<DeploymentKey> = HashSet::new();
         let mut buffer: VecDeque<Pending> = VecDeque::new();
         let mut hold = Hold::default();
@@ -324,13 +365,12 @@ impl Dispatcher {
                     if !inflight_keys.insert(pending.key.clone()) {
                         continue;
                     }
-                    if hold.until.is_some() {
-                        hold.probing = true;
-                    }
+                    let probe = hold.until.is_some();
+                    hold.probing |= probe;
                     let sink = self.sink.clone();
                     inflight.spawn(async move {
                         let outcome = sink.send(&pending.body).await;
-                        (pending, outcome)
+                        (pending, outcome, probe)
                     });
                 }
             }
@@ -374,9 +414,9 @@ impl Dispatcher {
             let busy = !buffer.is_empty() && inflight.len() >= self.concurrency;
             tokio::select! {
                 Some(joined) = inflight.join_next() => {
-                    if let Ok((pending, outcome)) = joined {
+                    if let Ok((pending, outcome, probe)) = joined {
                         inflight_keys.remove(&pending.key);
-                        self.settle(pending, outcome, &mut hold);
+                        self.settle(pending, outcome, probe, &mut hold);
                     }
                 }
                 _ = self.outbox.work.notified(), if !busy => {}
@@ -391,7 +431,7 @@ impl Dispatcher {
         self.outbox.flush().await
     }
 
-    fn settle(&self, pending: Pending, outcome: Outcome, hold: &mut Hold) {
+    fn settle(&self, pending: Pending, outcome: Outcome, probe: bool, hold: &mut Hold) {
         let key = pending.key.clone();
         match outcome {
             Outcome::Delivered => {
@@ -424,18 +464,19 @@ impl Dispatcher {
                 retry_after,
             } => {
                 self.telemetry.delivery_failed("transient");
-                let delay =
-                    backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
+                let started = hold.until.is_none();
+                let delay = hold.failed(probe, |n| {
+                    backoff(&self.retry, n).max(retry_after.unwrap_or_default())
+                });
                 // A report that keeps failing on its own (while others succeed) backs off by
                 // its own attempts, so it cannot keep the queue in a loop of short holds.
                 let own_delay =
                     delay.max(backoff(&self.retry, pending.attempts.clamp(0, 30) as u32));
-                if hold.until.is_none() {
+                if started {
                     tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
                 } else {
                     tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
                 }
-                self.hold(hold, delay);
                 self.outbox.settle(
                     key,
                     pending.version,
@@ -447,36 +488,65 @@ impl Dispatcher {
             }
             Outcome::Unauthorized { status } => {
                 self.telemetry.delivery_failed("unauthorized");
-                let delay = backoff(&self.retry, hold.failures);
-                if !hold.unauthorized {
+                let delay = hold.failed(probe, |n| backoff(&self.retry, n));
+                if hold.logged != Some(status) {
                     tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
                 }
-                hold.unauthorized = true;
-                self.hold(hold, delay);
+                hold.logged = Some(status);
                 let error = format!("the endpoint answered {status}: credentials rejected");
-                self.outbox.settle(
-                    key,
-                    pending.version,
-                    Settle::RetryAt {
-                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
-                        error,
-                    },
-                );
+                self.retry_at(key, pending.version, delay, error);
+            }
+            Outcome::WrongEndpoint { status } => {
+                self.telemetry.delivery_failed("wrong_endpoint");
+                let delay = hold.failed(probe, |n| backoff(&self.retry, n));
+                let url = self.sink.shown_url().unwrap_or_default();
+                if hold.logged != Some(status) {
+                    tracing::error!(status, url = %url, retry_in = ?delay, "{}; every report stays queued and is retried", wrong_endpoint(status));
+                }
+                hold.logged = Some(status);
+                let error = format!("{url}: {}", wrong_endpoint(status));
+                self.retry_at(key, pending.version, delay, error);
             }
         }
     }
 
-    fn hold(&self, hold: &mut Hold, delay: Duration) {
-        hold.failures = hold.failures.saturating_add(1);
-        hold.probing = false;
-        let until = Instant::now() + delay;
-        hold.until = Some(hold.until.map_or(until, |u| u.max(until)));
+    fn retry_at(&self, key: DeploymentKey, version: i64, delay: Duration, error: String) {
+        self.outbox.settle(
+            key,
+            version,
+            Settle::RetryAt {
+                next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                error,
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_escalates_once_per_failed_probe() {
+        let mut hold = Hold::default();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let mut fail = |probe| {
+            hold.failed(probe, |n| {
+                seen.borrow_mut().push(n);
+                Duration::from_millis(10)
+            })
+        };
+        // Four requests in flight when the endpoint goes down: one step, not four.
+        for probe in [false, false, false, false] {
+            fail(probe);
+        }
+        // Then each failed probe is one more step.
+        fail(true);
+        fail(true);
+        assert_eq!(*seen.borrow(), vec![0, 0, 0, 0, 1, 2]);
+        assert_eq!(hold.failures, 3);
+        assert!(!hold.probing);
+    }
 
     #[test]
     fn classification() {
@@ -497,6 +567,16 @@ mod tests {
                 matches!(outcome, Outcome::Transient { .. }),
                 "{s}: {outcome:?}"
             );
+        }
+        for s in [404, 405, 410] {
+            assert_eq!(
+                classify(StatusCode::from_u16(s).unwrap(), &h, b""),
+                Outcome::WrongEndpoint { status: s }
+            );
+        }
+        for s in [400, 409, 413, 422] {
+            let outcome = classify(StatusCode::from_u16(s).unwrap(), &h, b"");
+            assert!(matches!(outcome, Outcome::Rejected { .. }), "{s}");
         }
         assert_eq!(
             classify(StatusCode::BAD_REQUEST, &h, b"bad\nimage"),

@@ -116,6 +116,99 @@ async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url() {
+    let scope = Scope::new("wrongurl");
+    let receiver = Receiver::start().await;
+    receiver.set_default(Answer::status(404));
+    let url = receiver.url().replace("http://", "http://user:pw-in-url@");
+    let agent = scope.agent(&url, &["--concurrency", "4"]);
+    let host = engine_host_name();
+    let names: Vec<String> = (0..3).map(|i| scope.name(&format!("w{i}"))).collect();
+    for name in &names {
+        scope.run(&["--name", name], APP1);
+    }
+    let line = eventually("the wrong URL in the log", || {
+        agent
+            .stderr()
+            .lines()
+            .find(|l| l.contains("no endpoint at this URL (404)"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&receiver.url().replace("http://", "")),
+        "{line}"
+    );
+    assert!(
+        !line.contains("pw-in-url"),
+        "credentials in a URL were logged: {line}"
+    );
+    // One probe at a time while held: the three reports are not all refused at once.
+    eventually("a second probe", || {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    // Not dead-lettered: delivered once the URL answers.
+    receiver.set_default(Answer::status(200));
+    for name in &names {
+        receiver
+            .accepted_report(
+                "the report once the URL is right",
+                &format!("{host}/{name}"),
+            )
+            .await;
+    }
+    assert_eq!(agent.stderr().matches("no endpoint at this URL").count(), 1);
+    let state = scope.state_dir();
+    let dead = scope.command(&["queue", "dead", "--state-dir", state.to_str().unwrap()]);
+    for name in &names {
+        assert!(!dead.stdout.contains(name.as_str()), "{}", dead.stdout);
+    }
+    // `check` fails on 404 and 410, and takes 405 to a GET as the normal answer of an
+    // endpoint that takes only POSTs; `report` fails at once, naming the URL.
+    let token = scope.token_file();
+    for (status, ok) in [(404, false), (410, false), (405, true)] {
+        receiver.set_default(Answer::status(status));
+        let out = scope.command(&[
+            "check",
+            "--url",
+            &receiver.url(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        let endpoint = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("endpoint:"))
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(endpoint.starts_with("OK"), ok, "{status}: {}", out.stdout);
+    }
+    receiver.set_default(Answer::status(410));
+    let digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let before = receiver.received().len();
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &receiver.url(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--image",
+        &digest,
+        "--timeout",
+        "30s",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(receiver.received().len(), before + 1, "report retried a 410");
+    assert!(
+        out.stderr.contains(&receiver.url()) && out.stderr.contains("gone (410)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_holds_the_queue_and_names_where_it_points() {
     let scope = Scope::new("redirect");
     let receiver = Receiver::start().await;
