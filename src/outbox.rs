@@ -51,6 +51,8 @@ pub enum OutboxError {
     Closed,
     #[error("another deploytrack process is using the state directory {0}")]
     Locked(PathBuf),
+    #[error("{0}")]
+    Unwritable(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -184,15 +186,32 @@ impl Outbox {
                     path: dir.to_path_buf(),
                     source,
                 })?;
-                lock = Some(lock_state_dir(dir)?);
                 let path = dir.join(DB_FILE);
+                if !writable(&path) {
+                    return Err(OutboxError::Unwritable(unwritable_message(
+                        dir,
+                        &path,
+                        "permission denied",
+                    )));
+                }
+                lock = Some(lock_state_dir(dir)?);
                 // Not fatal: a file that cannot be opened is dealt with below.
                 if let Err(e) = make_private_file(&path) {
                     tracing::debug!(error = %e, path = %path.display(), "cannot set the queue file's mode");
                 }
                 let label = path.display().to_string();
                 match open_file(&path) {
-                    Ok(conn) => (conn, None, label),
+                    Ok(conn) => {
+                        take_dir_owner(dir, &path);
+                        (conn, None, label)
+                    }
+                    Err(e) if is_unwritable(&e) => {
+                        return Err(OutboxError::Unwritable(unwritable_message(
+                            dir,
+                            &path,
+                            &e.to_string(),
+                        )))
+                    }
                     Err(e) if path.exists() && is_damage(&e) => {
                         let aside = move_aside(&path).map_err(|source| OutboxError::StateDir {
                             path: path.clone(),
@@ -402,20 +421,119 @@ pub fn open_file(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// A file that cannot serve as the queue: damaged, or unreadable. Not "busy" (another
-/// process holds it) and not a full disk: moving the file aside would not help those.
+/// A file SQLite itself finds damaged: not a database, or corrupt. Only such a file is
+/// moved aside. Not "busy" (another process holds it), not a full disk, and not a file this
+/// user may not open or write: moving those aside would strand what they hold.
 fn is_damage(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The queue cannot be opened or written by this user (a file left by root, a read-only
+/// mount): a fault of the host, not of the file.
+fn is_unwritable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
         Some(
-            rusqlite::ErrorCode::DatabaseCorrupt
-                | rusqlite::ErrorCode::NotADatabase
-                | rusqlite::ErrorCode::CannotOpen
+            rusqlite::ErrorCode::CannotOpen
                 | rusqlite::ErrorCode::PermissionDenied
                 | rusqlite::ErrorCode::ReadOnly
-                | rusqlite::ErrorCode::SystemIoFailure
         )
     )
+}
+
+/// Whether this process may write `path` and its directory (the WAL and lock files live there).
+fn writable(path: &Path) -> bool {
+    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+    let dir_ok = path.parent().is_none_or(access_write);
+    let lock = path.with_file_name("deploytrack.lock");
+    dir_ok
+        && [path.to_path_buf(), side("-wal"), side("-shm"), lock]
+            .iter()
+            .all(|f| !f.exists() || access_write(f))
+}
+
+fn access_write(path: &Path) -> bool {
+    std::fs::OpenOptions::new().append(true).open(path).is_ok()
+        || (path.is_dir() && {
+            let probe = path.join(format!(".deploytrack-probe-{}", std::process::id()));
+            let ok = std::fs::write(&probe, b"").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        })
+}
+
+/// One sentence: the file, its owner, this process's user, and the fix.
+fn unwritable_message(dir: &Path, path: &Path, e: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let owner_of = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| user_name(m.uid()))
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| user_name(m.uid()))
+        .unwrap_or_else(|_| "this user".into());
+    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+    let culprit = [
+        path.to_path_buf(),
+        side("-wal"),
+        side("-shm"),
+        dir.join("deploytrack.lock"),
+        dir.to_path_buf(),
+    ]
+    .into_iter()
+    .find(|p| p.exists() && !access_write(p))
+    .unwrap_or_else(|| path.to_path_buf());
+    format!(
+        "the queue {} is owned by {}, and this agent runs as {me}, which cannot write it ({e}): nothing was moved aside or lost; run `chown -R {me}: {}` as root and start the agent again",
+        culprit.display(),
+        owner_of(&culprit),
+        dir.display()
+    )
+}
+
+/// A user id's name from /etc/passwd, else the number.
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let id = fields.nth(1)?;
+                (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// Files the agent creates take the state dir's owner: a `sync --once` run as root must not
+/// leave a queue the service's user cannot open. (SQLite itself gives its `-wal` and `-shm`
+/// files the database file's owner when it runs as root.)
+fn take_dir_owner(dir: &Path, db: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Ok(dir_meta)) = (std::fs::metadata("/proc/self"), std::fs::metadata(dir)) else {
+        return;
+    };
+    if me.uid() != 0 || dir_meta.uid() == 0 {
+        return;
+    }
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let shm = PathBuf::from(format!("{}-shm", db.display()));
+    for file in [db.to_path_buf(), wal, shm, dir.join("deploytrack.lock")] {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if meta.uid() != dir_meta.uid() {
+                if let Err(e) =
+                    std::os::unix::fs::chown(&file, Some(dir_meta.uid()), Some(dir_meta.gid()))
+                {
+                    tracing::warn!(path = %file.display(), error = %e, "cannot give the file the state dir's owner");
+                }
+            }
+        }
+    }
 }
 
 /// Rename the file (and its WAL and shared-memory files) to `<file>.damaged-<unix time>`.
@@ -517,7 +635,17 @@ struct Store {
     uncommitted: EnqueueOutcome,
     /// Rows changed in the open transaction.
     changes: usize,
+    /// `PRAGMA data_version` when the counts were last read: another connection (an
+    /// operator's `queue retry` or `purge`) that commits changes it.
+    data_version: i64,
+    last_prune: Instant,
 }
+
+/// `delivered` remembers what the endpoint has, so a restart re-sends nothing. A key that
+/// no container has run under for this long is forgotten: should it run again, it is sent
+/// again (harmless: the API is idempotent).
+const DELIVERED_KEPT_MS: i64 = 30 * 24 * 3600 * 1000;
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 impl Store {
     fn new(
@@ -525,21 +653,48 @@ impl Store {
         max_entries: u64,
         telemetry: Arc<Telemetry>,
     ) -> rusqlite::Result<Self> {
-        let pending: i64 = conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
-        let max_version: Option<i64> =
-            conn.query_row("SELECT max(version) FROM pending", [], |r| r.get(0))?;
         // A restart is a natural moment to try everything again.
         conn.execute("UPDATE pending SET next_attempt_ms = 0", [])?;
-        telemetry.queue_depth(pending);
-        Ok(Store {
+        let pruned = prune_delivered(&conn, now_ms())?;
+        if pruned > 0 {
+            tracing::info!(
+                keys = pruned,
+                "forgot what was delivered for names no container has run under for 30 days"
+            );
+        }
+        let mut store = Store {
             conn,
             max_entries,
-            pending,
-            next_version: max_version.unwrap_or(0) + 1,
+            pending: 0,
+            next_version: 1,
             telemetry,
             uncommitted: EnqueueOutcome::default(),
             changes: 0,
-        })
+            data_version: -1,
+            last_prune: Instant::now(),
+        };
+        store.reread_counts()?;
+        Ok(store)
+    }
+
+    /// The pending count and the next version, from the file: at start, and whenever another
+    /// connection committed since they were last read. Versions come from one sequence that
+    /// the operator commands share (`meta.next_version`), so a report they put back never
+    /// takes the version of one the agent queues.
+    fn reread_counts(&mut self) -> rusqlite::Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version == self.data_version {
+            return Ok(());
+        }
+        self.data_version = version;
+        self.pending = self
+            .conn
+            .query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?;
+        self.next_version = self.next_version.max(next_version(&self.conn)?);
+        self.telemetry.queue_depth(self.pending);
+        Ok(())
     }
 
     fn serve(&mut self, rx: std_mpsc::Receiver<Command>, work: &Notify) {
@@ -578,8 +733,15 @@ impl Store {
             let mut next = Some(command);
             while let Some(command) = next.take() {
                 if command.writes() && !open {
-                    if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                    if let Err(e) = self
+                        .conn
+                        .execute_batch("BEGIN IMMEDIATE")
+                        .and_then(|()| self.reread_counts())
+                    {
                         tracing::error!(error = %e, "cannot start a queue transaction");
+                        if !self.conn.is_autocommit() {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                        }
                         fail(command, &e.to_string());
                         next = rx.try_recv().ok();
                         continue;
@@ -588,6 +750,13 @@ impl Store {
                 }
                 wrote |= command.writes();
                 added_work |= self.apply(command, &mut waiting, open);
+                // SQLite rolls the whole transaction back by itself on some errors (a full
+                // disk, an I/O error): what it held is lost, and so are its waiting replies.
+                if open && self.conn.is_autocommit() {
+                    self.lost_transaction(&mut waiting);
+                    open = false;
+                    last_commit = Instant::now();
+                }
                 next = rx.try_recv().ok();
             }
             if added_work {
@@ -601,6 +770,21 @@ impl Store {
                 open = false;
                 last_commit = Instant::now();
             }
+        }
+    }
+
+    /// The open transaction is gone (SQLite rolled it back): fail every write that waited
+    /// for its commit, and read the counts again.
+    fn lost_transaction(&mut self, waiting: &mut Vec<AfterCommit>) {
+        tracing::error!("the queue database rolled back a transaction (a full disk or an I/O error); its writes are reported as failed");
+        self.uncommitted = EnqueueOutcome::default();
+        self.changes = 0;
+        self.data_version = -1;
+        if let Err(e) = self.reread_counts() {
+            tracing::error!(error = %e, "cannot read the queue's counts");
+        }
+        for reply in waiting.drain(..) {
+            reply(Err("the queue database rolled the write back".into()));
         }
     }
 
@@ -619,6 +803,12 @@ impl Store {
         });
         let counts = std::mem::take(&mut self.uncommitted);
         self.changes = 0;
+        if result.is_ok() && self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = Instant::now();
+            if let Err(e) = prune_delivered(&self.conn, now_ms()) {
+                tracing::warn!(error = %e, "cannot prune what was delivered");
+            }
+        }
         if result.is_ok() {
             self.telemetry.queue_commit();
             self.telemetry
@@ -638,10 +828,46 @@ impl Store {
         }
     }
 
+    /// Run a write as a whole or not at all: inside a savepoint, rolled back to it on an
+    /// error, with the in-memory counts restored. (When SQLite rolled the whole transaction
+    /// back by itself, the caller sees it and fails what waited for the commit.)
+    fn atomically<T>(
+        &mut self,
+        write: impl FnOnce(&mut Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let saved = (
+            self.pending,
+            self.next_version,
+            self.uncommitted,
+            self.changes,
+        );
+        self.conn.execute_batch("SAVEPOINT command")?;
+        match write(self) {
+            Ok(value) => {
+                self.conn.execute_batch("RELEASE command")?;
+                Ok(value)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self
+                        .conn
+                        .execute_batch("ROLLBACK TO command; RELEASE command");
+                }
+                (
+                    self.pending,
+                    self.next_version,
+                    self.uncommitted,
+                    self.changes,
+                ) = saved;
+                Err(e)
+            }
+        }
+    }
+
     /// Apply one command inside the open transaction. Returns true if it added work.
     fn apply(&mut self, command: Command, waiting: &mut Vec<AfterCommit>, open: bool) -> bool {
         match command {
-            Command::Enqueue(batch, reply) => match self.enqueue(batch) {
+            Command::Enqueue(batch, reply) => match self.atomically(|s| s.enqueue(batch)) {
                 Ok(outcome) => {
                     let added = outcome.queued > 0;
                     waiting.push(Box::new(move |r| {
@@ -655,7 +881,7 @@ impl Store {
                 }
             },
             Command::Settle(key, version, settle) => {
-                if let Err(e) = self.settle(&key, version, settle) {
+                if let Err(e) = self.atomically(|s| s.settle(&key, version, settle)) {
                     tracing::error!(key = %key, error = %e, "cannot record a delivery result");
                 }
                 false
@@ -767,6 +993,13 @@ impl Store {
                 .prepare_cached("DELETE FROM running WHERE container_id = ?1")?
                 .execute([id])?;
         }
+        if outcome.queued > 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_version', ?1)",
+                )?
+                .execute([self.next_version.to_string()])?;
+        }
         if let Some(cursor) = &batch.cursor {
             self.conn
                 .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?1)")?
@@ -849,6 +1082,7 @@ impl Store {
         limit: usize,
         due_only: bool,
     ) -> rusqlite::Result<(Vec<Pending>, Option<i64>)> {
+        self.reread_counts()?;
         let now = now_ms();
         let horizon = if due_only { now } else { i64::MAX };
         let mut stmt = self.conn.prepare_cached(
@@ -866,6 +1100,7 @@ impl Store {
     }
 
     fn stats(&mut self) -> rusqlite::Result<Stats> {
+        self.reread_counts()?;
         let dead: i64 = self
             .conn
             .query_row("SELECT count(*) FROM dead", [], |r| r.get(0))?;
@@ -878,6 +1113,29 @@ impl Store {
             oldest_pending_ms: oldest,
         })
     }
+}
+
+/// The next report version: past every version in the file and past the shared sequence.
+fn next_version(conn: &Connection) -> rusqlite::Result<i64> {
+    let in_pending: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) + 1 FROM pending",
+        [],
+        |r| r.get(0),
+    )?;
+    let sequence: i64 = read_meta(conn, "next_version")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(in_pending.max(sequence))
+}
+
+/// Forget what was delivered for keys that no container in the view runs under and that
+/// were last delivered over `DELIVERED_KEPT_MS` ago. Returns how many were forgotten.
+fn prune_delivered(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM delivered WHERE delivered_ms < ?1 AND NOT EXISTS
+           (SELECT 1 FROM running r WHERE r.environment = delivered.environment AND r.name = delivered.name)",
+        [now - DELIVERED_KEPT_MS],
+    )
 }
 
 fn fail(command: Command, error: &str) {
@@ -941,11 +1199,7 @@ pub mod admin {
     /// Move dead letters back into the queue; a newer pending report of the same key stays.
     pub fn retry_dead(conn: &mut Connection) -> rusqlite::Result<usize> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let next: i64 = tx.query_row(
-            "SELECT coalesce(max(version), 0) + 1 FROM pending",
-            [],
-            |r| r.get(0),
-        )?;
+        let next = next_version(&tx)?;
         let moved = tx.execute(
             "INSERT INTO pending (environment, name, body, version, enqueued_ms, attempts, next_attempt_ms)
              SELECT environment, name, body, ?1 + id, failed_ms, 0, 0 FROM dead WHERE id IN
@@ -954,6 +1208,15 @@ pub mod admin {
             [next],
         )?;
         tx.execute("DELETE FROM dead", [])?;
+        // Past every version just used (the ids of the dead letters moved).
+        let max_id: i64 =
+            tx.query_row("SELECT coalesce(max(version), 0) FROM pending", [], |r| {
+                r.get(0)
+            })?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_version', ?1)",
+            [(max_id + 1).max(next).to_string()],
+        )?;
         tx.commit()?;
         Ok(moved)
     }
@@ -1100,6 +1363,131 @@ mod tests {
         assert_eq!(admin::list_dead(&conn).unwrap().len(), 1);
         assert_eq!(admin::retry_dead(&mut conn).unwrap(), 1);
         assert_eq!(admin::list_pending(&conn).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_beside_the_agent_never_takes_the_version_of_a_newer_report() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        for digest in ["1", "2"] {
+            outbox
+                .enqueue(batch(vec![deployment(&format!("k{digest}"), digest)]))
+                .await
+                .unwrap();
+        }
+        let (due, _) = outbox.due(10, true).await.unwrap();
+        for p in &due {
+            let dead = Settle::Dead {
+                status: 400,
+                response: "bad".into(),
+            };
+            outbox.settle(p.key.clone(), p.version, dead);
+        }
+        outbox.flush().await.unwrap();
+        // An operator's retry on its own connection, while the agent runs.
+        let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
+        assert_eq!(admin::retry_dead(&mut conn).unwrap(), 2);
+        let retried: Vec<i64> = admin::list_pending(&conn)
+            .unwrap()
+            .iter()
+            .map(|p| p.version)
+            .collect();
+        // A newer report for k1 arrives: it replaces the retried one, with a newer version.
+        outbox
+            .enqueue(batch(vec![deployment("k1", "3")]))
+            .await
+            .unwrap();
+        let (due, _) = outbox.due(10, false).await.unwrap();
+        let k1 = due.iter().find(|p| p.key.name == "k1").unwrap();
+        assert!(k1.body.contains("sha256:3"));
+        assert!(
+            retried.iter().all(|v| k1.version > *v),
+            "{} vs {retried:?}",
+            k1.version
+        );
+        // The ack of the retried k1 (in flight before the newer arrived) removes nothing.
+        outbox.settle(
+            k1.key.clone(),
+            retried[0].min(retried[1]),
+            Settle::Delivered,
+        );
+        let (due, _) = outbox.due(10, false).await.unwrap();
+        assert!(due.iter().any(|p| p.body.contains("sha256:3")));
+        assert_eq!(outbox.stats().await.unwrap().pending, 2);
+    }
+
+    #[tokio::test]
+    async fn a_purge_beside_the_agent_is_seen_in_its_counts() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        let reports = (0..3).map(|i| deployment(&format!("n{i}"), "1")).collect();
+        outbox.enqueue(batch(reports)).await.unwrap();
+        assert_eq!(outbox.stats().await.unwrap().pending, 3);
+        let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
+        assert_eq!(admin::purge(&mut conn).unwrap(), (3, 0));
+        assert_eq!(outbox.stats().await.unwrap().pending, 0);
+        // And the bound (3 entries here) counts from the real depth: nothing is dropped.
+        let reports = (3..6).map(|i| deployment(&format!("n{i}"), "1")).collect();
+        let out = outbox.enqueue(batch(reports)).await.unwrap();
+        assert_eq!((out.queued, out.dropped), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_whole_or_not_at_all() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        // A statement that fails part-way through a batch: after its report was written.
+        let conn = open_file(&dir.join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON running WHEN NEW.container_id = 'refused'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        drop(conn);
+        let failing = Batch {
+            running: vec![("refused".into(), deployment("a", "1"))],
+            ..batch(vec![deployment("a", "1")])
+        };
+        assert!(outbox.enqueue(failing).await.is_err());
+        // The next batch commits the transaction: the failed one left nothing in it.
+        outbox
+            .enqueue(batch(vec![deployment("b", "2")]))
+            .await
+            .unwrap();
+        let conn = open_file(&dir.join(DB_FILE)).unwrap();
+        let names: Vec<String> = admin::list_pending(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.key.name)
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(outbox.stats().await.unwrap().pending, 1);
+    }
+
+    #[test]
+    fn what_was_delivered_is_forgotten_after_30_days_unless_it_runs() {
+        let conn = Connection::open_in_memory().unwrap();
+        init_schema(&conn).unwrap();
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        conn.execute_batch(&format!(
+            "INSERT INTO delivered VALUES ('e', 'old', 'b', {old});
+             INSERT INTO delivered VALUES ('e', 'old-running', 'b', {old});
+             INSERT INTO delivered VALUES ('e', 'recent', 'b', {recent});
+             INSERT INTO running VALUES ('c1', 'e', 'old-running', 'b');",
+            old = now - 31 * day,
+            recent = now - 29 * day
+        ))
+        .unwrap();
+        assert_eq!(prune_delivered(&conn, now).unwrap(), 1);
+        let left: Vec<String> = conn
+            .prepare("SELECT name FROM delivered ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, ["old-running", "recent"]);
     }
 
     fn tempdir() -> PathBuf {

@@ -200,7 +200,11 @@ async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url() {
         "30s",
     ]);
     assert!(!out.status.success());
-    assert_eq!(receiver.received().len(), before + 1, "report retried a 410");
+    assert_eq!(
+        receiver.received().len(),
+        before + 1,
+        "report retried a 410"
+    );
     assert!(
         out.stderr.contains(&receiver.url()) && out.stderr.contains("gone (410)"),
         "{}",

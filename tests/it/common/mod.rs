@@ -333,6 +333,29 @@ pub struct Output {
 pub fn agent_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploytrack"));
     cmd.args(args);
+    scrub(cmd)
+}
+
+/// The binary as another user: `setpriv` with that uid and gid and the Docker socket's group
+/// (root would bypass every file permission a test is about).
+pub fn agent_command_as(uid: u32, gid: u32, args: &[&str]) -> Command {
+    use std::os::unix::fs::MetadataExt;
+    let socket_gid = std::fs::metadata(test_engine().socket())
+        .map(|m| m.gid())
+        .expect("the engine's socket");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        format!("--groups={socket_gid}"),
+        "--".into(),
+        env!("CARGO_BIN_EXE_deploytrack").into(),
+    ])
+    .args(args);
+    scrub(cmd)
+}
+
+fn scrub(mut cmd: Command) -> Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("DEPLOYTRACK_")
             || k.starts_with("DOCKER_")
@@ -359,11 +382,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Agent {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn_command(dir, agent_command(&argv), env)
+    }
+
+    /// Any command that runs the agent (e.g. `agent_command_as`).
+    pub fn spawn_command(dir: &Path, mut cmd: Command, env: &[(&str, &str)]) -> Agent {
         let n = fastrand::u32(..);
         let stdout = dir.join(format!("agent-{n}.out"));
         let stderr = dir.join(format!("agent-{n}.err"));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = agent_command(&argv);
         cmd.envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
