@@ -139,8 +139,9 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         tokio::spawn(admin.serve(listener, shutdown_rx.clone()));
     }
 
+    let retry = events_tx.downgrade();
     let reader = tokio::spawn(parts.reader.run(events_tx, shutdown_rx.clone()));
-    let observer = tokio::spawn(parts.observer.run(events_rx, fatal_tx.clone()));
+    let observer = tokio::spawn(parts.observer.run(events_rx, retry, fatal_tx.clone()));
     let dispatcher = {
         let shutdown = shutdown_rx.clone();
         let fatal = fatal_tx.clone();
@@ -187,8 +188,10 @@ pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result
     let (events_tx, events_rx) = mpsc::channel(1);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     let _ = events_tx.try_send(EngineEvent::Connected);
+    // One listing: nothing holds the channel open for a retry.
+    let retry = events_tx.downgrade();
     drop(events_tx);
-    parts.observer.run(events_rx, fatal_tx).await;
+    parts.observer.run(events_rx, retry, fatal_tx).await;
     if let Ok(msg) = fatal_rx.try_recv() {
         return Err(Fatal(msg));
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use futures_util::stream::{self, StreamExt};
@@ -18,6 +19,10 @@ use crate::telemetry::Telemetry;
 
 /// Inspections in flight at once; enough to hide the engine's latency, few enough to be polite.
 const INSPECT_CONCURRENCY: usize = 16;
+/// A failed listing of the running containers is tried again after this, doubling up to
+/// the max: the event reader's reconnect backoff.
+const SNAPSHOT_RETRY: Duration = Duration::from_millis(250);
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the agent believes runs now: container id -> deployment. Shared with `/deployments`.
 #[derive(Default)]
@@ -106,7 +111,16 @@ pub struct Observer {
 impl Observer {
     /// Process events until the sender closes. Enqueue failures (a full disk, a broken file)
     /// are fatal: they are sent on `fatal` and the agent exits, to restart from the engine's truth.
-    pub async fn run(self, rx: mpsc::Receiver<EngineEvent>, fatal: mpsc::UnboundedSender<String>) {
+    ///
+    /// A failed listing of the running containers is tried again on `retry` (the reader's
+    /// channel, held weakly so that it still closes at shutdown), with the reconnect backoff.
+    pub async fn run(
+        self,
+        rx: mpsc::Receiver<EngineEvent>,
+        retry: mpsc::WeakSender<EngineEvent>,
+        fatal: mpsc::UnboundedSender<String>,
+    ) {
+        let mut snapshot_failures = 0u32;
         let me = self.clone();
         let mut outcomes = ReceiverStream::new(rx)
             .map(move |event| me.clone().process(event))
@@ -115,6 +129,29 @@ impl Observer {
         let mut writes = tokio::task::JoinSet::new();
         while let Some(chunk) = outcomes.next().await {
             let reconciles = chunk.iter().any(|o| matches!(o, Outcome::Snapshot(_)));
+            let listed = chunk.iter().any(|o| matches!(o, Outcome::Snapshot(Ok(_))));
+            let failed = chunk.iter().find_map(|o| match o {
+                Outcome::Snapshot(Err(e)) => Some(e.to_string()),
+                _ => None,
+            });
+            match (listed, failed) {
+                (true, _) => snapshot_failures = 0,
+                (false, Some(error)) => {
+                    let delay = SNAPSHOT_RETRY
+                        .saturating_mul(2u32.saturating_pow(snapshot_failures.min(16)))
+                        .min(SNAPSHOT_RETRY_MAX);
+                    snapshot_failures += 1;
+                    tracing::warn!(error = %error, retry_in = ?delay, "cannot list the running containers; trying again");
+                    let retry = retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if let Some(tx) = retry.upgrade() {
+                            let _ = tx.send(EngineEvent::Connected).await;
+                        }
+                    });
+                }
+                (false, None) => {}
+            }
             let batch = self.apply(chunk);
             if batch.is_empty() {
                 if reconciles {
@@ -231,9 +268,8 @@ impl Observer {
                     }
                     batch.cursor = Some(ev.cursor());
                 }
-                Outcome::Snapshot(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot list the running containers; will retry on the next reconnect");
-                }
+                // Logged, and tried again, by `run`.
+                Outcome::Snapshot(Err(_)) => {}
                 Outcome::Snapshot(Ok(running)) => {
                     let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
                     let count = running.len();

@@ -43,6 +43,9 @@ impl Forward {
     fn send(&mut self, event: EngineEvent, telemetry: &Telemetry) -> bool {
         use mpsc::error::TrySendError;
         if self.owes_reconcile && !self.settle_debt() {
+            // Still draining: this event is dropped too (the reconciliation covers it).
+            self.dropped += 1;
+            telemetry.event_dropped();
             return !self.tx.is_closed();
         }
         match self.tx.try_send(event) {
@@ -656,6 +659,37 @@ mod tests {
         assert!(!forward.owes_reconcile);
         drop(rx);
         assert!(!forward.send(event("f"), &telemetry));
+    }
+
+    #[test]
+    fn events_dropped_while_the_backlog_drains_are_counted() {
+        let (tx, _rx) = mpsc::channel(2);
+        let telemetry = Telemetry::new();
+        let mut forward = Forward {
+            tx,
+            owes_reconcile: false,
+            dropped: 0,
+        };
+        let event = || {
+            EngineEvent::Container(ContainerEvent {
+                id: "x".into(),
+                action: Action::Start,
+                time_nano: 1,
+                exit_code: None,
+                hint: EventHint::default(),
+            })
+        };
+        for _ in 0..2 {
+            assert!(forward.send(event(), &telemetry));
+        }
+        // Full: dropped. Still full, so still draining: dropped and counted too.
+        for _ in 0..3 {
+            assert!(forward.send(event(), &telemetry));
+        }
+        assert_eq!(forward.dropped, 3);
+        assert!(telemetry
+            .encode()
+            .contains("deploytrack_events_dropped_total 3"));
     }
 
     #[test]

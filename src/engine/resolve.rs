@@ -19,6 +19,8 @@ use crate::telemetry::Telemetry;
 
 /// Images are immutable by id, so their facts are cached; the cache is small and bounded.
 const IMAGE_CACHE_MAX: usize = 4096;
+/// The images and containers already warned about, at most this many.
+const WARNED_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
@@ -356,7 +358,13 @@ impl Resolver {
         let first = self
             .warned
             .lock()
-            .map(|mut w| w.insert(image_id.to_string()))
+            .map(|mut w| {
+                // Bounded: past this many, the set starts over (a warning may repeat).
+                if w.len() >= WARNED_MAX && !w.contains(image_id) {
+                    w.clear();
+                }
+                w.insert(image_id.to_string())
+            })
             .unwrap_or(true);
         if first {
             log();

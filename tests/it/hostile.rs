@@ -357,3 +357,36 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
         "a label forged a log line:\n{output}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_listing_is_tried_again_with_backoff() {
+    let scope = Scope::new("relist");
+    let receiver = Receiver::start().await;
+    let proxy = EngineProxy::start(&scope.dir.join("proxy")).await;
+    let running = scope.name("running");
+    scope.run(&["--name", &running], APP1);
+    // The engine fails to list containers when the agent starts.
+    proxy.add(Rule::Answer {
+        path: "/containers/json".into(),
+        status: 500,
+        body: "{\"message\":\"the engine is busy\"}".into(),
+    });
+    let (agent, _) = agent_on(&scope, &proxy, &receiver, &[]);
+    let line = eventually("the failed listing in the log", || {
+        agent
+            .stderr()
+            .lines()
+            .find(|l| l.contains("cannot list the running containers"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.contains("retry_in="), "the log says when: {line}");
+    // Not at the next resync (10 minutes away): with the reconnect backoff.
+    proxy.clear_rules();
+    receiver
+        .accepted_report(
+            "the running container, listed on a retry",
+            &name_of(&engine_host_name(), &running),
+        )
+        .await;
+}
