@@ -112,8 +112,16 @@ impl Observer {
         let mut writes = tokio::task::JoinSet::new();
         while let Some(chunk) = outcomes.next().await {
             let reconciles = chunk.iter().any(|o| matches!(o, Outcome::Snapshot(_)));
+            // The containers a reconciliation found; what it queued is known once written.
+            let running = chunk.iter().rev().find_map(|o| match o {
+                Outcome::Snapshot(Ok(running)) => Some(running.len()),
+                _ => None,
+            });
             let batch = self.apply(chunk);
             if batch.is_empty() {
+                if let Some(running) = running {
+                    tracing::info!(running, queued = 0, "reconciled with the engine");
+                }
                 if reconciles {
                     self.reconciled.send_replace(true);
                 }
@@ -124,8 +132,20 @@ impl Observer {
             let written = self.outbox.enqueue(batch);
             let fatal = fatal.clone();
             writes.spawn(async move {
-                if let Err(e) = written.await {
-                    let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                match written.await {
+                    Ok(outcome) => {
+                        if let Some(running) = running {
+                            tracing::info!(
+                                running,
+                                queued = outcome.queued,
+                                unchanged = outcome.unchanged,
+                                "reconciled with the engine"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                    }
                 }
             });
             if reconciles {
@@ -218,7 +238,6 @@ impl Observer {
                 }
                 Outcome::Snapshot(Ok(running)) => {
                     let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
-                    let count = running.len();
                     for (id, result) in running {
                         self.started(&id, result, &mut batch);
                     }
@@ -227,11 +246,6 @@ impl Observer {
                             self.stopped(&id, None, &mut batch);
                         }
                     }
-                    tracing::info!(
-                        running = count,
-                        queued = batch.reports.len(),
-                        "reconciled with the engine"
-                    );
                 }
             }
         }

@@ -317,6 +317,45 @@ async fn report_stops_handles_a_container_removed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() {
+    let scope = Scope::new("quietrestart");
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let plain = scope.name("plain");
+    let odd = scope.name("odd");
+    scope.run(&["--name", &plain], APP1);
+    scope.run(
+        &["--name", &odd, "--label", "deploytrack.enable=maybe"],
+        APP1,
+    );
+    let mut agent = scope.agent(&receiver.url(), &[]);
+    agent.ready().await;
+    for name in [&plain, &odd] {
+        receiver
+            .accepted_report("the first run's report", &format!("{host}/{name}"))
+            .await;
+    }
+    assert!(
+        agent.stderr().contains(
+            "the label deploytrack.enable=\"maybe\" is neither true nor false; such containers are treated as unlabelled (use true or false)"
+        ),
+        "{}",
+        agent.stderr()
+    );
+    agent.stop().await;
+    let agent = scope.agent(&receiver.url(), &[]);
+    agent.ready().await;
+    let line = agent
+        .stderr()
+        .lines()
+        .find(|l| l.contains("reconciled with the engine"))
+        .map(str::to_string)
+        .unwrap();
+    // Nothing was sent, so nothing is called queued (replayed events add to unchanged).
+    assert!(line.contains("running=2 queued=0 unchanged="), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn token_never_appears_in_output_at_any_level() {
     let scope = Scope::new("secret");
     let receiver = Receiver::start().await;
