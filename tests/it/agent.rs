@@ -314,6 +314,25 @@ async fn report_stops_handles_a_container_removed_at_once() {
     assert!(stop.body["container"]["id"].as_str().unwrap().len() >= 12);
     let brief_reports = by_name(&receiver.accepted(), &format!("{host}/{brief}")).len();
     assert!(brief_reports >= 1, "the removed container was not reported");
+    // Logged as a stop, not as a deployment.
+    let stderr = agent.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&key)).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("stop reported")),
+        "{stderr}"
+    );
+    let running = by_name(&receiver.accepted(), &key)
+        .into_iter()
+        .filter(|r| r.body["container"]["state"] == "running")
+        .count();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("deployment reported"))
+            .count(),
+        running,
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
