@@ -209,6 +209,14 @@ fn unreachable_engine_is_one_sentence_and_exit_1() {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"));
+    // Before the error, it says what it waits for.
+    assert!(
+        out.stderr.contains(
+            "the Docker Engine does not answer yet; retrying for up to 8s engine=unix:///nonexistent/docker.sock"
+        ),
+        "{}",
+        out.stderr
+    );
     let out = Scope::command_only(&["run", "--docker-host", "tcp://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
