@@ -39,10 +39,15 @@ struct Parts {
     reader: EventReader,
 }
 
-async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
+/// How long the agent waits for the engine before it says what it is waiting for.
+const ENGINE_QUIET: Duration = Duration::from_secs(2);
+/// The first reminder of `sync --once` while the endpoint fails (the agent's is a minute).
+const SYNC_REMINDER: Duration = Duration::from_secs(10);
+
+async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Parts, Fatal> {
     let telemetry = Arc::new(Telemetry::new());
     let (outbox, restored) = Outbox::open(
-        config.state_dir.as_deref(),
+        config.queue_dir(),
         config.queue_max_entries,
         telemetry.clone(),
     )
@@ -54,21 +59,46 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             "moved the damaged queue database aside and started a fresh one; deployments are reconciled from the engine"
         );
     }
-    let engine = Engine::connect(&config.docker_host, ENGINE_PATIENCE)
-        .await
-        .map_err(|e| Fatal(e.to_string()))?;
+    let connect = Engine::connect(&config.docker_host, ENGINE_PATIENCE);
+    tokio::pin!(connect);
+    let engine = tokio::select! {
+        engine = &mut connect => engine,
+        _ = tokio::time::sleep(ENGINE_QUIET) => {
+            tracing::warn!(
+                engine = %config.docker_host,
+                "the Docker Engine does not answer yet; retrying for up to {}",
+                humantime::format_duration(ENGINE_PATIENCE - ENGINE_QUIET)
+            );
+            connect.await
+        }
+    }
+    .map_err(|e| Fatal(e.to_string()))?;
     let (host, store) = engine
         .host_facts()
         .await
         .map_err(|e| Fatal(e.to_string()))?;
-    if config.url.is_none() {
-        tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent");
+    match (&config.url, config.dry_run) {
+        (None, _) => tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent"),
+        (Some(url), true) => tracing::warn!(
+            "--dry-run is set: this is a dry run, reports are printed on stdout and not sent to {}",
+            crate::config::redact_url(url.as_str())
+        ),
+        (Some(_), false) => {}
+    }
+    if let (true, Some(dir)) = (config.dry_run, &config.state_dir) {
+        tracing::info!(
+            "the dry run keeps its queue in memory and leaves the state dir {} alone, so a later real run sends everything",
+            dir.display()
+        );
     }
     tracing::info!(
         engine = %config.docker_host, host = %host, image_store = store.as_str(), environment = %config.environment,
-        endpoint = %config.url.as_ref().map_or("stdout (dry run)".to_string(), |u| crate::config::redact_url(u.as_str())),
-        state = %config.state_dir.as_ref().map_or("memory".to_string(), |d| d.display().to_string()),
-        "deploytrack started"
+        endpoint = %match (&config.url, config.dry_run) {
+            (Some(url), false) => crate::config::redact_url(url.as_str()),
+            _ => "stdout (dry run)".to_string(),
+        },
+        state = %config.queue_dir().map_or("memory".to_string(), |d| d.display().to_string()),
+        "{}", if config.dry_run { "deploytrack started: dry run" } else { "deploytrack started" }
     );
     let selection = Selection {
         require_label: config.require_label,
@@ -108,6 +138,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             concurrency: config.concurrency,
             retry: config.retry.clone(),
             telemetry: telemetry.clone(),
+            reminder,
         },
         reader: EventReader {
             engine,
@@ -123,7 +154,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
 
 /// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
 pub async fn run(config: Config) -> Result<(), Fatal> {
-    let parts = assemble(&config, false).await?;
+    let parts = assemble(&config, false, crate::deliver::REMINDER_FIRST).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(EVENT_BUFFER);
@@ -173,6 +204,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     if let Err(e) = parts.outbox.flush().await {
         tracing::warn!(error = %e, "could not flush the queue at shutdown");
     }
+    log_what_stays_queued(&parts.outbox, config.dry_run).await;
     match failure {
         Some(msg) => Err(Fatal(msg)),
         None => {
@@ -182,34 +214,81 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
 }
 
-/// `sync --once`: reconcile, deliver everything queued, exit. Gives up after `timeout`.
-pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result<(), Fatal> {
-    let parts = assemble(&config, force).await?;
-    let (events_tx, events_rx) = mpsc::channel(1);
-    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
-    let _ = events_tx.try_send(EngineEvent::Connected);
-    // One listing: nothing holds the channel open for a retry.
-    let retry = events_tx.downgrade();
-    drop(events_tx);
-    parts.observer.run(events_rx, retry, fatal_tx).await;
-    if let Ok(msg) = fatal_rx.try_recv() {
-        return Err(Fatal(msg));
+/// At shutdown: what the next start will send, and what waits for an operator.
+async fn log_what_stays_queued(outbox: &Outbox, dry_run: bool) {
+    let Ok(stats) = outbox.stats().await else {
+        return;
+    };
+    if dry_run {
+        return;
     }
-    parts.outbox.flush().await?;
-    let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+    if stats.pending == 0 && stats.dead == 0 {
+        tracing::info!("nothing stays queued: every report was delivered");
+        return;
+    }
+    let oldest = stats.oldest_pending_ms.map_or(Duration::ZERO, |ms| {
+        Duration::from_secs(((crate::outbox::now_ms() - ms).max(0) / 1000) as u64)
+    });
+    tracing::info!(
+        queued = stats.pending,
+        oldest = %humantime::format_duration(oldest),
+        dead_letters = stats.dead,
+        "reports stay queued and are sent after the next start (dead letters: deploytrack queue dead)"
+    );
+}
+
+/// `sync --once`: reconcile, deliver everything queued, exit with a one-line summary. Gives
+/// up after `timeout`, saying what stays queued.
+pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result<(), Fatal> {
+    let started = tokio::time::Instant::now();
+    let parts = assemble(&config, force, SYNC_REMINDER).await?;
+    let telemetry = parts.telemetry.clone();
     let outbox = parts.outbox.clone();
-    match tokio::time::timeout(
-        timeout,
-        parts.dispatcher.run(shutdown_rx, Duration::ZERO, true),
-    )
-    .await
-    {
-        Ok(result) => result.map_err(Fatal),
+    let summary = |pending: i64| {
+        let (delivered, unchanged, skipped, refused) = telemetry.totals();
+        let sent = if config.dry_run {
+            "printed"
+        } else {
+            "delivered"
+        };
+        format!(
+            "{delivered} {sent}, {unchanged} unchanged (already delivered or queued), {skipped} container{} skipped, {refused} refused (deploytrack queue dead), {pending} still queued",
+            if skipped == 1 { "" } else { "s" }
+        )
+    };
+    let work = async {
+        let (events_tx, events_rx) = mpsc::channel(1);
+        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+        let _ = events_tx.try_send(EngineEvent::Connected);
+        // One listing: nothing holds the channel open for a retry.
+        let retry = events_tx.downgrade();
+        drop(events_tx);
+        parts.observer.run(events_rx, retry, fatal_tx).await;
+        if let Ok(msg) = fatal_rx.try_recv() {
+            return Err(Fatal(msg));
+        }
+        parts.outbox.flush().await?;
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        parts
+            .dispatcher
+            .run(shutdown_rx, Duration::ZERO, true)
+            .await
+            .map_err(Fatal)
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(remaining, work).await {
+        Ok(Ok(())) => {
+            let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
+            tracing::info!("sync finished: {}", summary(pending));
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
             Err(Fatal(format!(
-                "{pending} reports not delivered within {}; they stay queued for the agent or the next sync",
-                humantime::format_duration(timeout)
+                "sync gave up after {}: {}; they stay queued for the agent or the next sync",
+                humantime::format_duration(timeout),
+                summary(pending)
             )))
         }
     }

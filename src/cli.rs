@@ -37,6 +37,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+
+    /// Settings whose value came from their environment variable: (flag, variable).
+    #[arg(skip)]
+    pub from_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +57,9 @@ pub enum Command {
         /// Re-send deployments the endpoint already has.
         #[arg(long)]
         force: bool,
+        /// Give up after this long; what is not delivered stays queued [default: 2m].
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
     /// Report one deployment from a CD pipeline and wait until it is delivered.
     Report(ReportArgs),
@@ -78,6 +85,8 @@ pub enum QueueAction {
     List,
     /// Dead letters: reports the endpoint refused permanently.
     Dead,
+    /// The last report delivered for each key, with its time and the endpoint's status.
+    Sent,
     /// Move every dead letter back into the queue.
     Retry,
     /// Delete every pending report and dead letter.
@@ -143,7 +152,12 @@ pub struct RunArgs {
     pub report_unverified: Option<bool>,
 
     /// Reports in flight at once [default: 4].
-    #[arg(long, env = "DEPLOYTRACK_CONCURRENCY", value_name = "N")]
+    #[arg(
+        long,
+        env = "DEPLOYTRACK_CONCURRENCY",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub concurrency: Option<String>,
 
     /// First retry delay [default: 1s].
@@ -155,7 +169,12 @@ pub struct RunArgs {
     pub retry_max: Option<String>,
 
     /// Most pending reports kept; the oldest are dropped past it [default: 100000].
-    #[arg(long, env = "DEPLOYTRACK_QUEUE_MAX_ENTRIES", value_name = "N")]
+    #[arg(
+        long,
+        env = "DEPLOYTRACK_QUEUE_MAX_ENTRIES",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub queue_max_entries: Option<String>,
 
     /// Time in-flight requests get to finish on SIGTERM [default: 10s].
@@ -177,6 +196,64 @@ pub struct RunArgs {
     /// Address of the admin listener (/healthz /readyz /metrics /deployments); off by default.
     #[arg(long, env = "DEPLOYTRACK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+
+    /// The settings above whose value came from their environment variable: (flag, variable).
+    #[arg(skip)]
+    pub from_env: Vec<(String, String)>,
+}
+
+impl RunArgs {
+    /// The environment variable `flag` was read from, if it was not given on the command line.
+    pub fn env_source(&self, flag: &str) -> Option<&str> {
+        self.from_env
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map(|(_, var)| var.as_str())
+    }
+}
+
+impl Cli {
+    /// Parse the command line, remembering which settings came from the environment, so
+    /// that an error names the variable the user set rather than a flag they never typed.
+    pub fn parse_with_sources() -> Result<Self, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command();
+        let matches = command.clone().try_get_matches()?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        let mut levels = vec![(&command, &matches)];
+        if let Some((name, sub)) = matches.subcommand() {
+            levels.extend(command.find_subcommand(name).map(|c| (c, sub)));
+        }
+        for (command, matches) in levels {
+            for arg in command.get_arguments() {
+                let from_env = matches.value_source(arg.get_id().as_str())
+                    == Some(clap::parser::ValueSource::EnvVariable);
+                if let (true, Some(long), Some(env)) = (from_env, arg.get_long(), arg.get_env()) {
+                    let entry = (format!("--{long}"), env.to_string_lossy().into_owned());
+                    if !cli.from_env.contains(&entry) {
+                        cli.from_env.push(entry);
+                    }
+                }
+            }
+        }
+        let from_env = cli.from_env.clone();
+        match &mut cli.command {
+            Command::Run(run) | Command::Check(run) | Command::Sync { run, .. } => {
+                run.from_env = from_env
+            }
+            Command::Report(report) => report.run.from_env = from_env,
+            _ => {}
+        }
+        Ok(cli)
+    }
+
+    /// How the user spelled `flag`: the flag itself, or the environment variable it came from.
+    pub fn source_of(&self, flag: &'static str) -> String {
+        self.from_env
+            .iter()
+            .find(|(f, _)| f == flag)
+            .map_or_else(|| flag.to_string(), |(_, var)| var.clone())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ pub fn report_request(
 ) -> Result<(Deployment, Duration), ConfigError> {
     let image =
         ImageRef::parse(&args.image).map_err(|e| ConfigError::new("--image", e.to_string()))?;
+    validate_repository(&image).map_err(|e| ConfigError::new("--image", e))?;
     let Some(url) = image.pinned() else {
         return Err(ConfigError::new(
             "--image",
@@ -31,17 +32,33 @@ pub fn report_request(
         ));
     };
     let platform = match &args.platform {
-        Some(p) => Platform::parse(p).map_err(|e| ConfigError::new("--platform", e))?,
+        Some(p) => normalize_platform(p).map_err(|e| ConfigError::new("--platform", e))?,
         None => Platform::new("linux", "amd64", None),
     };
+    let name = match &args.name {
+        Some(name) if name.trim().is_empty() => {
+            return Err(ConfigError::new("--name", "the name is empty"))
+        }
+        Some(name) if name.chars().any(char::is_control) => {
+            return Err(ConfigError::new(
+                "--name",
+                format!("{name:?} holds control characters"),
+            ))
+        }
+        Some(name) => name.clone(),
+        None => image.repository.clone(),
+    };
     let timeout = crate::config::duration("--timeout", args.timeout.clone(), "2m")?;
+    if config.url.is_none() && !config.explicit_dry_run {
+        return Err(ConfigError::new(
+            "--url",
+            "report needs the endpoint: give --url or set DEPLOYTRACK_URL (or pass --dry-run to print the report without sending it)",
+        ));
+    }
     let deployment = Deployment {
         key: DeploymentKey {
             environment: config.environment.clone(),
-            name: args
-                .name
-                .clone()
-                .unwrap_or_else(|| image.repository.clone()),
+            name,
         },
         image_url: url,
         platform,
@@ -50,7 +67,68 @@ pub fn report_request(
     Ok((deployment, timeout))
 }
 
-/// Send one deployment and wait until it is delivered or `timeout` passes.
+/// The repository as Docker accepts it: lowercase path components of letters and digits
+/// joined by `.`, `_`, `__` or dashes (the registry host may hold capitals).
+fn validate_repository(image: &ImageRef) -> Result<(), String> {
+    let path = image
+        .repository
+        .split_once('/')
+        .map_or(image.repository.as_str(), |(_, path)| path);
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "the repository name {path:?} must be lowercase, as Docker requires"
+        ));
+    }
+    let component_ok = |c: &str| {
+        let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+        c.starts_with(alnum)
+            && c.ends_with(alnum)
+            && c.chars()
+                .all(|ch| alnum(ch) || matches!(ch, '.' | '_' | '-'))
+            && !c.contains("..")
+            && !c.contains("___")
+    };
+    if let Some(bad) = path.split('/').find(|c| !component_ok(c)) {
+        return Err(format!(
+            "{bad:?} is not a repository name component (lowercase letters and digits, separated by ., _, __ or -)"
+        ));
+    }
+    if let Some(tag) = &image.tag {
+        let ok = tag.len() <= 128
+            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(format!("{tag:?} is not a tag"));
+        }
+    }
+    Ok(())
+}
+
+/// `--platform` as Docker normalises it: lowercase, with the common architecture aliases
+/// (`x86_64` is `amd64`, `aarch64` is `arm64`, `armhf` is `arm/v7`) and `7` as `v7`.
+fn normalize_platform(text: &str) -> Result<Platform, String> {
+    let parsed = Platform::parse(&text.to_ascii_lowercase())
+        .map_err(|_| format!("{text:?} is not a platform like linux/amd64 or linux/arm64/v8"))?;
+    let (architecture, implied) = match parsed.architecture.as_str() {
+        "x86_64" | "x86-64" => ("amd64", None),
+        "aarch64" => ("arm64", None),
+        "i386" | "i686" => ("386", None),
+        "armhf" => ("arm", Some("v7")),
+        "armel" => ("arm", Some("v6")),
+        other => (other, None),
+    };
+    let variant = match parsed.variant.as_deref() {
+        Some(v) if v.bytes().all(|b| b.is_ascii_digit()) => Some(format!("v{v}")),
+        Some(v) => Some(v.to_string()),
+        None => implied.map(str::to_string),
+    };
+    Ok(Platform::new(&parsed.os, architecture, variant.as_deref()))
+}
+
+/// Send one deployment and wait until it is delivered or `timeout` passes. A refusal, a
+/// rejected token or a misconfigured endpoint fail at once: retrying cannot help them.
 pub async fn report(
     deployment: Deployment,
     timeout: Duration,
@@ -59,11 +137,19 @@ pub async fn report(
     let sink = Sink::for_config(&config)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
+    let within = humantime::format_duration(timeout);
     let mut failures = 0;
+    let mut last_reason: Option<String> = None;
     loop {
-        match sink.send(&body).await {
-            Outcome::Delivered => {
-                tracing::info!(key = %deployment.key, image = %deployment.image_url, "deployment reported");
+        let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(&body)).await else {
+            return Err(Fatal(format!(
+                "not delivered within {within}: {}",
+                last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into())
+            )));
+        };
+        match outcome {
+            Outcome::Delivered { .. } => {
+                crate::deliver::log_delivered(&deployment.key, &body, sink.is_dry_run());
                 return Ok(());
             }
             Outcome::Rejected { status, response } => {
@@ -74,30 +160,26 @@ pub async fn report(
                     "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
                 )))
             }
-            Outcome::WrongEndpoint { status } => {
-                return Err(Fatal(format!(
-                    "{}: {}",
-                    sink.shown_url().unwrap_or_default(),
-                    crate::deliver::wrong_endpoint(status)
-                )))
-            }
+            Outcome::Misconfigured { reason } => return Err(Fatal(reason)),
             Outcome::Transient { reason, retry_after } => {
                 let delay = backoff(&config.retry, failures).max(retry_after.unwrap_or_default());
                 failures += 1;
-                if tokio::time::Instant::now() + delay >= deadline {
-                    return Err(Fatal(format!(
-                        "not delivered within {}: {reason}",
-                        humantime::format_duration(timeout)
-                    )));
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(Fatal(format!("not delivered within {within}: {reason}")));
                 }
+                // The last attempt falls on the deadline rather than being skipped.
+                let delay = delay.min(deadline - now);
                 tracing::warn!(reason = %reason, retry_in = ?delay, "report not delivered yet; retrying");
+                last_reason = Some(reason);
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
-/// `check`: one line per check, OK or FAIL with the fix; non-zero if anything failed.
+/// `check`: one line per check, OK or FAIL with the fix; non-zero if anything failed. Each
+/// line names what it used: the config file, the token's source, the engine's address.
 pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
     let mut failed = 0;
     let mut line = |ok: bool, what: &str, detail: String| {
@@ -106,17 +188,23 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
     };
     let config = match config {
         Ok(c) => {
-            line(true, "config", "valid".into());
+            let detail = match &c.config_file {
+                Some(file) => format!("{file} is valid"),
+                None => {
+                    "no config file (--config not given): flags, environment and defaults".into()
+                }
+            };
+            line(true, "config", detail);
             c
         }
         Err(e) => {
             line(false, "config", e.to_string());
-            return Err(Fatal("1 check failed".into()));
+            return Err(Fatal(checks_failed(1)));
         }
     };
-    match (&config.token, config.dry_run) {
-        (Some(_), _) => line(true, "token", "present".into()),
-        (None, true) => line(true, "token", "not needed for a dry run (no --url)".into()),
+    match (&config.token_source, config.dry_run) {
+        (Some(source), _) => line(true, "token", format!("from {source}")),
+        (None, true) => line(true, "token", "not needed for a dry run".into()),
         (None, false) => line(false, "token", "missing".into()),
     }
     match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
@@ -124,7 +212,10 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
             line(
                 true,
                 "engine",
-                format!("reachable at {}", config.docker_host),
+                format!(
+                    "reachable at {} (from {})",
+                    config.docker_host, config.docker_host_source
+                ),
             );
             match engine.api_version().await {
                 Ok(v) => {
@@ -141,21 +232,33 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                 Err(e) => line(false, "engine API", e.to_string()),
             }
         }
-        Err(e) => line(false, "engine", e.to_string()),
+        Err(e) => line(
+            false,
+            "engine",
+            format!("{e} (the address is from {})", config.docker_host_source),
+        ),
     }
-    match &config.state_dir {
-        None => line(
+    match (config.queue_dir(), &config.state_dir) {
+        (None, Some(dir)) => line(
             true,
             "state dir",
-            "none (dry run keeps the queue in memory)".into(),
+            format!(
+                "{} is not used: a dry run keeps its queue in memory",
+                dir.display()
+            ),
         ),
-        Some(dir) => match check_state_dir(dir) {
+        (None, None) => line(
+            true,
+            "state dir",
+            "none (a dry run keeps its queue in memory)".into(),
+        ),
+        (Some(dir), _) => match check_state_dir(dir) {
             Ok(detail) => line(true, "state dir", detail),
             Err(e) => line(false, "state dir", e),
         },
     }
-    match (&config.url, &config.token) {
-        (Some(url), Some(token)) => {
+    match (&config.url, &config.token, config.dry_run) {
+        (Some(url), Some(token), false) => {
             let shown = crate::config::redact_url(url.as_str());
             let probe = match HttpSink::new(
                 url.clone(),
@@ -167,21 +270,26 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                 Err(e) => Err(e),
             };
             match probe {
-                Ok(401 | 403) => line(false, "endpoint", format!("{shown} rejected the API token")),
+                Ok((401 | 403, _)) => {
+                    line(false, "endpoint", format!("{shown} rejected the API token"))
+                }
                 // A GET answered 405 is normal for an endpoint that takes only POSTs.
-                Ok(status @ (404 | 410)) => line(
+                Ok((status @ (404 | 410), _)) => line(
                     false,
                     "endpoint",
                     format!("{shown}: {}", crate::deliver::wrong_endpoint(status)),
                 ),
                 // Delivery does not follow redirects (a POST would become a GET), so neither
                 // does the check.
-                Ok(status @ 300..=399) => line(
+                Ok((status @ 300..=399, location)) => line(
                     false,
                     "endpoint",
-                    format!("{shown} answered {status} (a redirect): set --url to where it points"),
+                    format!(
+                        "{shown} answered {status} (a redirect) to {}: set --url to where it points",
+                        location.as_deref().unwrap_or("nowhere")
+                    ),
                 ),
-                Ok(status) => line(
+                Ok((status, _)) => line(
                     true,
                     "endpoint",
                     format!("{shown} reachable (answered {status} to GET)"),
@@ -189,16 +297,28 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                 Err(e) => line(false, "endpoint", format!("{shown}: {e}")),
             }
         }
+        (Some(url), _, true) => line(
+            true,
+            "endpoint",
+            format!(
+                "{} not contacted: --dry-run prints reports instead of sending them",
+                crate::config::redact_url(url.as_str())
+            ),
+        ),
         _ => line(
             true,
             "endpoint",
-            "none configured: reports are printed (dry run)".into(),
+            "none configured: this is a dry run, reports are printed and not sent (give --url, or --config with a file that sets url)".into(),
         ),
     }
     if failed > 0 {
-        return Err(Fatal(format!("{failed} check(s) failed")));
+        return Err(Fatal(checks_failed(failed)));
     }
     Ok(())
+}
+
+fn checks_failed(n: usize) -> String {
+    format!("{n} check{} failed", if n == 1 { "" } else { "s" })
 }
 
 /// Writable, or creatable: a missing state dir is not created by a check (the agent does
@@ -259,10 +379,28 @@ fn queue_to(
     out: &mut impl std::io::Write,
 ) -> Result<(), QueueError> {
     let path = state_dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(Fatal(format!("no queue at {}", path.display())).into());
+    let denied = || {
+        Fatal(format!(
+            "permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root",
+            path.display()
+        ))
+    };
+    match std::fs::File::open(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Fatal(format!("no queue at {}", path.display())).into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied().into()),
+        Err(e) => return Err(Fatal(format!("cannot open {}: {e}", path.display())).into()),
     }
-    let db_err = |e: rusqlite::Error| Fatal(format!("{}: {e}", path.display()));
+    let db_err = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied
+            | rusqlite::ErrorCode::ReadOnly,
+        ) => Fatal(format!("{} ({e})", denied().0)),
+        _ => Fatal(format!("{}: {e}", path.display())),
+    };
     let mut conn = outbox::open_file(&path).map_err(db_err)?;
     let now = outbox::now_ms();
     let ago = |ms: i64| {
@@ -298,7 +436,16 @@ fn queue_to(
         }
         QueueAction::Dead => {
             let dead = admin::list_dead(&conn).map_err(db_err)?;
-            writeln!(out, "{} dead letters", dead.len())?;
+            let superseded = admin::count_superseded(&conn).map_err(db_err)?;
+            if superseded > 0 {
+                writeln!(
+                    out,
+                    "{} dead letters ({superseded} superseded by a later delivery of their key, not shown)",
+                    dead.len()
+                )?;
+            } else {
+                writeln!(out, "{} dead letters", dead.len())?;
+            }
             for d in dead {
                 writeln!(
                     out,
@@ -311,14 +458,39 @@ fn queue_to(
                 )?;
             }
         }
+        QueueAction::Sent => {
+            let sent = admin::list_sent(&conn).map_err(db_err)?;
+            writeln!(out, "{} sent (the last report of each key)", sent.len())?;
+            for s in sent {
+                let at =
+                    std::time::UNIX_EPOCH + Duration::from_millis(s.delivered_ms.max(0) as u64);
+                writeln!(
+                    out,
+                    "{}\tstatus={}\tdelivered={} ago ({})\t{}",
+                    s.key,
+                    s.status.map_or("-".to_string(), |c| c.to_string()),
+                    ago(s.delivered_ms),
+                    humantime::format_rfc3339_seconds(at),
+                    s.body
+                )?;
+            }
+        }
         QueueAction::Retry => {
-            let moved = admin::retry_dead(&mut conn).map_err(db_err)?;
-            writeln!(out, "{moved} dead letters moved back into the queue")?;
+            let (moved, superseded) = admin::retry_dead(&mut conn).map_err(db_err)?;
+            if superseded > 0 {
+                writeln!(
+                    out,
+                    "{moved} dead letters moved back into the queue; {superseded} superseded by a later delivery of their key were dropped"
+                )?;
+            } else {
+                writeln!(out, "{moved} dead letters moved back into the queue")?;
+            }
         }
         QueueAction::Purge { yes } => {
             if !yes {
                 return Err(Fatal(
-                    "purge deletes every pending report and dead letter: confirm with --yes".into(),
+                    "queue purge deletes every pending report and dead letter: confirm with --yes"
+                        .into(),
                 )
                 .into());
             }
@@ -330,4 +502,54 @@ fn queue_to(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_are_normalised_as_docker_does() {
+        let p = |text: &str| normalize_platform(text).map(|p| serde_json::to_string(&p).unwrap());
+        assert_eq!(
+            p("Linux/AMD64").unwrap(),
+            r#"{"os":"linux","architecture":"amd64"}"#
+        );
+        assert_eq!(
+            p("linux/x86_64").unwrap(),
+            r#"{"os":"linux","architecture":"amd64"}"#
+        );
+        assert_eq!(
+            p("linux/aarch64").unwrap(),
+            r#"{"os":"linux","architecture":"arm64"}"#
+        );
+        assert_eq!(
+            p("linux/armhf").unwrap(),
+            r#"{"os":"linux","architecture":"arm","variant":"v7"}"#
+        );
+        assert_eq!(
+            p("linux/arm/7").unwrap(),
+            r#"{"os":"linux","architecture":"arm","variant":"v7"}"#
+        );
+        assert!(p("linux").is_err());
+    }
+
+    #[test]
+    fn repositories_are_validated_as_docker_does() {
+        let check = |text: &str| validate_repository(&ImageRef::parse(text).unwrap());
+        let digest = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for good in [
+            "nginx",
+            "Registry.Example:5000/team/app",
+            "a/b__c/d-e.f",
+            "app:v1.2_x",
+        ] {
+            assert_eq!(check(&format!("{good}{digest}")), Ok(()), "{good}");
+        }
+        let err = check(&format!("Nginx{digest}")).unwrap_err();
+        assert!(err.contains("must be lowercase"), "{err}");
+        for bad in ["example.com/-app", "example.com/a..b", "app:.tag"] {
+            assert!(check(&format!("{bad}{digest}")).is_err(), "{bad}");
+        }
+    }
 }

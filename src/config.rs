@@ -20,14 +20,23 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/deploytrack";
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {setting}: {reason}")]
 pub struct ConfigError {
-    pub setting: &'static str,
+    /// Where the value came from: a flag, an environment variable, or `<file>: key <name>`.
+    pub setting: String,
     pub reason: String,
 }
 
 impl ConfigError {
-    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+    /// The same error, naming `setting` as its source instead.
+    pub fn from(self, setting: impl Into<String>) -> Self {
         Self {
-            setting,
+            setting: setting.into(),
+            ..self
+        }
+    }
+
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
             reason: reason.into(),
         }
     }
@@ -49,16 +58,117 @@ pub struct FileConfig {
     pub label_selector: Option<Vec<String>>,
     pub report_stops: Option<bool>,
     pub report_unverified: Option<bool>,
-    pub concurrency: Option<usize>,
+    pub concurrency: Option<i64>,
     pub retry_initial: Option<String>,
     pub retry_max: Option<String>,
-    pub queue_max_entries: Option<u64>,
+    pub queue_max_entries: Option<i64>,
     pub shutdown_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub resync_interval: Option<String>,
     pub listen: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// The file's path, to name it in errors; none without `--config`.
+    #[serde(skip)]
+    pub origin: Option<String>,
+}
+
+/// The kind of value a key of the config file takes, in the words an error uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Bool,
+    Integer,
+    TextList,
+}
+
+/// Every key of the config file (the `FileConfig` fields) and the kind of its value.
+const FILE_KEYS: &[(&str, Kind)] = &[
+    ("url", Kind::Text),
+    ("token_file", Kind::Text),
+    ("ca_file", Kind::Text),
+    ("environment", Kind::Text),
+    ("state_dir", Kind::Text),
+    ("docker_host", Kind::Text),
+    ("dry_run", Kind::Bool),
+    ("name_template", Kind::Text),
+    ("require_label", Kind::Bool),
+    ("label_selector", Kind::TextList),
+    ("report_stops", Kind::Bool),
+    ("report_unverified", Kind::Bool),
+    ("concurrency", Kind::Integer),
+    ("retry_initial", Kind::Text),
+    ("retry_max", Kind::Text),
+    ("queue_max_entries", Kind::Integer),
+    ("shutdown_timeout", Kind::Text),
+    ("request_timeout", Kind::Text),
+    ("resync_interval", Kind::Text),
+    ("listen", Kind::Text),
+    ("log_level", Kind::Text),
+    ("log_format", Kind::Text),
+];
+
+impl Kind {
+    fn accepts(self, value: &toml::Value) -> bool {
+        match (self, value) {
+            (Kind::Text, toml::Value::String(_))
+            | (Kind::Bool, toml::Value::Boolean(_))
+            | (Kind::Integer, toml::Value::Integer(_)) => true,
+            (Kind::TextList, toml::Value::Array(items)) => items.iter().all(toml::Value::is_str),
+            _ => false,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Text => "a string in quotes",
+            Kind::Bool => "true or false, without quotes",
+            Kind::Integer => "a whole number, without quotes",
+            Kind::TextList => "a list of strings in quotes, like [\"team=payments\"]",
+        }
+    }
+}
+
+/// A TOML value as an error names it.
+fn describe_value(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Integer(i) => format!("the number {i}"),
+        toml::Value::Float(f) => format!("the number {f}"),
+        toml::Value::Boolean(b) => format!("{b}"),
+        toml::Value::Datetime(d) => format!("the date {d}"),
+        toml::Value::Array(items) => match items.iter().find(|v| !v.is_str()) {
+            Some(odd) => format!("a list holding {}", describe_value(odd)),
+            None => "a list".into(),
+        },
+        toml::Value::Table(_) => "a table".into(),
+    }
+}
+
+/// The known key closest to a misspelt one, if any is close.
+fn closest_key(key: &str) -> Option<&'static str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let current = row[j + 1];
+                row[j + 1] = (previous + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(current + 1);
+                previous = current;
+            }
+        }
+        row[b.len()]
+    };
+    FILE_KEYS
+        .iter()
+        .map(|(k, _)| (distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
 }
 
 impl FileConfig {
@@ -74,7 +184,7 @@ impl FileConfig {
 
     /// The file's text, `origin` naming it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             // toml's message spans several lines (it quotes the file); keep the first.
             let msg = e
                 .message()
@@ -87,7 +197,67 @@ impl FileConfig {
                 .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
                 .unwrap_or_default();
             ConfigError::new("--config", format!("{origin}{at}: {msg}"))
-        })
+        })?;
+        for (key, value) in &table {
+            let setting = format!("{origin}: key {key}");
+            let Some((_, kind)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
+                let hint = closest_key(key)
+                    .map(|k| format!("; did you mean {k}?"))
+                    .unwrap_or_default();
+                return Err(ConfigError::new(
+                    setting,
+                    format!("there is no such setting (the keys are the long flag names in snake_case){hint}"),
+                ));
+            };
+            if !kind.accepts(value) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "expected {}, found {}",
+                        kind.expected(),
+                        describe_value(value)
+                    ),
+                ));
+            }
+        }
+        let mut config: FileConfig = toml::Value::Table(table).try_into().map_err(|e| {
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("parse error")
+                .to_string();
+            ConfigError::new("--config", format!("{origin}: {msg}"))
+        })?;
+        config.origin = Some(origin.to_string());
+        Ok(config)
+    }
+
+    /// How an error names one of this file's keys: `<file>: key <name>`.
+    pub fn key_source(&self, key: &str) -> String {
+        match &self.origin {
+            Some(origin) => format!("{origin}: key {key}"),
+            None => format!("--{}", key.replace('_', "-")),
+        }
+    }
+}
+
+/// A setting's value, with where it came from: the flag, its environment variable, or the
+/// config file's key (flag and environment beat the file).
+fn pick<T>(
+    args: &RunArgs,
+    file: &FileConfig,
+    flag: &'static str,
+    from_args: Option<T>,
+    from_file: Option<T>,
+) -> (Option<T>, String) {
+    match (from_args, from_file) {
+        (Some(v), _) => (Some(v), args.env_source(flag).unwrap_or(flag).to_string()),
+        (None, Some(v)) => (
+            Some(v),
+            file.key_source(&flag.trim_start_matches("--").replace('-', "_")),
+        ),
+        (None, None) => (None, flag.to_string()),
     }
 }
 
@@ -118,11 +288,20 @@ pub struct RetryPolicy {
 pub struct Config {
     pub url: Option<reqwest::Url>,
     pub token: Option<Token>,
+    /// Where the token came from, for `check`: `--token-file /etc/x`, `DEPLOYTRACK_TOKEN`, ...
+    pub token_source: Option<String>,
+    /// The config file's path, when one was given.
+    pub config_file: Option<String>,
     pub environment: String,
-    /// `None` keeps the queue in memory (dry run without an explicit state dir).
+    /// The state dir configured (or the default one); a dry run does not use it, see
+    /// `queue_dir`.
     pub state_dir: Option<PathBuf>,
     pub docker_host: String,
+    /// Where `docker_host` came from: a flag, `DOCKER_HOST`, the file, or the default.
+    pub docker_host_source: String,
     pub dry_run: bool,
+    /// A dry run the user asked for (`--dry-run`), not one implied by a missing URL.
+    pub explicit_dry_run: bool,
     pub name_template: NameTemplate,
     pub require_label: bool,
     pub label_selector: LabelSelector,
@@ -147,16 +326,18 @@ const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The most pending reports a queue may be told to keep.
 const QUEUE_MAX_ENTRIES_LIMIT: u64 = 100_000_000;
 
-/// A duration setting, `default` when unset, at most `DURATION_MAX`.
+/// A duration setting, `default` when unset, at most `DURATION_MAX`; `setting` names where
+/// the value came from.
 pub fn duration(
-    setting: &'static str,
+    setting: impl Into<String>,
     value: Option<String>,
     default: &str,
 ) -> Result<Duration, ConfigError> {
+    let setting = setting.into();
     let text = value.unwrap_or_else(|| default.to_string());
     let parsed = humantime::parse_duration(text.trim()).map_err(|e| {
         ConfigError::new(
-            setting,
+            setting.clone(),
             format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"),
         )
     })?;
@@ -170,15 +351,25 @@ pub fn duration(
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
-    setting: &'static str,
+    setting: &str,
     value: Option<String>,
     default: T,
 ) -> Result<T, ConfigError> {
     let Some(text) = value else {
         return Ok(default);
     };
-    match text.trim().parse::<T>() {
+    let trimmed = text.trim();
+    match trimmed.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
+        _ if trimmed.strip_prefix('-').is_some_and(|digits| {
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        }) =>
+        {
+            Err(ConfigError::new(
+                setting,
+                format!("{trimmed} is negative: give a whole number of 1 or more"),
+            ))
+        }
         _ => Err(ConfigError::new(
             setting,
             format!("{text:?} is not a positive whole number"),
@@ -187,149 +378,189 @@ fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
 }
 
 impl Config {
-    /// Merge `args` (flags and environment) over `file`, then validate everything.
+    /// Where the queue lives: the state dir, or memory for a dry run. A dry run never
+    /// touches the state dir, so it cannot change what a later real run sends.
+    pub fn queue_dir(&self) -> Option<&Path> {
+        if self.dry_run {
+            None
+        } else {
+            self.state_dir.as_deref()
+        }
+    }
+
+    /// Merge `args` (flags and environment) over `file`, then validate everything. Errors
+    /// name where the bad value came from: the flag, the environment variable, or the file.
     pub fn build(args: &RunArgs, file: &FileConfig) -> Result<Self, ConfigError> {
-        let url = match args.url.clone().or_else(|| file.url.clone()) {
+        let (url, origin) = pick(args, file, "--url", args.url.clone(), file.url.clone());
+        let url = match url {
             None => None,
-            Some(text) => Some(parse_url(&text)?),
+            Some(text) => Some(parse_url(&text).map_err(|e| e.from(origin))?),
         };
         let explicit_dry_run = args.dry_run.or(file.dry_run).unwrap_or(false);
         let dry_run = explicit_dry_run || url.is_none();
 
-        let environment = args
-            .environment
-            .clone()
-            .or_else(|| file.environment.clone())
-            .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+        let (environment, origin) = pick(
+            args,
+            file,
+            "--environment",
+            args.environment.clone(),
+            file.environment.clone(),
+        );
+        let environment = environment.unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
         crate::deployment::validate_environment(&environment)
-            .map_err(|reason| ConfigError::new("--environment", reason))?;
+            .map_err(|reason| ConfigError::new(origin, reason))?;
 
-        let explicit_state_dir = args
-            .state_dir
-            .clone()
-            .or_else(|| file.state_dir.clone())
-            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)));
+        let (state_dir, origin) = pick(
+            args,
+            file,
+            "--state-dir",
+            args.state_dir.clone(),
+            file.state_dir.clone(),
+        );
+        let explicit_state_dir =
+            state_dir.or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)));
         let state_dir = match explicit_state_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
-                return Err(ConfigError::new("--state-dir", "the path is empty"))
+                return Err(ConfigError::new(origin, "the path is empty"))
             }
             Some(dir) => Some(dir),
             None if dry_run => None,
             None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
         };
 
-        let docker_host = args
-            .docker_host
-            .clone()
-            .or_else(|| file.docker_host.clone())
-            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
-        crate::engine::validate_host(&docker_host)
-            .map_err(|r| ConfigError::new("--docker-host", r))?;
-
-        let template = args
-            .name_template
-            .clone()
-            .or_else(|| file.name_template.clone())
-            .unwrap_or_else(|| crate::deployment::DEFAULT_NAME_TEMPLATE.to_string());
-        let name_template =
-            NameTemplate::parse(&template).map_err(|r| ConfigError::new("--name-template", r))?;
-
-        let selectors = if args.label_selector.is_empty() {
-            file.label_selector.clone().unwrap_or_default()
-        } else {
-            args.label_selector.clone()
+        let (docker_host, docker_host_source) = pick(
+            args,
+            file,
+            "--docker-host",
+            args.docker_host.clone(),
+            file.docker_host.clone(),
+        );
+        let (docker_host, docker_host_source) = match docker_host {
+            Some(host) => (host, docker_host_source),
+            None => (DEFAULT_DOCKER_HOST.to_string(), "the default".to_string()),
         };
-        let label_selector = LabelSelector::parse(&selectors)
-            .map_err(|r| ConfigError::new("--label-selector", r))?;
+        crate::engine::validate_host(&docker_host)
+            .map_err(|r| ConfigError::new(docker_host_source.clone(), r))?;
 
-        let concurrency = positive(
+        let (template, origin) = pick(
+            args,
+            file,
+            "--name-template",
+            args.name_template.clone(),
+            file.name_template.clone(),
+        );
+        let template =
+            template.unwrap_or_else(|| crate::deployment::DEFAULT_NAME_TEMPLATE.to_string());
+        let name_template =
+            NameTemplate::parse(&template).map_err(|r| ConfigError::new(origin, r))?;
+
+        let (selectors, origin) = pick(
+            args,
+            file,
+            "--label-selector",
+            Some(args.label_selector.clone()).filter(|s| !s.is_empty()),
+            file.label_selector.clone(),
+        );
+        let label_selector = LabelSelector::parse(&selectors.unwrap_or_default())
+            .map_err(|r| ConfigError::new(origin, r))?;
+
+        let (concurrency, origin) = pick(
+            args,
+            file,
             "--concurrency",
-            args.concurrency
-                .clone()
-                .or(file.concurrency.map(|n| n.to_string())),
-            4usize,
-        )?;
+            args.concurrency.clone(),
+            file.concurrency.map(|n| n.to_string()),
+        );
+        let concurrency = positive(&origin, concurrency, 4usize)?;
         if concurrency > 256 {
             return Err(ConfigError::new(
-                "--concurrency",
+                origin,
                 format!("{concurrency} is more than 256"),
             ));
         }
+        let (retry_initial, initial_origin) = pick(
+            args,
+            file,
+            "--retry-initial",
+            args.retry_initial.clone(),
+            file.retry_initial.clone(),
+        );
+        let (retry_max, max_origin) = pick(
+            args,
+            file,
+            "--retry-max",
+            args.retry_max.clone(),
+            file.retry_max.clone(),
+        );
         let retry = RetryPolicy {
-            initial: duration(
-                "--retry-initial",
-                args.retry_initial.clone().or(file.retry_initial.clone()),
-                "1s",
-            )?,
-            max: duration(
-                "--retry-max",
-                args.retry_max.clone().or(file.retry_max.clone()),
-                "5m",
-            )?,
+            initial: duration(initial_origin.clone(), retry_initial, "1s")?,
+            max: duration(max_origin.clone(), retry_max, "5m")?,
         };
         if retry.initial.is_zero() {
-            return Err(ConfigError::new(
-                "--retry-initial",
-                "must be longer than zero",
-            ));
+            return Err(ConfigError::new(initial_origin, "must be longer than zero"));
         }
         if retry.max < retry.initial {
             return Err(ConfigError::new(
-                "--retry-max",
-                "must not be shorter than --retry-initial",
+                max_origin,
+                format!("must not be shorter than {initial_origin}"),
             ));
         }
-        let queue_max_entries = positive(
+        let (queue_max_entries, origin) = pick(
+            args,
+            file,
             "--queue-max-entries",
-            args.queue_max_entries
-                .clone()
-                .or(file.queue_max_entries.map(|n| n.to_string())),
-            100_000u64,
-        )?;
+            args.queue_max_entries.clone(),
+            file.queue_max_entries.map(|n| n.to_string()),
+        );
+        let queue_max_entries = positive(&origin, queue_max_entries, 100_000u64)?;
         if queue_max_entries > QUEUE_MAX_ENTRIES_LIMIT {
             return Err(ConfigError::new(
-                "--queue-max-entries",
+                origin,
                 format!("{queue_max_entries} is more than {QUEUE_MAX_ENTRIES_LIMIT}"),
             ));
         }
-        let shutdown_timeout = duration(
+        let (shutdown_timeout, origin) = pick(
+            args,
+            file,
             "--shutdown-timeout",
-            args.shutdown_timeout
-                .clone()
-                .or(file.shutdown_timeout.clone()),
-            "10s",
-        )?;
-        let request_timeout = duration(
+            args.shutdown_timeout.clone(),
+            file.shutdown_timeout.clone(),
+        );
+        let shutdown_timeout = duration(origin, shutdown_timeout, "10s")?;
+        let (request_timeout, origin) = pick(
+            args,
+            file,
             "--request-timeout",
-            args.request_timeout
-                .clone()
-                .or(file.request_timeout.clone()),
-            "15s",
-        )?;
+            args.request_timeout.clone(),
+            file.request_timeout.clone(),
+        );
+        let request_timeout = duration(origin.clone(), request_timeout, "15s")?;
         if request_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "--request-timeout",
-                "must be longer than zero",
-            ));
+            return Err(ConfigError::new(origin, "must be longer than zero"));
         }
-        let resync_interval = duration(
+        let (resync_interval, origin) = pick(
+            args,
+            file,
             "--resync-interval",
-            args.resync_interval
-                .clone()
-                .or(file.resync_interval.clone()),
-            "10m",
-        )?;
+            args.resync_interval.clone(),
+            file.resync_interval.clone(),
+        );
+        let resync_interval = duration(origin.clone(), resync_interval, "10m")?;
         if resync_interval < Duration::from_secs(1) {
-            return Err(ConfigError::new(
-                "--resync-interval",
-                "must be 1s or longer",
-            ));
+            return Err(ConfigError::new(origin, "must be 1s or longer"));
         }
-        let listen = match args.listen.clone().or(file.listen.clone()) {
+        let (listen, origin) = pick(
+            args,
+            file,
+            "--listen",
+            args.listen.clone(),
+            file.listen.clone(),
+        );
+        let listen = match listen {
             None => None,
             Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
                 ConfigError::new(
-                    "--listen",
+                    origin,
                     format!("{text:?} is not an address like 127.0.0.1:9464"),
                 )
             })?),
@@ -344,18 +575,34 @@ impl Config {
                 ));
             }
         }
-        let ca_certificates = match args.ca_file.clone().or_else(|| file.ca_file.clone()) {
+        let (ca_file, origin) = pick(
+            args,
+            file,
+            "--ca-file",
+            args.ca_file.clone(),
+            file.ca_file.clone(),
+        );
+        let ca_certificates = match ca_file {
             None => Vec::new(),
-            Some(path) => load_ca_file(&path)?,
+            Some(path) => load_ca_file(&path, &origin)?,
         };
 
-        let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
+        let (token_file, origin) = pick(
+            args,
+            file,
+            "--token-file",
+            args.token_file.clone(),
+            file.token_file.clone(),
+        );
         if let Some(path) = &token_file {
             if let Some(warning) = token_file_warning(path) {
                 warnings.push(warning);
             }
         }
-        let token = load_token(token_file.as_deref())?;
+        let (token, token_source) = match load_token(token_file.as_deref(), &origin)? {
+            Some((token, source)) => (Some(token), Some(source)),
+            None => (None, None),
+        };
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
                 "token",
@@ -366,10 +613,14 @@ impl Config {
         Ok(Config {
             url,
             token,
+            token_source,
+            config_file: file.origin.clone(),
             environment,
             state_dir,
             docker_host,
+            docker_host_source,
             dry_run,
+            explicit_dry_run,
             name_template,
             require_label: args.require_label.or(file.require_label).unwrap_or(false),
             label_selector,
@@ -402,19 +653,18 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 }
 
 /// `--ca-file`: one or more PEM certificates.
-fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        ConfigError::new("--ca-file", format!("cannot read {}: {e}", path.display()))
-    })?;
+fn load_ca_file(path: &Path, setting: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))?;
     let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
         ConfigError::new(
-            "--ca-file",
+            setting,
             format!("{} is not a PEM certificate file", path.display()),
         )
     })?;
     if certificates.is_empty() {
         return Err(ConfigError::new(
-            "--ca-file",
+            setting,
             format!("{} holds no PEM certificate", path.display()),
         ));
     }
@@ -475,22 +725,23 @@ pub fn redact_url(text: &str) -> String {
     text.to_string()
 }
 
-/// The token from `--token-file`, else `DEPLOYTRACK_TOKEN`, else `$CREDENTIALS_DIRECTORY/token`.
-fn load_token(file: Option<&Path>) -> Result<Option<Token>, ConfigError> {
+/// The token from `--token-file` (named by `setting`), else `DEPLOYTRACK_TOKEN`, else
+/// `$CREDENTIALS_DIRECTORY/token`; with a description of where it came from.
+fn load_token(file: Option<&Path>, setting: &str) -> Result<Option<(Token, String)>, ConfigError> {
     let (source, text) = if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                "--token-file",
-                format!("cannot read {}: {e}", path.display()),
-            )
+            ConfigError::new(setting, format!("cannot read {}: {e}", path.display()))
         })?;
-        ("--token-file", text)
+        (format!("{setting} {}", path.display()), text)
     } else if let Ok(text) = std::env::var("DEPLOYTRACK_TOKEN") {
-        ("DEPLOYTRACK_TOKEN", text)
+        ("DEPLOYTRACK_TOKEN".to_string(), text)
     } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join("token");
         match std::fs::read_to_string(&path) {
-            Ok(text) => ("systemd credential token", text),
+            Ok(text) => (
+                format!("the systemd credential token ({})", path.display()),
+                text,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(ConfigError::new(
@@ -502,28 +753,21 @@ fn load_token(file: Option<&Path>) -> Result<Option<Token>, ConfigError> {
     } else {
         return Ok(None);
     };
+    let setting = if file.is_some() { setting } else { "token" };
     let token = text.trim();
     if token.is_empty() {
         return Err(ConfigError::new(
-            source_setting(source),
+            setting,
             format!("the token from {source} is empty"),
         ));
     }
     if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return Err(ConfigError::new(
-            source_setting(source),
+            setting,
             format!("the token from {source} holds characters an HTTP header cannot carry"),
         ));
     }
-    Ok(Some(Token(token.to_string())))
-}
-
-fn source_setting(source: &'static str) -> &'static str {
-    if source == "--token-file" {
-        "--token-file"
-    } else {
-        "token"
-    }
+    Ok(Some((Token(token.to_string()), source)))
 }
 
 #[cfg(test)]
@@ -556,9 +800,96 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_key_is_an_error() {
-        let err = toml::from_str::<FileConfig>("environmnet = \"x\"").unwrap_err();
-        assert!(err.message().contains("unknown field"), "{}", err.message());
+    fn unknown_file_key_is_an_error_with_a_suggestion() {
+        let err = FileConfig::parse("environmnet = \"x\"", "/etc/d.toml").unwrap_err();
+        assert_eq!(err.setting, "/etc/d.toml: key environmnet");
+        assert!(err.reason.ends_with("did you mean environment?"), "{err}");
+    }
+
+    #[test]
+    fn file_type_errors_name_the_key_and_the_type_in_plain_words() {
+        let cases = [
+            (
+                "concurrency = \"10\"",
+                "key concurrency: expected a whole number, without quotes, found the string \"10\"",
+            ),
+            (
+                "environment = 10",
+                "key environment: expected a string in quotes, found the number 10",
+            ),
+            (
+                "dry_run = \"yes\"",
+                "key dry_run: expected true or false, without quotes, found the string \"yes\"",
+            ),
+            (
+                "label_selector = \"a=b\"",
+                "key label_selector: expected a list of strings in quotes",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = FileConfig::parse(text, "f.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(!err.contains("invalid type"), "{err}");
+        }
+    }
+
+    /// FILE_KEYS lists exactly the fields serde accepts, each with a kind serde takes.
+    #[test]
+    fn the_file_keys_are_the_config_fields() {
+        let err = toml::from_str::<FileConfig>("zzz = 1").unwrap_err();
+        let message = err.message();
+        let expected = message.split("expected one of ").nth(1).unwrap_or_default();
+        let mut fields: Vec<&str> = expected.split(", ").map(|f| f.trim_matches('`')).collect();
+        let mut keys: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+        fields.sort();
+        keys.sort();
+        assert_eq!(fields, keys, "{message}");
+        for (key, kind) in FILE_KEYS {
+            let value = match kind {
+                Kind::Text => "\"1s\"",
+                Kind::Bool => "true",
+                Kind::Integer => "3",
+                Kind::TextList => "[\"a=b\"]",
+            };
+            FileConfig::parse(&format!("{key} = {value}"), "f.toml")
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_environment_variable_or_the_file_key() {
+        let file = FileConfig::parse("concurrency = 0", "/etc/d.toml").unwrap();
+        let err = Config::build(&args(), &file).unwrap_err();
+        assert_eq!(err.setting, "/etc/d.toml: key concurrency");
+        let mut a = args();
+        a.concurrency = Some("0".into());
+        a.from_env = vec![("--concurrency".into(), "DEPLOYTRACK_CONCURRENCY".into())];
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_CONCURRENCY");
+        a.from_env.clear();
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "--concurrency");
+        a.concurrency = Some("-1".into());
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --concurrency: -1 is negative: give a whole number of 1 or more"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_never_uses_the_state_dir() {
+        let mut a = args();
+        a.state_dir = Some("/tmp/somewhere".into());
+        a.url = Some("http://127.0.0.1:1/x".into());
+        a.dry_run = Some(true);
+        let config = Config::build(&a, &FileConfig::default()).unwrap();
+        assert!(config.dry_run && config.explicit_dry_run);
+        assert_eq!(config.queue_dir(), None);
+        assert_eq!(
+            config.state_dir.as_deref(),
+            Some(Path::new("/tmp/somewhere"))
+        );
     }
 
     #[test]

@@ -28,11 +28,21 @@ const IDLE_POLL: Duration = Duration::from_secs(2);
 const RECONCILE_GRACE: Duration = Duration::from_secs(5);
 /// A `Retry-After` beyond this is treated as this.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// While the queue is held, a reminder is logged after this long at first...
+pub const REMINDER_FIRST: Duration = Duration::from_secs(60);
+/// ...then at twice the previous interval, up to this: a day-long outage writes about 30.
+const REMINDER_MAX: Duration = Duration::from_secs(3600);
+/// What a TLS client reads when the server speaks plain HTTP.
+const PLAIN_HTTP_ANSWER: &str = "the endpoint answered in plain HTTP to a TLS (https://) request: \
+    the URL says https:// but the server at that address speaks http://; use an http:// URL, \
+    or the address of the endpoint's TLS listener";
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered,
+    Delivered {
+        status: u16,
+    },
     /// Network error, timeout, 408, 425, 429, 5xx: try again later.
     Transient {
         reason: String,
@@ -42,10 +52,10 @@ pub enum Outcome {
     Unauthorized {
         status: u16,
     },
-    /// 404/405/410: the URL names no endpoint that takes reports (a mistyped or deleted
-    /// endpoint): wrong for every report, like the credentials.
-    WrongEndpoint {
-        status: u16,
+    /// The endpoint cannot take any report until the configuration changes (a redirect, an
+    /// https:// URL to a plain-HTTP server): held and retried like `Unauthorized`.
+    Misconfigured {
+        reason: String,
     },
     /// Any other 4xx: this report will never be accepted.
     Rejected {
@@ -54,16 +64,33 @@ pub enum Outcome {
     },
 }
 
+fn is_wrong_endpoint(status: u16) -> bool {
+    matches!(status, 404 | 405 | 410)
+}
+
+/// What a 404, 405 or 410 says about the URL.
+pub fn wrong_endpoint(status: u16) -> &'static str {
+    match status {
+        404 => "no endpoint at this URL (404): is --url mistyped?",
+        405 => "this URL does not take a POST (405): is --url the endpoint's address?",
+        410 => "the endpoint at this URL is gone (410): was it deleted? set --url to the new one",
+        _ => "this URL takes no reports",
+    }
+}
+
 /// Classify an HTTP answer per the API contract.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
     let code = status.as_u16();
     match code {
-        200..=299 => Outcome::Delivered,
+        200..=299 => Outcome::Delivered { status: code },
         401 | 403 => Outcome::Unauthorized { status: code },
-        404 | 405 | 410 => Outcome::WrongEndpoint { status: code },
+        // A mistyped or deleted endpoint URL: wrong for every report, like the credentials.
+        404 | 405 | 410 => Outcome::Misconfigured {
+            reason: wrong_endpoint(code).into(),
+        },
         // Redirects are not followed (a client following a 301 turns the POST into a GET):
         // the endpoint is misconfigured for every report, so hold and say where it points.
-        300..=399 => Outcome::Transient {
+        300..=399 => Outcome::Misconfigured {
             reason: format!(
                 "the endpoint answered {status} and points to {}: set --url to that address",
                 headers
@@ -71,7 +98,6 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
                     .and_then(|v| v.to_str().ok())
                     .map_or_else(|| "nowhere".to_string(), crate::config::redact_url)
             ),
-            retry_after: None,
         },
         408 | 425 | 429 | 500..=599 => Outcome::Transient {
             reason: format!("the endpoint answered {status}"),
@@ -126,25 +152,7 @@ pub enum Sink {
     Stdout,
 }
 
-/// What a status of `Outcome::WrongEndpoint` says about the URL.
-pub fn wrong_endpoint(status: u16) -> &'static str {
-    match status {
-        404 => "no endpoint at this URL (404): is --url mistyped?",
-        405 => "this URL does not take a POST (405): is --url the endpoint's address?",
-        410 => "the endpoint at this URL is gone (410): was it deleted? set --url to the new one",
-        _ => "this URL takes no reports",
-    }
-}
-
 impl Sink {
-    /// The endpoint's URL without credentials, for messages; `None` for stdout.
-    pub fn shown_url(&self) -> Option<String> {
-        match self {
-            Sink::Http(http) => Some(crate::config::redact_url(http.url.as_str())),
-            Sink::Stdout => None,
-        }
-    }
-
     /// The endpoint when one is configured and this is not a dry run, else stdout.
     pub fn for_config(config: &crate::config::Config) -> Result<Self, String> {
         Ok(match (&config.url, &config.token, config.dry_run) {
@@ -158,13 +166,18 @@ impl Sink {
         })
     }
 
+    /// A dry run prints instead of sending.
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self, Sink::Stdout)
+    }
+
     pub async fn send(&self, body: &str) -> Outcome {
         match self {
             Sink::Http(http) => http.send(body).await,
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 match writeln!(out, "{body}").and_then(|()| out.flush()) {
-                    Ok(()) => Outcome::Delivered,
+                    Ok(()) => Outcome::Delivered { status: 0 },
                     Err(e) => Outcome::Transient {
                         reason: format!("cannot write to stdout: {e}"),
                         retry_after: None,
@@ -229,8 +242,22 @@ impl HttpSink {
                 } else {
                     excerpt_of(response).await
                 };
-                classify(status, &headers, &body)
+                match classify(status, &headers, &body) {
+                    // The URL is the likely fault: name it (without credentials).
+                    Outcome::Misconfigured { reason } if is_wrong_endpoint(status.as_u16()) => {
+                        Outcome::Misconfigured {
+                            reason: format!(
+                                "{}: {reason}",
+                                crate::config::redact_url(self.url.as_str())
+                            ),
+                        }
+                    }
+                    outcome => outcome,
+                }
             }
+            Err(e) if answered_in_plain_http(&e) => Outcome::Misconfigured {
+                reason: PLAIN_HTTP_ANSWER.into(),
+            },
             Err(e) => Outcome::Transient {
                 reason: describe_error(&e.without_url()),
                 retry_after: None,
@@ -241,17 +268,42 @@ impl HttpSink {
 
 impl HttpSink {
     /// A GET with the credentials, for `check`: the API defines no probe, but a 401/403
-    /// tells a wrong token without sending a deployment. Returns the status.
-    pub async fn probe(&self) -> Result<u16, String> {
+    /// tells a wrong token without sending a deployment. Returns the status and, for a
+    /// redirect, where it points (without credentials).
+    pub async fn probe(&self) -> Result<(u16, Option<String>), String> {
         let response = self
             .client
             .get(self.url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
             .send()
             .await
-            .map_err(|e| describe_error(&e.without_url()))?;
-        Ok(response.status().as_u16())
+            .map_err(|e| {
+                if answered_in_plain_http(&e) {
+                    PLAIN_HTTP_ANSWER.to_string()
+                } else {
+                    describe_error(&e.without_url())
+                }
+            })?;
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(crate::config::redact_url);
+        Ok((response.status().as_u16(), location))
     }
+}
+
+/// rustls reading an HTTP answer as a TLS record: "received corrupt message of type
+/// InvalidContentType".
+fn answered_in_plain_http(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("InvalidContentType") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// reqwest's message plus the innermost cause ("connection refused"), without the URL.
@@ -287,24 +339,27 @@ struct Hold {
     failures: u32,
     until: Option<Instant>,
     probing: bool,
-    /// The endpoint-wide fault already logged (credentials, a wrong URL), once per hold.
-    logged: Option<u16>,
+    unauthorized: bool,
+    misconfigured: bool,
+    /// When the next reminder that the queue is held is due, and the interval after it.
+    remind_at: Option<Instant>,
+    remind_every: Duration,
 }
 
 impl Hold {
     /// A request failed. The backoff escalates once per failed probe: the first failure
     /// starts the hold; the other requests already in flight then fail for the same reason
     /// and do not count again. `probe`: the request was sent while held.
-    fn failed(&mut self, probe: bool, delay: impl FnOnce(u32) -> Duration) -> Duration {
+    fn count_failure(&mut self, probe: bool) {
         if probe || self.until.is_none() {
             self.failures = self.failures.saturating_add(1);
         }
-        let delay = delay(self.failures.saturating_sub(1));
-        self.probing = false;
-        let until = Instant::now() + delay;
-        self.until = Some(self.until.map_or(until, |u| u.max(until)));
-        delay
     }
+}
+
+/// The interval after a reminder: twice the one before, up to `REMINDER_MAX`.
+fn next_reminder_interval(every: Duration) -> Duration {
+    (every * 2).min(REMINDER_MAX)
 }
 
 pub struct Dispatcher {
@@ -316,6 +371,8 @@ pub struct Dispatcher {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub telemetry: Arc<Telemetry>,
+    /// The first reminder while the queue is held (`REMINDER_FIRST` for the agent).
+    pub reminder: Duration,
 }
 
 impl Dispatcher {
@@ -340,6 +397,20 @@ impl Dispatcher {
         }
         loop {
             self.telemetry.heartbeat_dispatcher();
+            if let Some(at) = hold.remind_at.filter(|at| *at <= Instant::now()) {
+                let stats = self.outbox.stats().await?;
+                let oldest = stats.oldest_pending_ms.map_or(Duration::ZERO, |ms| {
+                    Duration::from_secs(((now_ms() - ms).max(0) / 1000) as u64)
+                });
+                tracing::warn!(
+                    queued = stats.pending,
+                    oldest = %humantime::format_duration(oldest),
+                    last_error = %stats.last_error.as_deref().unwrap_or("-"),
+                    "the endpoint still does not accept reports; they stay queued and are retried"
+                );
+                hold.remind_every = next_reminder_interval(hold.remind_every);
+                hold.remind_at = Some(at.max(Instant::now()) + hold.remind_every);
+            }
             if stopping.is_none() {
                 let now = Instant::now();
                 let held = hold.until.is_some_and(|u| u > now);
@@ -411,6 +482,10 @@ impl Dispatcher {
                     }
                 }
             };
+            let wake = match hold.remind_at {
+                Some(at) if stopping.is_none() => wake.min(at),
+                _ => wake,
+            };
             let busy = !buffer.is_empty() && inflight.len() >= self.concurrency;
             tokio::select! {
                 Some(joined) = inflight.join_next() => {
@@ -434,14 +509,9 @@ impl Dispatcher {
     fn settle(&self, pending: Pending, outcome: Outcome, probe: bool, hold: &mut Hold) {
         let key = pending.key.clone();
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered { status } => {
                 self.telemetry.delivered();
-                match crate::deployment::Deployment::from_body(&pending.body) {
-                    Some(d) => {
-                        tracing::info!(key = %key, image = %d.image_url, "deployment reported")
-                    }
-                    None => tracing::info!(key = %key, "deployment reported"),
-                }
+                log_delivered(&key, &pending.body, self.sink.is_dry_run());
                 if hold.until.is_some() {
                     tracing::info!(
                         after_failures = hold.failures,
@@ -450,7 +520,8 @@ impl Dispatcher {
                     self.outbox.reset_backoff();
                 }
                 *hold = Hold::default();
-                self.outbox.settle(key, pending.version, Settle::Delivered);
+                self.outbox
+                    .settle(key, pending.version, Settle::Delivered { status });
             }
             Outcome::Rejected { status, response } => {
                 self.telemetry.dead_lettered();
@@ -464,19 +535,18 @@ impl Dispatcher {
                 retry_after,
             } => {
                 self.telemetry.delivery_failed("transient");
-                let started = hold.until.is_none();
-                let delay = hold.failed(probe, |n| {
-                    backoff(&self.retry, n).max(retry_after.unwrap_or_default())
-                });
+                let delay =
+                    backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
                 // A report that keeps failing on its own (while others succeed) backs off by
                 // its own attempts, so it cannot keep the queue in a loop of short holds.
                 let own_delay =
                     delay.max(backoff(&self.retry, pending.attempts.clamp(0, 30) as u32));
-                if started {
+                if hold.until.is_none() {
                     tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
                 } else {
                     tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
                 }
+                self.hold(hold, delay, probe);
                 self.outbox.settle(
                     key,
                     pending.version,
@@ -486,39 +556,71 @@ impl Dispatcher {
                     },
                 );
             }
+            Outcome::Misconfigured { reason } => {
+                self.telemetry.delivery_failed("misconfigured");
+                let delay = backoff(&self.retry, hold.failures);
+                if !hold.misconfigured {
+                    tracing::error!(reason = %reason, retry_in = ?delay, "the endpoint cannot take reports until the configuration is fixed; every report stays queued and is retried");
+                }
+                hold.misconfigured = true;
+                self.hold(hold, delay, probe);
+                self.outbox.settle(
+                    key,
+                    pending.version,
+                    Settle::RetryAt {
+                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                        error: reason,
+                    },
+                );
+            }
             Outcome::Unauthorized { status } => {
                 self.telemetry.delivery_failed("unauthorized");
-                let delay = hold.failed(probe, |n| backoff(&self.retry, n));
-                if hold.logged != Some(status) {
+                let delay = backoff(&self.retry, hold.failures);
+                if !hold.unauthorized {
                     tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
                 }
-                hold.logged = Some(status);
+                hold.unauthorized = true;
+                self.hold(hold, delay, probe);
                 let error = format!("the endpoint answered {status}: credentials rejected");
-                self.retry_at(key, pending.version, delay, error);
-            }
-            Outcome::WrongEndpoint { status } => {
-                self.telemetry.delivery_failed("wrong_endpoint");
-                let delay = hold.failed(probe, |n| backoff(&self.retry, n));
-                let url = self.sink.shown_url().unwrap_or_default();
-                if hold.logged != Some(status) {
-                    tracing::error!(status, url = %url, retry_in = ?delay, "{}; every report stays queued and is retried", wrong_endpoint(status));
-                }
-                hold.logged = Some(status);
-                let error = format!("{url}: {}", wrong_endpoint(status));
-                self.retry_at(key, pending.version, delay, error);
+                self.outbox.settle(
+                    key,
+                    pending.version,
+                    Settle::RetryAt {
+                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
+                        error,
+                    },
+                );
             }
         }
     }
 
-    fn retry_at(&self, key: DeploymentKey, version: i64, delay: Duration, error: String) {
-        self.outbox.settle(
-            key,
-            version,
-            Settle::RetryAt {
-                next_attempt_ms: now_ms() + delay.as_millis() as i64,
-                error,
-            },
-        );
+    fn hold(&self, hold: &mut Hold, delay: Duration, probe: bool) {
+        if hold.remind_at.is_none() {
+            hold.remind_every = self.reminder;
+            hold.remind_at = Some(Instant::now() + self.reminder);
+        }
+        hold.count_failure(probe);
+        hold.probing = false;
+        let until = Instant::now() + delay;
+        hold.until = Some(hold.until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// One line per delivery: a stop is logged as a stop, and a dry run says it sent nothing.
+pub fn log_delivered(key: &DeploymentKey, body: &str, dry_run: bool) {
+    let deployment = crate::deployment::Deployment::from_body(body);
+    let image = deployment.as_ref().map_or("-", |d| d.image_url.as_str());
+    let stopped = deployment
+        .as_ref()
+        .and_then(|d| d.container.as_ref())
+        .is_some_and(|c| c.state == crate::deployment::ContainerState::Stopped);
+    match (dry_run, stopped) {
+        (false, false) => tracing::info!(key = %key, image, "deployment reported"),
+        (false, true) => tracing::info!(key = %key, image, "stop reported"),
+        (true, false) => {
+            tracing::info!(key = %key, image, "dry run: deployment printed, not sent")
+        }
+        (true, true) => tracing::info!(key = %key, image, "dry run: stop printed, not sent"),
     }
 }
 
@@ -527,32 +629,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_escalates_once_per_failed_probe() {
-        let mut hold = Hold::default();
-        let seen = std::cell::RefCell::new(Vec::new());
-        let mut fail = |probe| {
-            hold.failed(probe, |n| {
-                seen.borrow_mut().push(n);
-                Duration::from_millis(10)
-            })
-        };
-        // Four requests in flight when the endpoint goes down: one step, not four.
-        for probe in [false, false, false, false] {
-            fail(probe);
-        }
-        // Then each failed probe is one more step.
-        fail(true);
-        fail(true);
-        assert_eq!(*seen.borrow(), vec![0, 0, 0, 0, 1, 2]);
-        assert_eq!(hold.failures, 3);
-        assert!(!hold.probing);
-    }
-
-    #[test]
     fn classification() {
         let h = HeaderMap::new();
-        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Delivered);
-        assert_eq!(classify(StatusCode::ACCEPTED, &h, b""), Outcome::Delivered);
+        assert_eq!(
+            classify(StatusCode::OK, &h, b""),
+            Outcome::Delivered { status: 200 }
+        );
+        assert_eq!(
+            classify(StatusCode::ACCEPTED, &h, b""),
+            Outcome::Delivered { status: 202 }
+        );
         assert_eq!(
             classify(StatusCode::UNAUTHORIZED, &h, b""),
             Outcome::Unauthorized { status: 401 }
@@ -567,16 +653,6 @@ mod tests {
                 matches!(outcome, Outcome::Transient { .. }),
                 "{s}: {outcome:?}"
             );
-        }
-        for s in [404, 405, 410] {
-            assert_eq!(
-                classify(StatusCode::from_u16(s).unwrap(), &h, b""),
-                Outcome::WrongEndpoint { status: s }
-            );
-        }
-        for s in [400, 409, 413, 422] {
-            let outcome = classify(StatusCode::from_u16(s).unwrap(), &h, b"");
-            assert!(matches!(outcome, Outcome::Rejected { .. }), "{s}");
         }
         assert_eq!(
             classify(StatusCode::BAD_REQUEST, &h, b"bad\nimage"),
@@ -597,6 +673,37 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_url_holds_the_queue() {
+        let h = HeaderMap::new();
+        for (s, says) in [(404, "(404)"), (405, "(405)"), (410, "(410)")] {
+            match classify(StatusCode::from_u16(s).unwrap(), &h, b"") {
+                Outcome::Misconfigured { reason } => assert!(reason.contains(says), "{reason}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        for s in [400, 409, 413, 422] {
+            let outcome = classify(StatusCode::from_u16(s).unwrap(), &h, b"");
+            assert!(matches!(outcome, Outcome::Rejected { .. }), "{s}");
+        }
+    }
+
+    #[test]
+    fn backoff_escalates_once_per_failed_probe() {
+        let mut hold = Hold::default();
+        // Four requests in flight when the endpoint goes down: one step, not four.
+        hold.count_failure(false);
+        hold.until = Some(Instant::now());
+        for _ in 0..3 {
+            hold.count_failure(false);
+        }
+        assert_eq!(hold.failures, 1);
+        // Then each failed probe is one more step.
+        hold.count_failure(true);
+        hold.count_failure(true);
+        assert_eq!(hold.failures, 3);
+    }
+
+    #[test]
     fn redirects_hold_the_queue_and_say_where() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -604,7 +711,7 @@ mod tests {
             HeaderValue::from_static("https://new.example/hook"),
         );
         match classify(StatusCode::MOVED_PERMANENTLY, &h, b"") {
-            Outcome::Transient { reason, .. } => {
+            Outcome::Misconfigured { reason } => {
                 assert!(reason.contains("https://new.example/hook"), "{reason}")
             }
             other => panic!("{other:?}"),
@@ -625,6 +732,28 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// When each reminder of a hold falls, from its start, over `over`.
+    fn reminder_times(first: Duration, over: Duration) -> Vec<Duration> {
+        let (mut at, mut every, mut times) = (first, first, Vec::new());
+        while at <= over {
+            times.push(at);
+            every = next_reminder_interval(every);
+            at += every;
+        }
+        times
+    }
+
+    #[test]
+    fn a_day_long_outage_writes_a_few_dozen_reminders() {
+        let day = reminder_times(REMINDER_FIRST, Duration::from_secs(24 * 3600));
+        assert!((20..=40).contains(&day.len()), "{} reminders", day.len());
+        let secs: Vec<u64> = day.iter().take(4).map(Duration::as_secs).collect();
+        assert_eq!(secs, [60, 180, 420, 900]);
+        let gaps: Vec<Duration> = day.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g <= REMINDER_MAX));
+        assert_eq!(gaps.last(), Some(&REMINDER_MAX));
     }
 
     #[test]

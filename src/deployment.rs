@@ -376,6 +376,12 @@ impl Selection {
         if matches!(enable.as_deref(), Some("false" | "0" | "no")) {
             return Err(SkipReason::OptedOut);
         }
+        if let Some(value) = enable
+            .as_deref()
+            .filter(|v| !matches!(*v, "true" | "1" | "yes"))
+        {
+            warn_unknown_enable(value);
+        }
         if self.require_label && !matches!(enable.as_deref(), Some("true" | "1" | "yes")) {
             return Err(SkipReason::NotOptedIn);
         }
@@ -383,6 +389,21 @@ impl Selection {
             return Err(SkipReason::OutOfScope);
         }
         Ok(())
+    }
+}
+
+/// A `deploytrack.enable` value that is neither yes nor no counts as absent; said once per
+/// value, as every event of the container would repeat it.
+fn warn_unknown_enable(value: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut seen) = SEEN.lock() else {
+        return;
+    };
+    if seen.len() < 64 && !seen.iter().any(|v| v == value) {
+        seen.push(value.to_string());
+        tracing::warn!(
+            "the label {LABEL_ENABLE}={value:?} is neither true nor false; such containers are treated as unlabelled (use true or false)"
+        );
     }
 }
 

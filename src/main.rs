@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
-use deploytrack::cli::{Cli, Command};
+use deploytrack::cli::{Cli, Command, QueueAction};
 use deploytrack::config::{self, Config, ConfigError, FileConfig};
 use deploytrack::{agent, commands, telemetry};
 
@@ -14,7 +14,7 @@ use deploytrack::{agent, commands, telemetry};
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_with_sources() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -27,14 +27,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // Clap's message spans several lines; keep the sentence.
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            return fail(&format!("{first} (see deploytrack --help)"), EXIT_USAGE);
+            return fail(&command_line_error(&e), EXIT_USAGE);
         }
     };
     match &cli.command {
@@ -59,9 +52,24 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return usage(&e),
     };
-    let level = cli.log_level.clone().or(file.log_level.clone());
-    let format = cli.log_format.clone().or(file.log_format.clone());
-    if let Err(e) = telemetry::init_logging(level.as_deref(), format.as_deref()) {
+    // Flag, then DEPLOYTRACK_LOG_LEVEL, then RUST_LOG, then the file: the environment beats
+    // the file, and our own variable beats the generic one.
+    let level = match (&cli.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => Some((level.clone(), cli.source_of("--log-level"))),
+        (None, Ok(level)) => Some((level, "RUST_LOG".to_string())),
+        (None, Err(_)) => file
+            .log_level
+            .clone()
+            .map(|level| (level, file.key_source("log_level"))),
+    };
+    let format = match &cli.log_format {
+        Some(format) => Some((format.clone(), cli.source_of("--log-format"))),
+        None => file
+            .log_format
+            .clone()
+            .map(|format| (format, file.key_source("log_format"))),
+    };
+    if let Err(e) = telemetry::init_logging(level, format) {
         return usage(&e);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -76,17 +84,27 @@ fn main() -> ExitCode {
             Ok(config) => runtime.block_on(agent::run(config)),
             Err(e) => return usage(&e),
         },
-        Command::Sync { run, once, force } => {
+        Command::Sync {
+            run,
+            once,
+            force,
+            timeout,
+        } => {
             if !once {
                 return usage(&ConfigError::new(
                     "sync",
                     "pass --once (the continuous form is `deploytrack run`)",
                 ));
             }
-            match build_config(run, &file) {
-                Ok(config) => {
-                    runtime.block_on(agent::sync_once(config, *force, Duration::from_secs(120)))
+            let timeout = match config::duration("--timeout", timeout.clone(), "2m") {
+                Ok(t) if t.is_zero() => {
+                    return usage(&ConfigError::new("--timeout", "must be longer than zero"))
                 }
+                Ok(t) => t,
+                Err(e) => return usage(&e),
+            };
+            match build_config(run, &file) {
+                Ok(config) => runtime.block_on(agent::sync_once(config, *force, timeout)),
                 Err(e) => return usage(&e),
             }
         }
@@ -102,6 +120,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Check(args) => runtime.block_on(commands::check(build_config(args, &file))),
+        Command::Queue {
+            action: QueueAction::Purge { yes: false },
+            ..
+        } => {
+            return fail(
+                "queue purge deletes every pending report and dead letter: confirm with --yes",
+                EXIT_USAGE,
+            )
+        }
         Command::Queue { state_dir, action } => {
             commands::queue(action, &config::state_dir(state_dir.as_deref(), &file))
         }
@@ -115,11 +142,107 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command-line error in one line, keeping what clap says in several: the missing
+/// argument, the suggestion, the accepted values; plus where a flag belongs and which
+/// environment variable an invalid value came from.
+fn command_line_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = e.render().to_string();
+    // The sentence first, then clap's tips and accepted values.
+    let mut parts: Vec<String> = Vec::new();
+    for part in text.lines().map(str::trim) {
+        if part.is_empty() || part.starts_with("Usage:") || part.starts_with("For more information")
+        {
+            continue;
+        }
+        let part = part.trim_start_matches("error: ");
+        match parts.last_mut() {
+            Some(last) if last.ends_with(':') => {
+                last.push(' ');
+                last.push_str(part);
+            }
+            _ => parts.push(part.to_string()),
+        }
+    }
+    let argument = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.clone(),
+        _ => String::new(),
+    };
+    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
+    let flag = argument
+        .split([' ', '='])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let command = Cli::command();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match e.kind() {
+        ErrorKind::UnknownArgument if flag.starts_with("--") => {
+            let long = flag.trim_start_matches("--");
+            let owners: Vec<&str> = command
+                .get_subcommands()
+                .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
+                .map(|c| c.get_name())
+                .collect();
+            let given = args
+                .iter()
+                .find(|a| command.find_subcommand(a.as_str()).is_some());
+            let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
+            if let (Some(first), true) = (owners.first(), misplaced) {
+                let example = given.map_or(*first, String::as_str);
+                // In place of clap's tip, which names the pair but not the rule.
+                parts.truncate(1);
+                parts.push(format!(
+                    "options of a command go after it, as in `deploytrack {example} {flag} ...`"
+                ));
+            }
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let env = command
+                .get_subcommands()
+                .chain([&command])
+                .flat_map(|c| c.get_arguments())
+                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
+                .and_then(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned());
+            let typed = args
+                .iter()
+                .any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
+            if let (Some(var), false, Some(first)) = (env, typed, parts.first_mut()) {
+                if std::env::var_os(&var).is_some() {
+                    first.push_str(&format!(" (from the environment variable {var})"));
+                }
+            }
+        }
+        _ => {}
+    }
+    format!("{} (see deploytrack --help)", parts.join("; "))
+}
+
 /// deploytrack(1): the command, each subcommand's options, exit status and files.
 fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut cli = Cli::command();
     cli.build();
-    clap_mangen::Man::new(cli.clone()).render(out)?;
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    // clap_mangen's own list points to a page per subcommand (deploytrack-run(1)); this page
+    // describes them all, in the sections that follow.
+    writeln!(out, ".SH SUBCOMMANDS")?;
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        writeln!(out, ".TP\n\\fB{}\\fR", sub.get_name())?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{about}")?;
+        }
+    }
+    writeln!(
+        out,
+        ".PP\nThe options of each subcommand are listed in its section below."
+    )?;
+    man.render_version_section(out)?;
     for sub in cli
         .get_subcommands()
         .filter(|s| !matches!(s.get_name(), "help" | "man" | "completions"))

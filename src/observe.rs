@@ -152,8 +152,16 @@ impl Observer {
                 }
                 (false, None) => {}
             }
+            // The containers a reconciliation found; what it queued is known once written.
+            let running = chunk.iter().rev().find_map(|o| match o {
+                Outcome::Snapshot(Ok(running)) => Some(running.len()),
+                _ => None,
+            });
             let batch = self.apply(chunk);
             if batch.is_empty() {
+                if let Some(running) = running {
+                    tracing::info!(running, queued = 0, "reconciled with the engine");
+                }
                 if reconciles {
                     self.reconciled.send_replace(true);
                 }
@@ -164,8 +172,20 @@ impl Observer {
             let written = self.outbox.enqueue(batch);
             let fatal = fatal.clone();
             writes.spawn(async move {
-                if let Err(e) = written.await {
-                    let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                match written.await {
+                    Ok(outcome) => {
+                        if let Some(running) = running {
+                            tracing::info!(
+                                running,
+                                queued = outcome.queued,
+                                unchanged = outcome.unchanged,
+                                "reconciled with the engine"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                    }
                 }
             });
             if reconciles {
@@ -207,13 +227,10 @@ impl Observer {
             self.resolver.set_host(host);
             self.resolver.set_store(store);
         }
-        // Paused containers and those between restart-policy attempts still run a deployment.
-        let mut filters = HashMap::from([(
-            "status".to_string(),
-            ["running", "paused", "restarting"]
-                .map(String::from)
-                .to_vec(),
-        )]);
+        // Without `all`, the engine lists what runs, paused containers and those between
+        // restart-policy attempts included: each still runs a deployment. (A `status` filter
+        // would name states Podman does not know, `restarting` among them.)
+        let mut filters = HashMap::new();
         let labels = self.resolver.selection().selector.engine_filters();
         if !labels.is_empty() {
             filters.insert("label".to_string(), labels);
@@ -272,7 +289,6 @@ impl Observer {
                 Outcome::Snapshot(Err(_)) => {}
                 Outcome::Snapshot(Ok(running)) => {
                     let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
-                    let count = running.len();
                     for (id, result) in running {
                         self.started(&id, result, &mut batch);
                     }
@@ -281,11 +297,6 @@ impl Observer {
                             self.stopped(&id, None, &mut batch);
                         }
                     }
-                    tracing::info!(
-                        running = count,
-                        queued = batch.reports.len(),
-                        "reconciled with the engine"
-                    );
                 }
             }
         }

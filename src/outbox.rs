@@ -33,7 +33,14 @@ const COMMIT_WINDOW: Duration = Duration::from_secs(1);
 const COMMIT_BATCH: usize = 1024;
 /// ...or nothing more arrived for this long: the end of a flood is not held back.
 const COMMIT_IDLE: Duration = Duration::from_millis(250);
-const SCHEMA_VERSION: i64 = 1;
+/// 1: the first release. 2: `delivered.status`, the endpoint's answer (null in rows
+/// written before it).
+const SCHEMA_VERSION: i64 = 2;
+/// A dead letter is superseded once its key was delivered after it failed: the endpoint has
+/// a newer state of that key, so the dead letter is no longer pending work.
+const NOT_SUPERSEDED: &str = "NOT EXISTS (SELECT 1 FROM delivered
+    WHERE delivered.environment = dead.environment AND delivered.name = dead.name
+      AND delivered.delivered_ms >= dead.failed_ms)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -111,17 +118,30 @@ pub struct EnqueueOutcome {
     pub dropped: usize,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub pending: i64,
+    /// Dead letters not superseded by a later delivery of their key.
     pub dead: i64,
     pub oldest_pending_ms: Option<i64>,
+    /// The most recent failure recorded on a pending report.
+    pub last_error: Option<String>,
+}
+
+/// The last report delivered for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub delivered_ms: i64,
+    /// The endpoint's status; none for reports delivered before it was recorded.
+    pub status: Option<u16>,
 }
 
 /// What a delivery attempt came to, as the queue records it.
 #[derive(Debug)]
 pub enum Settle {
-    Delivered,
+    Delivered { status: u16 },
     RetryAt { next_attempt_ms: i64, error: String },
     Dead { status: u16, response: String },
 }
@@ -582,6 +602,7 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
             name TEXT NOT NULL,
             body TEXT NOT NULL,
             delivered_ms INTEGER NOT NULL,
+            status INTEGER,
             PRIMARY KEY (environment, name)
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS dead (
@@ -599,9 +620,19 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
             name TEXT NOT NULL,
             body TEXT NOT NULL
         ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-        PRAGMA user_version = 1;",
-    )
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+    )?;
+    // Schema 1 to 2: a queue written by an earlier release gains the status column.
+    let has_status = conn
+        .prepare("SELECT 1 FROM pragma_table_info('delivered') WHERE name = 'status'")?
+        .exists([])?;
+    if !has_status {
+        conn.execute_batch("ALTER TABLE delivered ADD COLUMN status INTEGER")?;
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    }
+    Ok(())
 }
 
 fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -1028,7 +1059,7 @@ impl Store {
     ) -> rusqlite::Result<()> {
         self.changes += 1;
         match settle {
-            Settle::Delivered => {
+            Settle::Delivered { status } => {
                 let body: Option<String> = self
                     .conn
                     .prepare_cached(
@@ -1040,9 +1071,9 @@ impl Store {
                     self.pending -= 1;
                     self.conn
                         .prepare_cached(
-                            "INSERT OR REPLACE INTO delivered (environment, name, body, delivered_ms) VALUES (?1, ?2, ?3, ?4)",
+                            "INSERT OR REPLACE INTO delivered (environment, name, body, delivered_ms, status) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
-                        .execute(params![key.environment, key.name, body, now_ms()])?;
+                        .execute(params![key.environment, key.name, body, now_ms(), status])?;
                 }
             }
             Settle::RetryAt {
@@ -1101,16 +1132,28 @@ impl Store {
 
     fn stats(&mut self) -> rusqlite::Result<Stats> {
         self.reread_counts()?;
-        let dead: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM dead", [], |r| r.get(0))?;
+        let dead: i64 = self.conn.query_row(
+            &format!("SELECT count(*) FROM dead WHERE {NOT_SUPERSEDED}"),
+            [],
+            |r| r.get(0),
+        )?;
         let oldest: Option<i64> =
             self.conn
                 .query_row("SELECT min(enqueued_ms) FROM pending", [], |r| r.get(0))?;
+        let last_error: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT last_error FROM pending WHERE last_error IS NOT NULL
+                 ORDER BY next_attempt_ms DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(Stats {
             pending: self.pending,
             dead,
             oldest_pending_ms: oldest,
+            last_error,
         })
     }
 }
@@ -1177,10 +1220,13 @@ pub mod admin {
         rows.collect()
     }
 
+    /// Dead letters still pending work: those superseded by a later delivery of their key
+    /// are left out (see `count_superseded`).
     pub fn list_dead(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
-        let mut stmt = conn.prepare(
-            "SELECT environment, name, body, status, response, failed_ms FROM dead ORDER BY id",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT environment, name, body, status, response, failed_ms FROM dead
+             WHERE {NOT_SUPERSEDED} ORDER BY id"
+        ))?;
         let rows = stmt.query_map([], |r| {
             Ok(DeadLetter {
                 key: DeploymentKey {
@@ -1196,10 +1242,42 @@ pub mod admin {
         rows.collect()
     }
 
-    /// Move dead letters back into the queue; a newer pending report of the same key stays.
-    pub fn retry_dead(conn: &mut Connection) -> rusqlite::Result<usize> {
+    /// Dead letters whose key was delivered after they failed.
+    pub fn count_superseded(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row(
+            &format!("SELECT count(*) FROM dead WHERE NOT {NOT_SUPERSEDED}"),
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// The last report delivered for each key, the most recent first.
+    pub fn list_sent(conn: &Connection) -> rusqlite::Result<Vec<Sent>> {
+        let mut stmt = conn.prepare(
+            "SELECT environment, name, body, delivered_ms, status FROM delivered
+             ORDER BY delivered_ms DESC, environment, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Sent {
+                key: DeploymentKey {
+                    environment: r.get(0)?,
+                    name: r.get(1)?,
+                },
+                body: r.get(2)?,
+                delivered_ms: r.get(3)?,
+                status: r.get(4)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Move dead letters back into the queue; a newer pending report of the same key stays,
+    /// and a dead letter superseded by a later delivery is dropped, not sent again.
+    /// Returns (moved, superseded).
+    pub fn retry_dead(conn: &mut Connection) -> rusqlite::Result<(usize, usize)> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let next = next_version(&tx)?;
+        let superseded = tx.execute(&format!("DELETE FROM dead WHERE NOT {NOT_SUPERSEDED}"), [])?;
         let moved = tx.execute(
             "INSERT INTO pending (environment, name, body, version, enqueued_ms, attempts, next_attempt_ms)
              SELECT environment, name, body, ?1 + id, failed_ms, 0, 0 FROM dead WHERE id IN
@@ -1218,7 +1296,7 @@ pub mod admin {
             [(max_id + 1).max(next).to_string()],
         )?;
         tx.commit()?;
-        Ok(moved)
+        Ok((moved, superseded))
     }
 
     pub fn purge(conn: &mut Connection) -> rusqlite::Result<(usize, usize)> {
@@ -1283,11 +1361,19 @@ mod tests {
             .enqueue(batch(vec![deployment("a", "3")]))
             .await
             .unwrap();
-        outbox.settle(due[0].key.clone(), due[0].version, Settle::Delivered);
+        outbox.settle(
+            due[0].key.clone(),
+            due[0].version,
+            Settle::Delivered { status: 200 },
+        );
         let (due, _) = outbox.due(10, true).await.unwrap();
         assert_eq!(due.len(), 1);
         assert!(due[0].body.contains("sha256:3"));
-        outbox.settle(due[0].key.clone(), due[0].version, Settle::Delivered);
+        outbox.settle(
+            due[0].key.clone(),
+            due[0].version,
+            Settle::Delivered { status: 200 },
+        );
         outbox.flush().await.unwrap();
         drop(outbox);
         // Reopened: the delivered state is remembered, so the same report is not queued again.
@@ -1361,7 +1447,7 @@ mod tests {
         outbox.flush().await.unwrap();
         let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
         assert_eq!(admin::list_dead(&conn).unwrap().len(), 1);
-        assert_eq!(admin::retry_dead(&mut conn).unwrap(), 1);
+        assert_eq!(admin::retry_dead(&mut conn).unwrap(), (1, 0));
         assert_eq!(admin::list_pending(&conn).unwrap().len(), 1);
     }
 
@@ -1386,7 +1472,7 @@ mod tests {
         outbox.flush().await.unwrap();
         // An operator's retry on its own connection, while the agent runs.
         let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
-        assert_eq!(admin::retry_dead(&mut conn).unwrap(), 2);
+        assert_eq!(admin::retry_dead(&mut conn).unwrap().0, 2);
         let retried: Vec<i64> = admin::list_pending(&conn)
             .unwrap()
             .iter()
@@ -1409,7 +1495,7 @@ mod tests {
         outbox.settle(
             k1.key.clone(),
             retried[0].min(retried[1]),
-            Settle::Delivered,
+            Settle::Delivered { status: 200 },
         );
         let (due, _) = outbox.due(10, false).await.unwrap();
         assert!(due.iter().any(|p| p.body.contains("sha256:3")));
@@ -1471,9 +1557,8 @@ mod tests {
         let day = 24 * 3600 * 1000;
         let now = 100 * day;
         conn.execute_batch(&format!(
-            "INSERT INTO delivered VALUES ('e', 'old', 'b', {old});
-             INSERT INTO delivered VALUES ('e', 'old-running', 'b', {old});
-             INSERT INTO delivered VALUES ('e', 'recent', 'b', {recent});
+            "INSERT INTO delivered (environment, name, body, delivered_ms) VALUES
+               ('e', 'old', 'b', {old}), ('e', 'old-running', 'b', {old}), ('e', 'recent', 'b', {recent});
              INSERT INTO running VALUES ('c1', 'e', 'old-running', 'b');",
             old = now - 31 * day,
             recent = now - 29 * day
@@ -1488,6 +1573,84 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(left, ["old-running", "recent"]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_superseded_by_a_later_delivery_is_no_longer_pending_work() {
+        let dir = tempdir();
+        let outbox = open(&dir);
+        let settle_first = |status| async {
+            let (due, _) = outbox.due(10, true).await.unwrap();
+            outbox.settle(due[0].key.clone(), due[0].version, status);
+            outbox.flush().await.unwrap();
+        };
+        outbox
+            .enqueue(batch(vec![deployment("a", "1"), deployment("b", "1")]))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            settle_first(Settle::Dead {
+                status: 404,
+                response: "wrong url".into(),
+            })
+            .await;
+        }
+        assert_eq!(outbox.stats().await.unwrap().dead, 2);
+        // The URL is fixed: a's newer report is delivered, b's is not yet.
+        std::thread::sleep(Duration::from_millis(5));
+        outbox
+            .enqueue(batch(vec![deployment("a", "2")]))
+            .await
+            .unwrap();
+        settle_first(Settle::Delivered { status: 202 }).await;
+        assert_eq!(outbox.stats().await.unwrap().dead, 1);
+        let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
+        let dead = admin::list_dead(&conn).unwrap();
+        let names: Vec<_> = dead.iter().map(|d| d.key.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(admin::count_superseded(&conn).unwrap(), 1);
+        // Retry sends only b; a's stale report is dropped.
+        assert_eq!(admin::retry_dead(&mut conn).unwrap(), (1, 1));
+        let pending = admin::list_pending(&conn).unwrap();
+        let names: Vec<_> = pending.iter().map(|p| p.key.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        let sent = admin::list_sent(&conn).unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].key.name.as_str(), sent[0].status),
+            ("a", Some(202))
+        );
+        assert!(sent[0].body.contains("sha256:2"));
+    }
+
+    #[test]
+    fn a_queue_of_schema_1_is_migrated_and_keeps_what_it_delivered() {
+        let dir = tempdir();
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE delivered (environment TEXT NOT NULL, name TEXT NOT NULL,
+                body TEXT NOT NULL, delivered_ms INTEGER NOT NULL,
+                PRIMARY KEY (environment, name)) WITHOUT ROWID;
+             INSERT INTO delivered VALUES ('test', 'a', '{}', 1000);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_file(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let sent = admin::list_sent(&conn).unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].delivered_ms, sent[0].status), (1000, None));
+        drop(conn);
+        // Opened again (already migrated): nothing to do, nothing lost.
+        assert_eq!(
+            admin::list_sent(&open_file(&path).unwrap()).unwrap().len(),
+            1
+        );
     }
 
     fn tempdir() -> PathBuf {

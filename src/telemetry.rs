@@ -40,6 +40,7 @@ pub struct Telemetry {
     reconnects: Counter,
     unexpected: Family<ReasonLabel, Counter>,
     last_delivery: Gauge<f64, AtomicU64>,
+    skipped_total: AtomicU64,
     connected: AtomicBool,
     queue_open: AtomicBool,
     reader_beat: AtomicI64,
@@ -73,6 +74,7 @@ impl Telemetry {
             reconnects: Counter::default(),
             unexpected: Family::default(),
             last_delivery: Gauge::default(),
+            skipped_total: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             queue_open: AtomicBool::new(false),
             reader_beat: AtomicI64::new(now_ms()),
@@ -215,11 +217,22 @@ impl Telemetry {
     }
 
     pub fn skipped(&self, reason: &str) {
+        self.skipped_total.fetch_add(1, Ordering::Relaxed);
         self.skipped
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// What this process did so far, for a summary: (delivered, unchanged, skipped, refused).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.delivered.get(),
+            self.unchanged.get(),
+            self.skipped_total.load(Ordering::Relaxed),
+            self.dead_lettered.get(),
+        )
     }
 
     pub fn queue_depth(&self, n: i64) {
@@ -288,15 +301,16 @@ impl Telemetry {
 }
 
 /// Text logs by default (without timestamps under journald, which adds its own), JSON on request.
+/// `level` and `format` come with the name of where they were set, for errors.
 pub fn init_logging(
-    level: Option<&str>,
-    format: Option<&str>,
+    level: Option<(String, String)>,
+    format: Option<(String, String)>,
 ) -> Result<(), crate::config::ConfigError> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         // A bare word is a target name to tracing ("loud" would enable nothing of ours):
         // accept only the level names, alone or as `target=level` directives.
-        Some(l)
+        Some((l, source))
             if l.split(',').any(|d| {
                 !d.contains('=')
                     && !matches!(
@@ -306,21 +320,22 @@ pub fn init_logging(
             }) =>
         {
             return Err(crate::config::ConfigError::new(
-                "--log-level",
+                source,
                 format!(
                     "{l:?} is not a level (error, warn, info, debug, trace) or target=level list"
                 ),
             ));
         }
-        Some(l) => EnvFilter::try_new(l)
-            .map_err(|e| crate::config::ConfigError::new("--log-level", format!("{l:?}: {e}")))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some((l, source)) => EnvFilter::try_new(&l)
+            .map_err(|e| crate::config::ConfigError::new(source, format!("{l:?}: {e}")))?,
+        None => EnvFilter::new("info"),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    match format.unwrap_or("text") {
+    let (format, source) = format.unwrap_or_else(|| ("text".into(), "--log-format".into()));
+    match format.as_str() {
         "json" => builder.json().flatten_event(true).init(),
         "text" => {
             let journald = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -333,7 +348,7 @@ pub fn init_logging(
         }
         other => {
             return Err(crate::config::ConfigError::new(
-                "--log-format",
+                source,
                 format!("{other:?} is neither text nor json"),
             ))
         }

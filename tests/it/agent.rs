@@ -314,6 +314,64 @@ async fn report_stops_handles_a_container_removed_at_once() {
     assert!(stop.body["container"]["id"].as_str().unwrap().len() >= 12);
     let brief_reports = by_name(&receiver.accepted(), &format!("{host}/{brief}")).len();
     assert!(brief_reports >= 1, "the removed container was not reported");
+    // Logged as a stop, not as a deployment.
+    let stderr = agent.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&key)).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("stop reported")),
+        "{stderr}"
+    );
+    let running = by_name(&receiver.accepted(), &key)
+        .into_iter()
+        .filter(|r| r.body["container"]["state"] == "running")
+        .count();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("deployment reported"))
+            .count(),
+        running,
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() {
+    let scope = Scope::new("quietrestart");
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let plain = scope.name("plain");
+    let odd = scope.name("odd");
+    scope.run(&["--name", &plain], APP1);
+    scope.run(
+        &["--name", &odd, "--label", "deploytrack.enable=maybe"],
+        APP1,
+    );
+    let mut agent = scope.agent(&receiver.url(), &[]);
+    agent.ready().await;
+    for name in [&plain, &odd] {
+        receiver
+            .accepted_report("the first run's report", &format!("{host}/{name}"))
+            .await;
+    }
+    assert!(
+        agent.stderr().contains(
+            "the label deploytrack.enable=\"maybe\" is neither true nor false; such containers are treated as unlabelled (use true or false)"
+        ),
+        "{}",
+        agent.stderr()
+    );
+    agent.stop().await;
+    let agent = scope.agent(&receiver.url(), &[]);
+    agent.ready().await;
+    let line = agent
+        .stderr()
+        .lines()
+        .find(|l| l.contains("reconciled with the engine"))
+        .map(str::to_string)
+        .unwrap();
+    // Nothing was sent, so nothing is called queued (replayed events add to unchanged).
+    assert!(line.contains("running=2 queued=0 unchanged="), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -120,24 +120,24 @@ fn invalid_values_exit_64_naming_the_setting() {
     let bad_type = dir.join("bad-type.toml");
     std::fs::write(&bad_type, "concurrency = \"many\"\n").unwrap();
     let out = Scope::command_only(&["--config", bad_type.to_str().unwrap(), "run"]);
-    assert_usage_error(&out, "--config");
+    assert_usage_error(&out, "key concurrency");
     let cases: &[(&str, &[u8], &str)] = &[
         ("not-toml.toml", b"this is not = = toml [", "--config"),
         ("binary.toml", b"\x00\xff\xfe\x01garbage", "--config"),
-        ("bool-as-string.toml", b"dry_run = \"yes\"\n", "--config"),
+        ("bool-as-string.toml", b"dry_run = \"yes\"\n", "key dry_run"),
         (
             "string-not-list.toml",
             b"label_selector = \"a=b\"\n",
-            "--config",
+            "key label_selector",
         ),
-        ("negative.toml", b"concurrency = -4\n", "--config"),
-        ("empty-url.toml", b"url = \"\"\n", "--url"),
+        ("negative.toml", b"concurrency = -4\n", "key concurrency"),
+        ("empty-url.toml", b"url = \"\"\n", "key url"),
         (
             "absurd.toml",
             b"retry_initial = \"1000000h\"\n",
-            "--retry-initial",
+            "key retry_initial",
         ),
-        ("table.toml", b"[url]\nhost = \"x\"\n", "--config"),
+        ("table.toml", b"[url]\nhost = \"x\"\n", "key url"),
     ];
     for (file, text, setting) in cases {
         let path = dir.join(file);
@@ -178,9 +178,9 @@ fn environment_and_file_follow_the_precedence() {
         "environment = \"from-file\"\nretry_max = \"nonsense\"\n",
     )
     .unwrap();
-    // The file's bad value is named when nothing overrides it...
+    // The file's bad value is named, with its key, when nothing overrides it...
     let out = Scope::command_only(&["--config", file.to_str().unwrap(), "run"]);
-    assert_usage_error(&out, "--retry-max");
+    assert_usage_error(&out, &format!("{}: key retry_max", file.display()));
     // ...and an environment variable overrides the file.
     let out = agent_command(&[
         "--config",
@@ -209,6 +209,14 @@ fn unreachable_engine_is_one_sentence_and_exit_1() {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"));
+    // Before the error, it says what it waits for.
+    assert!(
+        out.stderr.contains(
+            "the Docker Engine does not answer yet; retrying for up to 8s engine=unix:///nonexistent/docker.sock"
+        ),
+        "{}",
+        out.stderr
+    );
     let out = Scope::command_only(&["run", "--docker-host", "tcp://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
@@ -220,4 +228,239 @@ fn unreachable_engine_is_one_sentence_and_exit_1() {
         "{}",
         out.stderr
     );
+}
+
+/// Runs the binary with `env` added; exit code, stdout, stderr.
+fn with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = agent_command(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "deploytrack-{name}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const PINNED: &str =
+    "registry.example.com/team/api@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn command_line_errors_keep_their_subject_in_one_line() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["report"],
+            &[],
+            "the following required arguments were not provided: --image <REF>",
+        ),
+        (
+            &["completions"],
+            &[],
+            "the following required arguments were not provided: <SHELL>",
+        ),
+        (
+            &["--url", "https://example.com/x", "run"],
+            &[],
+            "unexpected argument '--url' found; options of a command go after it, as in `deploytrack run --url ...`",
+        ),
+        (&["runn"], &[], "a similar subcommand exists: 'run'"),
+        (
+            &["run", "--concurrency", "-1"],
+            &[],
+            "invalid --concurrency: -1 is negative: give a whole number of 1 or more",
+        ),
+        (
+            &["run"],
+            &[("DEPLOYTRACK_DRY_RUN", "1")],
+            "invalid value '1' for '--dry-run [<BOOL>]' (from the environment variable DEPLOYTRACK_DRY_RUN); [possible values: true, false]",
+        ),
+        (
+            &["queue", "--state-dir", "/nonexistent", "purge"],
+            &[],
+            "queue purge deletes every pending report and dead letter: confirm with --yes",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = with_env(args, env);
+        assert_usage_error(&out, want);
+    }
+}
+
+#[test]
+fn errors_name_the_variable_or_the_file_key_the_value_came_from() {
+    let dir = scratch("sources");
+    let out = with_env(&["run"], &[("DEPLOYTRACK_CONCURRENCY", "0")]);
+    assert_usage_error(
+        &out,
+        "invalid DEPLOYTRACK_CONCURRENCY: \"0\" is not a positive whole number",
+    );
+    let cases: &[(&str, &str)] = &[
+        ("concurrency = 0\n", "key concurrency: \"0\" is not a positive whole number"),
+        (
+            "concurrency = \"10\"\n",
+            "key concurrency: expected a whole number, without quotes, found the string \"10\"",
+        ),
+        (
+            "environment = 10\n",
+            "key environment: expected a string in quotes, found the number 10",
+        ),
+        (
+            "environmnet = \"prod\"\n",
+            "key environmnet: there is no such setting (the keys are the long flag names in snake_case); did you mean environment?",
+        ),
+    ];
+    for (text, want) in cases {
+        let file = dir.join("config.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Scope::command_only(&["--config", file.to_str().unwrap(), "run"]);
+        assert_usage_error(&out, &format!("invalid {}: {want}", file.display()));
+        assert!(!out.stderr.contains("invalid type"), "{}", out.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rust_log_ranks_between_our_variable_and_the_file_and_is_validated() {
+    let dir = scratch("rustlog");
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "log_level = \"error\"\n").unwrap();
+    // `check` against a missing engine logs its retries at DEBUG.
+    let check = [
+        "--config",
+        file.to_str().unwrap(),
+        "check",
+        "--docker-host",
+        "unix:///nonexistent/docker.sock",
+    ];
+    let out = with_env(&check, &[("RUST_LOG", "debug")]);
+    assert!(out.stdout.contains("FAIL engine"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("DEBUG"),
+        "RUST_LOG lost to the file: {}",
+        out.stderr
+    );
+    let out = with_env(
+        &check,
+        &[("RUST_LOG", "debug"), ("DEPLOYTRACK_LOG_LEVEL", "error")],
+    );
+    assert!(out.stdout.contains("FAIL engine"), "{}", out.stdout);
+    assert!(
+        !out.stderr.contains("DEBUG"),
+        "RUST_LOG beat DEPLOYTRACK_LOG_LEVEL: {}",
+        out.stderr
+    );
+    let out = with_env(&["run"], &[("RUST_LOG", "nope")]);
+    assert_usage_error(&out, "invalid RUST_LOG: \"nope\" is not a level");
+    std::fs::write(&file, "log_level = \"nope\"\n").unwrap();
+    let out = Scope::command_only(&["--config", file.to_str().unwrap(), "run"]);
+    assert_usage_error(&out, &format!("invalid {}: key log_level", file.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn report_without_an_endpoint_fails_unless_asked_to_dry_run() {
+    let out = Scope::command_only(&["report", "--image", PINNED]);
+    assert_usage_error(
+        &out,
+        "invalid --url: report needs the endpoint: give --url or set DEPLOYTRACK_URL (or pass --dry-run to print the report without sending it)",
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    let out = Scope::command_only(&["report", "--image", PINNED, "--dry-run"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let body: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(body["image"]["url"], PINNED);
+    assert!(
+        out.stderr.contains("dry run: deployment printed, not sent"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("deployment reported"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn report_input_is_validated_and_normalised_as_docker_does() {
+    let digest = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let report = |extra: &[&str]| {
+        let mut args = vec!["report", "--dry-run"];
+        args.extend_from_slice(extra);
+        Scope::command_only(&args)
+    };
+    let out = report(&["--image", PINNED, "--name", ""]);
+    assert_usage_error(&out, "invalid --name: the name is empty");
+    let nginx = format!("Nginx{digest}");
+    let out = report(&["--image", &nginx]);
+    assert_usage_error(
+        &out,
+        "invalid --image: the repository name \"library/Nginx\" must be lowercase, as Docker requires",
+    );
+    let out = report(&["--image", PINNED, "--platform", "Linux/AMD64"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let body: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        body["platform"],
+        serde_json::json!({"os": "linux", "architecture": "amd64"})
+    );
+    let out = report(&["--image", PINNED, "--platform", "linux/aarch64"]);
+    let body: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(body["platform"]["architecture"], "arm64");
+}
+
+#[test]
+fn the_man_page_describes_every_subcommand_itself() {
+    let out = Scope::command_only(&["man"]);
+    assert!(out.status.success());
+    assert!(out.stdout.contains(".SH SUBCOMMANDS"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(".SH \"DEPLOYTRACK RUN\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("deploytrack-run(1)"),
+        "points to pages that are not shipped"
+    );
+}
+
+#[test]
+fn a_queue_the_user_cannot_read_is_a_permission_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("denied");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("deploytrack.db"), b"").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_deploytrack"))
+        .args(["queue", "--state-dir", state.to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "permission denied: this user cannot read the queue {}/deploytrack.db; run the command as the user the agent runs as",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

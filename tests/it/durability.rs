@@ -356,6 +356,13 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest() {
         0,
         "the finished request was not recorded"
     );
+    assert!(
+        agent
+            .stderr()
+            .contains("nothing stays queued: every report was delivered"),
+        "{}",
+        agent.stderr()
+    );
     // Past it: the agent still exits 0 at the deadline, and the report stays queued.
     receiver.set_default(slow(20));
     let mut agent = scope.agent(&receiver.url(), &["--shutdown-timeout", "500ms"]);
@@ -375,5 +382,257 @@ async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest() {
         pending_count(&scope),
         1,
         "the unfinished report was not kept"
+    );
+    let summary = agent
+        .stderr()
+        .lines()
+        .find(|l| l.contains("reports stay queued and are sent after the next start"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no shutdown summary: {}", agent.stderr()));
+    assert!(summary.contains("queued=1"), "{summary}");
+    assert!(summary.contains("dead_letters=0"), "{summary}");
+}
+
+/// The agent as a dry run: `run` without --url (or with --dry-run), watching this scope.
+fn dry_run_agent(scope: &Scope, extra: &[&str]) -> Agent {
+    let mut args = vec![
+        "run".to_string(),
+        "--label-selector".to_string(),
+        scope.selector(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Agent::spawn(&scope.dir, &args, &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_with_a_state_dir_does_not_silence_the_real_run() {
+    let scope = Scope::new("dryfirst");
+    let host = engine_host_name();
+    let containers: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .map(|n| scope.name(n))
+        .collect();
+    for name in &containers {
+        scope.run(&["--name", name], APP1);
+    }
+    let want: Vec<String> = {
+        let mut w: Vec<String> = containers.iter().map(|n| format!("{host}/{n}")).collect();
+        w.sort();
+        w
+    };
+    let receiver = Receiver::start().await;
+    let printed_all = |agent: &Agent| {
+        let out = agent.stdout();
+        containers
+            .iter()
+            .all(|n| out.contains(&format!("{host}/{n}")))
+    };
+    // As the issue did it: a dry run with a state dir, then the real run on that state dir;
+    // then the same with --url and an explicit --dry-run.
+    for (try_dir, extra) in [
+        ("try", vec![]),
+        (
+            "try-url",
+            vec!["--url".to_string(), receiver.url(), "--dry-run".to_string()],
+        ),
+    ] {
+        let state = scope.dir.join(try_dir);
+        let state_arg = state.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec!["--state-dir", &state_arg];
+        args.extend(extra.iter().map(String::as_str));
+        let sent_before = receiver.received().len();
+        let mut dry = dry_run_agent(&scope, &args);
+        eventually("every report printed", || printed_all(&dry).then_some(())).await;
+        let stderr = dry.stderr();
+        assert!(stderr.contains("deploytrack started: dry run"), "{stderr}");
+        assert!(
+            stderr.contains("dry run: deployment printed, not sent"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("deployment reported"), "{stderr}");
+        if !extra.is_empty() {
+            assert!(
+                stderr.contains("--dry-run is set: this is a dry run, reports are printed on stdout and not sent to http://"),
+                "{stderr}"
+            );
+        }
+        dry.stop().await;
+        assert!(
+            !state.join("deploytrack.db").exists(),
+            "the dry run wrote a queue in {}",
+            state.display()
+        );
+        assert_eq!(receiver.received().len(), sent_before, "the dry run sent");
+
+        let before = receiver.accepted().len();
+        let mut real = scope.agent_in(&state, &receiver.url(), &[], &[]);
+        eventually("every deployment delivered by the real run", || {
+            let mut got = names(&receiver.accepted()[before..]);
+            got.dedup();
+            (got == want).then_some(())
+        })
+        .await;
+        real.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried() {
+    let scope = Scope::new("superseded");
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let state = scope.state_dir();
+    let state = state.to_str().unwrap();
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|n| scope.name(n)).collect();
+    for name in &names {
+        scope.run(&["--name", name], APP1);
+    }
+    // A wrong URL: every report refused.
+    receiver.set_default(Answer::status(400));
+    let mut agent = scope.agent(&receiver.url(), &[]);
+    eventually("three dead letters", || {
+        let out = scope.command(&["queue", "dead", "--state-dir", state]);
+        out.stdout
+            .starts_with(
+                "3 dead letters
+",
+            )
+            .then_some(())
+    })
+    .await;
+    agent.stop().await;
+
+    // Fixed and restarted: all three keys are delivered with a newer report.
+    receiver.set_default(Answer::status(202));
+    let listen = unused_addr();
+    let _agent = scope.agent(&receiver.url(), &["--listen", &listen.to_string()]);
+    for name in &names {
+        receiver
+            .accepted_report("the key delivered", &format!("{host}/{name}"))
+            .await;
+    }
+    let dead = eventually("the dead letters superseded", || {
+        let out = scope.command(&["queue", "dead", "--state-dir", state]);
+        out.stdout
+            .starts_with("0 dead letters")
+            .then_some(out.stdout)
+    })
+    .await;
+    assert!(
+        dead.starts_with(
+            "0 dead letters (3 superseded by a later delivery of their key, not shown)"
+        ),
+        "{dead}"
+    );
+    let gauge = eventually_async("the dead-letter gauge", || {
+        metric(listen, "deploytrack_queue_dead_letters")
+    })
+    .await;
+    assert_eq!(gauge, 0.0);
+    let sent = scope.command(&["queue", "sent", "--state-dir", state]);
+    assert!(sent.status.success(), "{}", sent.stderr);
+    assert!(
+        sent.stdout
+            .starts_with("3 sent (the last report of each key)"),
+        "{}",
+        sent.stdout
+    );
+    for name in &names {
+        let line = sent
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("{host}/{name}")))
+            .unwrap_or_else(|| panic!("{name} not listed: {}", sent.stdout));
+        assert!(line.contains("	status=202	delivered="), "{line}");
+        assert!(line.contains(" ago ("), "{line}");
+    }
+    let before = receiver.received().len();
+    let out = scope.command(&["queue", "retry", "--state-dir", state]);
+    assert!(
+        out.stdout.contains(
+            "0 dead letters moved back into the queue; 3 superseded by a later delivery of their key were dropped"
+        ),
+        "{}",
+        out.stdout
+    );
+    // A marker delivered after the retry: nothing stale went out before it.
+    let marker = scope.name("marker");
+    scope.run(&["--name", &marker], APP1);
+    receiver
+        .accepted_report("the marker", &format!("{host}/{marker}"))
+        .await;
+    assert_eq!(
+        receiver.received().len(),
+        before + 1,
+        "stale duplicates were sent: {:#?}",
+        &receiver.received()[before..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary() {
+    let scope = Scope::new("syncsummary");
+    let addr = unused_addr();
+    let url = endpoint_url(addr);
+    let token = scope.token_file();
+    let state = scope.state_dir();
+    let selector = scope.selector();
+    let host = engine_host_name();
+    let name = scope.name("one");
+    scope.run(&["--name", &name], APP1);
+    scope.run(&["--label", "deploytrack.enable=false"], APP1);
+    let sync = |timeout: &str| {
+        scope.command(&[
+            "sync",
+            "--once",
+            "--url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+            "--timeout",
+            timeout,
+        ])
+    };
+    // The endpoint down: a reminder after 10 s, then the summary at the time limit.
+    let started = std::time::Instant::now();
+    let out = sync("15s");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(started.elapsed() >= Duration::from_secs(15));
+    let reminder = out
+        .stderr
+        .lines()
+        .find(|l| {
+            l.contains(
+                "the endpoint still does not accept reports; they stay queued and are retried",
+            )
+        })
+        .unwrap_or_else(|| panic!("no reminder: {}", out.stderr));
+    assert!(reminder.contains("queued=1"), "{reminder}");
+    assert!(reminder.contains("last_error=cannot connect"), "{reminder}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "deploytrack: sync gave up after 15s: 0 delivered, 0 unchanged (already delivered or queued), 1 container skipped, 0 refused (deploytrack queue dead), 1 still queued; they stay queued for the agent or the next sync"
+    );
+    // The endpoint back: delivered, and the summary says so.
+    let receiver = Receiver::start_on(addr).await;
+    let out = sync("30s");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(receiver.reported(&format!("{host}/{name}")));
+    assert!(
+        out.stderr.contains("sync finished: 1 delivered, 1 unchanged (already delivered or queued), 1 container skipped, 0 refused (deploytrack queue dead), 0 still queued"),
+        "{}",
+        out.stderr
+    );
+    let out = sync("30s");
+    assert!(
+        out.stderr
+            .contains("sync finished: 0 delivered, 1 unchanged"),
+        "{}",
+        out.stderr
     );
 }

@@ -254,6 +254,132 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
     let state = scope.state_dir();
     let dead = scope.command(&["queue", "dead", "--state-dir", state.to_str().unwrap()]);
     assert!(!dead.stdout.contains(&name), "{}", dead.stdout);
+
+    // `check` says where it points; `report` fails at once instead of retrying till --timeout.
+    receiver.set_default(Answer {
+        location: Some(moved.into()),
+        ..Answer::status(301)
+    });
+    let token = scope.token_file();
+    let url = receiver.url();
+    let common = [
+        "--url",
+        url.as_str(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let mut check = vec!["check", "--docker-host", "unix:///nonexistent.sock"];
+    check.extend_from_slice(&common);
+    let out = scope.command(&check);
+    assert!(
+        out.stdout.contains(&format!(
+            "FAIL endpoint: {url} answered 301 (a redirect) to https://<redacted>@elsewhere.example/atomist/resource/new: set --url to where it points"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("deploytrack: 2 checks failed"),
+        "{}",
+        out.stderr
+    );
+    let mut report = vec![
+        "report",
+        "--image",
+        "registry.example.com/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "--timeout",
+        "1m",
+    ];
+    report.extend_from_slice(&common);
+    let started = std::time::Instant::now();
+    let out = scope.command(&report);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the endpoint answered 301 Moved Permanently and points to https://<redacted>@elsewhere.example/atomist/resource/new: set --url to that address"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_url_to_a_plain_http_endpoint_is_a_configuration_error() {
+    let scope = Scope::new("plainhttp");
+    let receiver = Receiver::start().await;
+    let url = format!("https://{}/atomist/resource/test", receiver.addr);
+    let token = scope.token_file();
+    let said = "the endpoint answered in plain HTTP to a TLS (https://) request: the URL says https:// but the server at that address speaks http://";
+    let out = scope.command(&[
+        "check",
+        "--url",
+        &url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--docker-host",
+        "unix:///nonexistent.sock",
+    ]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL endpoint:") && l.contains(said)),
+        "{}",
+        out.stdout
+    );
+    let started = std::time::Instant::now();
+    let out = scope.command(&[
+        "report",
+        "--url",
+        &url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--image",
+        "registry.example.com/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(said), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "retried: {:?}",
+        started.elapsed()
+    );
+
+    // The agent holds the queue with one error, and delivers once the URL is fixed.
+    let name = scope.name("plain");
+    scope.run(&["--name", &name], APP1);
+    let mut agent = scope.agent(&url, &[]);
+    let state = scope.state_dir();
+    eventually("a few attempts held", || {
+        let out = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&name) && !l.contains("attempts=0") && !l.contains("attempts=1\t"))
+            .then_some(())
+    })
+    .await;
+    agent.stop().await;
+    let stderr = agent.stderr();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(said)).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("ERROR")
+            && errors[0]
+                .contains("the endpoint cannot take reports until the configuration is fixed"),
+        "{}",
+        errors[0]
+    );
+    assert!(!stderr.contains("InvalidContentType"), "{stderr}");
+    let _agent = scope.agent(&receiver.url(), &[]);
+    let host = engine_host_name();
+    receiver
+        .accepted_report(
+            "the report once the URL is fixed",
+            &format!("{host}/{name}"),
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

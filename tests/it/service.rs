@@ -134,16 +134,19 @@ async fn report_command_for_pipelines() {
     // The endpoint down: gives up after --timeout with the reason.
     let down = endpoint_url(unused_addr());
     let started = std::time::Instant::now();
-    let out = report(
-        &down,
-        &image,
-        &["--timeout", "2s", "--retry-initial", "200ms"],
-    );
+    let out = report(&down, &image, &["--timeout", "2s", "--retry-initial", "1s"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        out.stderr.contains("not delivered within 2s"),
+        out.stderr
+            .contains("not delivered within 2s: cannot connect"),
         "{}",
         out.stderr
+    );
+    // It gives up at the time limit, not before it.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
@@ -234,6 +237,75 @@ async fn check_reports_each_check() {
     assert_eq!(fails.len(), 2, "{}", out.stdout);
     assert!(fails[0].contains("engine") && fails[0].contains("/nonexistent/docker.sock"));
     assert!(fails[1].contains("endpoint") && fails[1].contains("rejected the API token"));
+    assert!(
+        out.stderr.contains("deploytrack: 2 checks failed"),
+        "{}",
+        out.stderr
+    );
+
+    // Each line names what it used: the file, the token's source, the engine's address.
+    let config = scope.dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\nstate_dir = \"{}\"\n",
+            receiver.url(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    receiver.set_default(Answer::status(200));
+    let out = agent_command(&["--config", config.to_str().unwrap(), "check"])
+        .env("DEPLOYTRACK_TOKEN", TOKEN)
+        .env("DOCKER_HOST", test_engine().host())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        format!("OK   config: {} is valid", config.display()),
+        "OK   token: from DEPLOYTRACK_TOKEN".to_string(),
+        format!(
+            "OK   engine: reachable at {} (from DOCKER_HOST)",
+            test_engine().host()
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "no {want:?} in:\n{stdout}"
+        );
+    }
+    let out = scope.command(&[
+        "check",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--docker-host",
+        "unix:///nonexistent/docker.sock",
+    ]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == format!("OK   token: from --token-file {}", token.display())),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(the address is from --docker-host)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("OK   endpoint: none configured: this is a dry run"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("deploytrack: 1 check failed"),
+        "{}",
+        out.stderr
+    );
+
     let out = scope.command(&["check", "--environment", ""]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
