@@ -62,7 +62,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
         tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent");
     }
     tracing::info!(
-        engine = %config.docker_host, host = %host, environment = %config.environment,
+        engine = %config.docker_host, host = %config.host_name.as_deref().unwrap_or(&host), environment = %config.environment,
         endpoint = %config.url.as_ref().map_or("stdout (dry run)".to_string(), |u| crate::config::redact_url(u.as_str())),
         state = %config.state_dir.as_ref().map_or("memory".to_string(), |d| d.display().to_string()),
         "deploytrack started"
@@ -81,6 +81,7 @@ async fn assemble(config: &Config, force: bool) -> Result<Parts, Fatal> {
             selection,
             config.report_stops,
         )
+        .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
     let sink = Sink::for_config(config)?;

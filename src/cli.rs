@@ -1,9 +1,11 @@
 //! The command line. Every run setting is optional here: `config.rs` merges it with the
 //! environment (clap reads `DEPLOYTRACK_*`), the config file and the defaults.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +39,33 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parse the command line, noting which run settings came from the environment, so an
+    /// invalid one is named as the variable the user set rather than as the flag.
+    pub fn parse_noting_sources() -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches()?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Some((_, sub)), Some(run)) = (matches.subcommand(), cli.command.run_args_mut()) {
+            run.from_env = RunArgs::SOURCED
+                .iter()
+                .copied()
+                .filter(|id| sub.value_source(id) == Some(ValueSource::EnvVariable))
+                .collect();
+        }
+        Ok(cli)
+    }
+}
+
+impl Command {
+    fn run_args_mut(&mut self) -> Option<&mut RunArgs> {
+        match self {
+            Command::Run(run) | Command::Check(run) | Command::Sync { run, .. } => Some(run),
+            Command::Report(report) => Some(&mut report.run),
+            Command::Queue { .. } | Command::Completions { .. } | Command::Man => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,9 +144,13 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dry_run: Option<bool>,
 
-    /// Template of image.name; placeholders {host} {container} {compose_project} {compose_service} {compose_number} {id} [default: {host}/{container}].
+    /// Template of image.name, e.g. '{host}/{label:app|container}'. Placeholders: {host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}; {a|b|"text"} takes the first that has a value. A placeholder without a value and without a fallback gives the default name [default: {swarm_service}.{swarm_slot} for a replicated Swarm task, {host}/{swarm_service} for a global one, else {host}/{container}].
     #[arg(long, env = "DEPLOYTRACK_NAME_TEMPLATE", value_name = "TEMPLATE")]
     pub name_template: Option<String>,
+
+    /// The host's name in image.name ({host}), in place of the engine's (for hosts cloned from one image that share a name such as raspberrypi) [default: the engine's host name].
+    #[arg(long, env = "DEPLOYTRACK_HOST_NAME", value_name = "NAME")]
+    pub host_name: Option<String>,
 
     /// Report only containers labelled deploytrack.enable=true.
     #[arg(long, env = "DEPLOYTRACK_REQUIRE_LABEL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -171,6 +204,15 @@ pub struct RunArgs {
     /// Address of the admin listener (/healthz /readyz /metrics /deployments); off by default.
     #[arg(long, env = "DEPLOYTRACK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+
+    /// The settings among `SOURCED` whose value came from the environment, not the flag.
+    #[arg(skip)]
+    pub from_env: BTreeSet<&'static str>,
+}
+
+impl RunArgs {
+    /// The settings whose errors name where the value came from (flag, variable or file key).
+    pub const SOURCED: [&'static str; 2] = ["name_template", "host_name"];
 }
 
 #[derive(Debug, Args)]

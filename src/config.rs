@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub docker_host: Option<String>,
     pub dry_run: Option<bool>,
     pub name_template: Option<String>,
+    pub host_name: Option<String>,
     pub require_label: Option<bool>,
     pub label_selector: Option<Vec<String>>,
     pub report_stops: Option<bool>,
@@ -122,7 +123,10 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub docker_host: String,
     pub dry_run: bool,
-    pub name_template: NameTemplate,
+    /// `None`: the built-in, Swarm-aware default (`deployment::default_name`).
+    pub name_template: Option<NameTemplate>,
+    /// Replaces the engine's host name in names.
+    pub host_name: Option<String>,
     pub require_label: bool,
     pub label_selector: LabelSelector,
     pub report_stops: bool,
@@ -165,6 +169,63 @@ pub fn duration(
         ));
     }
     Ok(parsed)
+}
+
+/// A setting whose error names where its value came from: the flag, its environment
+/// variable or the config file's key.
+struct Sourced {
+    id: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    file_key: &'static str,
+}
+
+const NAME_TEMPLATE: Sourced = Sourced {
+    id: "name_template",
+    flag: "--name-template",
+    env: "DEPLOYTRACK_NAME_TEMPLATE",
+    file_key: "name_template in the config file",
+};
+
+const HOST_NAME: Sourced = Sourced {
+    id: "host_name",
+    flag: "--host-name",
+    env: "DEPLOYTRACK_HOST_NAME",
+    file_key: "host_name in the config file",
+};
+
+impl Sourced {
+    /// The value (flag or environment over the file) and the name of its source.
+    fn pick(
+        &self,
+        args: &RunArgs,
+        from_args: Option<&String>,
+        from_file: Option<&String>,
+    ) -> Option<(String, &'static str)> {
+        match (from_args, from_file) {
+            (Some(v), _) if args.from_env.contains(self.id) => Some((v.clone(), self.env)),
+            (Some(v), _) => Some((v.clone(), self.flag)),
+            (None, Some(v)) => Some((v.clone(), self.file_key)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `--host-name`: a name others cannot mistake for a path or a log line.
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        Err("the host name is empty".into())
+    } else if name.chars().any(char::is_control) {
+        Err(format!("{name:?} holds control characters"))
+    } else if name.contains('/') {
+        Err(format!(
+            "{name:?} holds a /, which separates the host from the container in names"
+        ))
+    } else if name.trim() != name {
+        Err(format!("{name:?} begins or ends with a space"))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
@@ -224,13 +285,24 @@ impl Config {
         crate::engine::validate_host(&docker_host)
             .map_err(|r| ConfigError::new("--docker-host", r))?;
 
-        let template = args
-            .name_template
-            .clone()
-            .or_else(|| file.name_template.clone())
-            .unwrap_or_else(|| crate::deployment::DEFAULT_NAME_TEMPLATE.to_string());
-        let name_template =
-            NameTemplate::parse(&template).map_err(|r| ConfigError::new("--name-template", r))?;
+        let name_template = match NAME_TEMPLATE.pick(
+            args,
+            args.name_template.as_ref(),
+            file.name_template.as_ref(),
+        ) {
+            None => None,
+            Some((text, source)) => {
+                Some(NameTemplate::parse(&text).map_err(|r| ConfigError::new(source, r))?)
+            }
+        };
+        let host_name = match HOST_NAME.pick(args, args.host_name.as_ref(), file.host_name.as_ref())
+        {
+            None => None,
+            Some((name, source)) => {
+                validate_host_name(&name).map_err(|r| ConfigError::new(source, r))?;
+                Some(name)
+            }
+        };
 
         let selectors = if args.label_selector.is_empty() {
             file.label_selector.clone().unwrap_or_default()
@@ -369,6 +441,7 @@ impl Config {
             docker_host,
             dry_run,
             name_template,
+            host_name,
             require_label: args.require_label.or(file.require_label).unwrap_or(false),
             label_selector,
             report_stops: args.report_stops.or(file.report_stops).unwrap_or(false),
@@ -581,6 +654,50 @@ mod tests {
             let err = Config::build(&a, &FileConfig::default()).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn templates_and_host_names_name_their_source() {
+        let file: FileConfig =
+            toml::from_str("name_template = \"{pod}\"\nhost_name = \"a/b\"").unwrap();
+        let err = Config::build(&args(), &file).unwrap_err();
+        assert_eq!(err.setting, "name_template in the config file", "{err}");
+        let mut a = args();
+        a.name_template = Some("{host}/{label:app|container}".into());
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "host_name in the config file", "{err}");
+        a.host_name = Some("edge\n7".into());
+        a.from_env.insert("host_name");
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_HOST_NAME", "{err}");
+        a.from_env.clear();
+        a.name_template = Some("{host|}".into());
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "--name-template", "{err}");
+        a.from_env.insert("name_template");
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_NAME_TEMPLATE", "{err}");
+    }
+
+    #[test]
+    fn host_name_and_template_precedence() {
+        let none = Config::build(&args(), &FileConfig::default()).unwrap();
+        assert_eq!((none.host_name, none.name_template), (None, None));
+        let file: FileConfig =
+            toml::from_str("name_template = \"{id}\"\nhost_name = \"edge-7\"").unwrap();
+        let config = Config::build(&args(), &file).unwrap();
+        assert_eq!(config.host_name.as_deref(), Some("edge-7"));
+        assert_eq!(config.name_template, NameTemplate::parse("{id}").ok());
+        let mut a = args();
+        a.host_name = Some("edge-8".into());
+        assert_eq!(
+            Config::build(&a, &file).unwrap().host_name.as_deref(),
+            Some("edge-8")
+        );
+        for bad in ["", "  ", "a/b", "tab\there", " edge"] {
+            assert!(validate_host_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_host_name("edge-7.example").is_ok());
     }
 
     #[test]

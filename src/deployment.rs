@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 pub const LABEL_ENABLE: &str = "deploytrack.enable";
 pub const LABEL_ENVIRONMENT: &str = "deploytrack.environment";
 pub const LABEL_NAME: &str = "deploytrack.name";
-pub const DEFAULT_NAME_TEMPLATE: &str = "{host}/{container}";
 
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_NUMBER: &str = "com.docker.compose.container-number";
+const SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+const SWARM_TASK: &str = "com.docker.swarm.task.name";
+const SWARM_NODE: &str = "com.docker.swarm.node.id";
+const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
 
 /// The receiver keeps one stream per (environment, name); a newer report replaces an older one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -187,7 +190,8 @@ pub fn validate_environment(name: &str) -> Result<(), String> {
     }
 }
 
-/// What a name is made of; the compose facts are absent outside Compose.
+/// What a name is made of. The Compose and Swarm facts are read from the labels, and are
+/// absent for a container without them.
 #[derive(Debug, Default, Clone)]
 pub struct NameFacts<'a> {
     pub host: &'a str,
@@ -196,16 +200,185 @@ pub struct NameFacts<'a> {
     pub labels: Option<&'a HashMap<String, String>>,
 }
 
+impl<'a> NameFacts<'a> {
+    /// A label's value; an empty one counts as missing (it would leave a name like `web.`).
+    fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The container's place in a Swarm service, if Swarm started it.
+    pub fn swarm_task(&self) -> Option<SwarmTask<'a>> {
+        let service = self.label(SWARM_SERVICE)?;
+        let task = self.label(SWARM_TASK)?;
+        // `<service>.<slot>.<task id>`, where a global task has its node id for the slot.
+        let middle = task
+            .strip_prefix(service)?
+            .strip_prefix('.')?
+            .rsplit_once('.')?
+            .0;
+        if middle.is_empty() {
+            return None;
+        }
+        let node = self.label(SWARM_NODE);
+        Some(SwarmTask {
+            service,
+            slot: (Some(middle) != node).then_some(middle),
+        })
+    }
+}
+
+/// A Swarm task as its container's labels describe it. Swarm has no slot label: the slot is
+/// the middle part of `com.docker.swarm.task.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmTask<'a> {
+    pub service: &'a str,
+    /// The slot of a replicated task; `None` for a global task, which has one per node.
+    pub slot: Option<&'a str>,
+}
+
+/// The built-in name, used when no template is set: a replicated Swarm task is named by its
+/// slot (`web.2`, the same after an update and on whichever node it runs), a global one by
+/// its host and service, and any other container by its host and name.
+pub fn default_name(facts: &NameFacts<'_>) -> String {
+    match facts.swarm_task() {
+        Some(SwarmTask {
+            service,
+            slot: Some(slot),
+        }) => format!("{service}.{slot}"),
+        Some(SwarmTask {
+            service,
+            slot: None,
+        }) => format!("{}/{service}", facts.host),
+        None => format!("{}/{}", facts.host, facts.container),
+    }
+}
+
+/// One fact a placeholder names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
+enum Fact {
     Host,
     Container,
     Id,
     ComposeProject,
     ComposeService,
     ComposeNumber,
+    SwarmService,
+    SwarmSlot,
+    SwarmNode,
+    SwarmStack,
+    Label(String),
 }
+
+const KNOWN_PLACEHOLDERS: &str = "{host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}";
+
+impl Fact {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "host" => Fact::Host,
+            "container" => Fact::Container,
+            "id" => Fact::Id,
+            "compose_project" => Fact::ComposeProject,
+            "compose_service" => Fact::ComposeService,
+            "compose_number" => Fact::ComposeNumber,
+            "swarm_service" => Fact::SwarmService,
+            "swarm_slot" => Fact::SwarmSlot,
+            "swarm_node" => Fact::SwarmNode,
+            "swarm_stack" => Fact::SwarmStack,
+            "" => return Err("a placeholder or one of its alternatives is empty".into()),
+            other => match other.strip_prefix("label:") {
+                Some("") => return Err("{label:} names no label key".into()),
+                Some(key) if key.chars().any(char::is_control) => {
+                    return Err(format!("the label key {key:?} holds control characters"))
+                }
+                Some(key) => Fact::Label(key.to_string()),
+                None => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}} (known: {KNOWN_PLACEHOLDERS})"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The fact's value for a container; `None` when it has none.
+    fn value<'a>(&self, facts: &NameFacts<'a>) -> Option<&'a str> {
+        match self {
+            Fact::Host => Some(facts.host),
+            Fact::Container => Some(facts.container),
+            // The short id: 12 characters (an id from an event is not always hex).
+            Fact::Id => Some(
+                facts
+                    .id
+                    .char_indices()
+                    .nth(12)
+                    .map_or(facts.id, |(end, _)| &facts.id[..end]),
+            ),
+            Fact::ComposeProject => facts.label(COMPOSE_PROJECT),
+            Fact::ComposeService => facts.label(COMPOSE_SERVICE),
+            Fact::ComposeNumber => facts.label(COMPOSE_NUMBER),
+            Fact::SwarmService => facts.label(SWARM_SERVICE),
+            Fact::SwarmSlot => facts.swarm_task().and_then(|t| t.slot),
+            Fact::SwarmNode => facts.label(SWARM_NODE),
+            Fact::SwarmStack => facts.label(STACK_NAMESPACE),
+            Fact::Label(key) => facts.label(key),
+        }
+    }
+}
+
+/// `{a|b|"text"}`: the first alternative with a value, else the quoted text, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    alternatives: Vec<Fact>,
+    otherwise: Option<String>,
+    /// As written, braces included, for messages.
+    written: String,
+}
+
+impl Slot {
+    fn parse(body: &str) -> Result<Self, String> {
+        let written = format!("{{{body}}}");
+        if body.contains('{') {
+            return Err(format!("{written} has a {{ inside a placeholder"));
+        }
+        let parts: Vec<&str> = body.split('|').collect();
+        let mut alternatives = Vec::new();
+        let mut otherwise = None;
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(quoted) = part.strip_prefix('"') {
+                let text = quoted
+                    .strip_suffix('"')
+                    .filter(|t| !t.contains('"'))
+                    .ok_or_else(|| format!("{written}: a literal alternative is text in double quotes, like \"none\""))?;
+                if i + 1 != parts.len() || alternatives.is_empty() {
+                    return Err(format!(
+                        "{written}: a literal alternative may only come last, after a placeholder"
+                    ));
+                }
+                otherwise = Some(text.to_string());
+            } else {
+                alternatives.push(Fact::parse(part).map_err(|e| format!("{written}: {e}"))?);
+            }
+        }
+        Ok(Slot {
+            alternatives,
+            otherwise,
+            written,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Slot(Slot),
+}
+
+/// A placeholder that has no value for a container, and no alternative that has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfilled(pub String);
 
 /// `image.name` template, parsed once at start so a typo is a config error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,20 +398,7 @@ impl NameTemplate {
             let close = rest[open..]
                 .find('}')
                 .ok_or_else(|| format!("{text:?} has an unclosed {{"))?;
-            let placeholder = &rest[open + 1..open + close];
-            pieces.push(match placeholder {
-                "host" => Piece::Host,
-                "container" => Piece::Container,
-                "id" => Piece::Id,
-                "compose_project" => Piece::ComposeProject,
-                "compose_service" => Piece::ComposeService,
-                "compose_number" => Piece::ComposeNumber,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}} (known: {{host}} {{container}} {{id}} {{compose_project}} {{compose_service}} {{compose_number}})"
-                    ))
-                }
-            });
+            pieces.push(Piece::Slot(Slot::parse(&rest[open + 1..open + close])?));
             rest = &rest[open + close + 1..];
         }
         if rest.contains('}') {
@@ -255,44 +415,25 @@ impl NameTemplate {
         Ok(NameTemplate(pieces))
     }
 
-    /// The name for a container. A template naming Compose facts falls back to the default
-    /// template for a container that has none, rather than sending names like `web//`.
-    pub fn render(&self, facts: &NameFacts<'_>) -> String {
-        let label = |key: &str| facts.labels.and_then(|l| l.get(key)).map(String::as_str);
+    /// The name for a container, or the first placeholder it has no value for (the caller
+    /// then names it by `default_name`, rather than sending names like `web//`).
+    pub fn render(&self, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
         let mut out = String::new();
         for piece in &self.0 {
-            let value = match piece {
-                Piece::Text(t) => t.as_str(),
-                Piece::Host => facts.host,
-                Piece::Container => facts.container,
-                // The short id: 12 characters (an id from an event is not always hex).
-                Piece::Id => facts
-                    .id
-                    .char_indices()
-                    .nth(12)
-                    .map_or(facts.id, |(end, _)| &facts.id[..end]),
-                Piece::ComposeProject => match label(COMPOSE_PROJECT) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-                Piece::ComposeService => match label(COMPOSE_SERVICE) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-                Piece::ComposeNumber => match label(COMPOSE_NUMBER) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-            };
-            out.push_str(value);
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Slot(slot) => {
+                    let value = slot
+                        .alternatives
+                        .iter()
+                        .find_map(|f| f.value(facts))
+                        .or(slot.otherwise.as_deref())
+                        .ok_or_else(|| Unfilled(slot.written.clone()))?;
+                    out.push_str(value);
+                }
+            }
         }
-        out
-    }
-}
-
-impl Default for NameTemplate {
-    fn default() -> Self {
-        NameTemplate(vec![Piece::Host, Piece::Text("/".into()), Piece::Container])
+        Ok(out)
     }
 }
 
@@ -428,6 +569,33 @@ mod tests {
             .ends_with(r#""container":{"id":"c1","state":"stopped","exit_code":137}}"#));
     }
 
+    fn facts<'a>(labels: &'a HashMap<String, String>) -> NameFacts<'a> {
+        NameFacts {
+            host: "edge-1",
+            container: "shop-web-2",
+            id: "0123456789abcdef",
+            labels: Some(labels),
+        }
+    }
+
+    /// The labels Swarm puts on a task's container; `middle` is the slot, or the node id.
+    fn swarm(service: &str, middle: &str) -> HashMap<String, String> {
+        labels(&[
+            (SWARM_SERVICE, service),
+            (
+                SWARM_TASK,
+                &format!("{service}.{middle}.k3x9q1w2e3r4t5y6u7i8o9p0a"),
+            ),
+            (SWARM_NODE, "n0d3id0000000000000000000"),
+            ("com.docker.swarm.task.id", "k3x9q1w2e3r4t5y6u7i8o9p0a"),
+            ("com.docker.swarm.service.id", "s3rv1c3id0000000000000000"),
+        ])
+    }
+
+    fn render(template: &str, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
+        NameTemplate::parse(template).unwrap().render(facts)
+    }
+
     #[test]
     fn templates() {
         let l = labels(&[
@@ -435,29 +603,129 @@ mod tests {
             (COMPOSE_SERVICE, "web"),
             (COMPOSE_NUMBER, "2"),
         ]);
-        let facts = NameFacts {
-            host: "edge-1",
-            container: "shop-web-2",
-            id: "0123456789abcdef",
-            labels: Some(&l),
-        };
-        let t = NameTemplate::parse("{host}/{compose_project}/{compose_service}-{compose_number}")
-            .unwrap();
-        assert_eq!(t.render(&facts), "edge-1/shop/web-2");
+        let facts = facts(&l);
+        let t = "{host}/{compose_project}/{compose_service}-{compose_number}";
+        assert_eq!(render(t, &facts).unwrap(), "edge-1/shop/web-2");
         assert_eq!(
-            NameTemplate::parse("{id}@{host}").unwrap().render(&facts),
+            render("{id}@{host}", &facts).unwrap(),
             "0123456789ab@edge-1"
         );
+        // Without the labels: the placeholder that has no value, for the caller to log.
         let plain = NameFacts {
             labels: None,
-            ..facts
+            ..facts.clone()
         };
-        assert_eq!(t.render(&plain), "edge-1/shop-web-2");
-        assert!(NameTemplate::parse("{host}/{nope}").is_err());
-        assert!(NameTemplate::parse("{host").is_err());
-        assert!(NameTemplate::parse("static").is_err());
-        assert!(NameTemplate::parse("}{host}").is_err());
-        assert!(NameTemplate::parse("{host}}").is_err());
+        assert_eq!(render(t, &plain), Err(Unfilled("{compose_project}".into())));
+        assert_eq!(default_name(&plain), "edge-1/shop-web-2");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in [
+            "{host}/{nope}",
+            "{host",
+            "static",
+            "}{host}",
+            "{host}}",
+            "{}",
+            "{host|}",
+            "{|host}",
+            "{label:}",
+            "{label:a\nb}",
+            "{\"x\"}",
+            "{host|\"x\"|container}",
+            "{host|\"x}",
+            "{host|\"a\"b\"}",
+            "{host|{container}}",
+            "{ host }",
+        ] {
+            assert!(NameTemplate::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn labels_and_fallbacks() {
+        let l = labels(&[("app", "shop"), ("empty", ""), (COMPOSE_SERVICE, "web")]);
+        let facts = facts(&l);
+        assert_eq!(render("{host}/{label:app}", &facts).unwrap(), "edge-1/shop");
+        // The first alternative with a value wins; an empty label counts as missing.
+        for (template, want) in [
+            ("{label:team|label:app|container}", "shop"),
+            ("{label:empty|container}", "shop-web-2"),
+            ("{label:team|compose_service}", "web"),
+            (
+                "{swarm_stack|label:app}-{swarm_slot|compose_number|\"1\"}",
+                "shop-1",
+            ),
+            ("{label:team|\"\"}{host}", "edge-1"),
+            ("{label:com.docker.compose.service}", "web"),
+        ] {
+            assert_eq!(render(template, &facts).unwrap(), want, "{template}");
+        }
+        // No value and no fallback: the placeholder as written.
+        assert_eq!(
+            render("{host}/{label:team|swarm_service}", &facts),
+            Err(Unfilled("{label:team|swarm_service}".into()))
+        );
+    }
+
+    #[test]
+    fn swarm_names() {
+        let replicated = swarm("shop_web", "2");
+        let facts = facts(&replicated);
+        assert_eq!(default_name(&facts), "shop_web.2");
+        let t = "{swarm_service}|{swarm_slot}|{swarm_node}";
+        assert_eq!(
+            render(t, &facts).unwrap(),
+            "shop_web|2|n0d3id0000000000000000000"
+        );
+        // A global task's name holds its node id where a replicated one's holds the slot.
+        let global = swarm("agent", "n0d3id0000000000000000000");
+        let facts = self::facts(&global);
+        assert_eq!(default_name(&facts), "edge-1/agent");
+        assert_eq!(render(t, &facts), Err(Unfilled("{swarm_slot}".into())));
+        assert_eq!(
+            render("{swarm_service}.{swarm_slot|host}", &facts).unwrap(),
+            "agent.edge-1"
+        );
+        // A dot in the service name does not move the slot.
+        let dotted = swarm("a.b", "7");
+        assert_eq!(default_name(&self::facts(&dotted)), "a.b.7");
+        // Stacks: the namespace label reaches the containers.
+        let mut stacked = swarm("shop_web", "1");
+        stacked.insert(STACK_NAMESPACE.into(), "shop".into());
+        assert_eq!(
+            render(
+                "{swarm_stack}/{swarm_service}.{swarm_slot}",
+                &self::facts(&stacked)
+            )
+            .unwrap(),
+            "shop/shop_web.1"
+        );
+        // Outside Swarm, or with a task name that does not fit: the plain default.
+        let none = labels(&[]);
+        assert_eq!(default_name(&self::facts(&none)), "edge-1/shop-web-2");
+        assert_eq!(
+            render("{swarm_service}", &self::facts(&none)),
+            Err(Unfilled("{swarm_service}".into()))
+        );
+        let odd = labels(&[(SWARM_SERVICE, "web"), (SWARM_TASK, "other.1.x")]);
+        assert_eq!(default_name(&self::facts(&odd)), "edge-1/shop-web-2");
+        assert_eq!(
+            render("{swarm_service}", &self::facts(&odd)).unwrap(),
+            "web"
+        );
+    }
+
+    #[test]
+    fn two_swarms_qualified_by_a_literal() {
+        // The README's template for the agents of one of two swarms reporting into one
+        // environment: every kind of task gets the prefix.
+        let t = NameTemplate::parse("eu/{swarm_service}.{swarm_slot|host}").unwrap();
+        let replicated = swarm("web", "1");
+        assert_eq!(t.render(&facts(&replicated)).unwrap(), "eu/web.1");
+        let global = swarm("agent", "n0d3id0000000000000000000");
+        assert_eq!(t.render(&facts(&global)).unwrap(), "eu/agent.edge-1");
     }
 
     #[test]
@@ -468,6 +736,7 @@ mod tests {
                 id,
                 ..NameFacts::default()
             })
+            .unwrap()
         };
         assert_eq!(render("0123456789abcdef"), "0123456789ab");
         assert_eq!(render("short"), "short");

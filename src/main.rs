@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use deploytrack::cli::{Cli, Command};
 use deploytrack::config::{self, Config, ConfigError, FileConfig};
@@ -14,7 +14,7 @@ use deploytrack::{agent, commands, telemetry};
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_noting_sources() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;

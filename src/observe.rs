@@ -302,7 +302,7 @@ mod tests {
             engine,
             "host".into(),
             "deployed".into(),
-            crate::deployment::NameTemplate::default(),
+            None,
             Selection::default(),
             report_stops,
         ));

@@ -68,7 +68,7 @@ async fn reports_running_and_started_containers_in_the_api_format() {
 async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
     let scope = Scope::new("names");
     let receiver = Receiver::start().await;
-    let _agent = scope.agent(
+    let agent = scope.agent(
         &receiver.url(),
         &[
             "--name-template",
@@ -90,7 +90,7 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
             APP1,
         );
     }
-    // Not a Compose container: the template falls back to {host}/{container}.
+    // Not a Compose container: the template falls back to {host}/{container}, and says why.
     let plain = scope.name("plain");
     scope.run(&["--name", &plain], APP1);
     let names = eventually("three reports", || {
@@ -109,6 +109,16 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
     ];
     want.sort();
     assert_eq!(names, want);
+    let stderr = agent.stderr();
+    let told: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("no value for a placeholder"))
+        .collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(
+        told[0].contains("{compose_project}") && told[0].contains(&plain),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

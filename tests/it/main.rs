@@ -11,3 +11,4 @@ mod hostile;
 mod podman;
 mod service;
 mod soak;
+mod swarm;
