@@ -90,6 +90,53 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// When the container entered `state`, by its engine's clock (RFC 3339, UTC, to the
+    /// nanosecond): its start for `running`; the stop's (or the rename's) event for
+    /// `stopped`. A receiver orders one name's reports from several hosts by it (a slot that
+    /// moves may see its old host's stop arrive after the new host's start). Absent when
+    /// unknown (a stop found by a reconciliation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// An event's time (Unix nanoseconds) as the `since` of a report; `None` when unknown (0).
+pub fn time_from_nanos(time_nano: i64) -> Option<String> {
+    let nanos = u64::try_from(time_nano).ok().filter(|t| *t > 0)?;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    Some(humantime::format_rfc3339_nanos(at).to_string())
+}
+
+/// An engine's timestamp (`State.StartedAt`: RFC 3339, `Z` or an offset) in the form of
+/// `time_from_nanos`; `None` for the zero time of a container never started, or an odd one.
+pub fn time_from_engine(text: &str) -> Option<String> {
+    let text = text.trim();
+    // humantime reads UTC only: apply an offset such as +02:00 by hand.
+    let (local, offset_secs) = match text.len().checked_sub(6).map(|i| text.split_at(i)) {
+        Some((local, offset))
+            if offset.len() == 6 && matches!(&offset[..1], "+" | "-") && &offset[3..4] == ":" =>
+        {
+            let hours: u64 = offset[1..3].parse().ok()?;
+            let minutes: u64 = offset[4..6].parse().ok()?;
+            let secs = (hours * 60 + minutes) * 60;
+            (
+                local,
+                if &offset[..1] == "+" {
+                    -(secs as i64)
+                } else {
+                    secs as i64
+                },
+            )
+        }
+        _ => (text.strip_suffix('Z').unwrap_or(text), 0),
+    };
+    let at = humantime::parse_rfc3339_weak(local).ok()?;
+    let at = if offset_secs >= 0 {
+        at.checked_add(std::time::Duration::from_secs(offset_secs as u64))?
+    } else {
+        at.checked_sub(std::time::Duration::from_secs(offset_secs.unsigned_abs()))?
+    };
+    let nanos = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    time_from_nanos(i64::try_from(nanos).ok()?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,12 +216,13 @@ impl Deployment {
         })
     }
 
-    /// The same deployment, now stopped.
-    pub fn stopped(&self, exit_code: Option<i64>) -> Self {
+    /// The same deployment, now stopped (`since`: when, if known).
+    pub fn stopped(&self, exit_code: Option<i64>, since: Option<String>) -> Self {
         let mut stopped = self.clone();
         if let Some(c) = stopped.container.as_mut() {
             c.state = ContainerState::Stopped;
             c.exit_code = exit_code;
+            c.since = since;
         }
         stopped
     }
@@ -558,15 +606,22 @@ mod tests {
             id: "c1".into(),
             state: ContainerState::Running,
             exit_code: None,
+            since: None,
         });
         assert_eq!(
             Deployment::from_body(&with.report_body()),
             Some(with.clone())
         );
-        let stopped = with.stopped(Some(137));
+        let stopped = with.stopped(Some(137), None);
         assert!(stopped
             .report_body()
             .ends_with(r#""container":{"id":"c1","state":"stopped","exit_code":137}}"#));
+        // The time is one more field, after the ones receivers already read.
+        let at = with.stopped(Some(0), time_from_nanos(1_700_000_000_000_000_001));
+        assert!(at.report_body().ends_with(
+            r#""container":{"id":"c1","state":"stopped","exit_code":0,"since":"2023-11-14T22:13:20.000000001Z"}}"#
+        ));
+        assert_eq!(Deployment::from_body(&at.report_body()), Some(at));
     }
 
     fn facts<'a>(labels: &'a HashMap<String, String>) -> NameFacts<'a> {
@@ -726,6 +781,31 @@ mod tests {
         assert_eq!(t.render(&facts(&replicated)).unwrap(), "eu/web.1");
         let global = swarm("agent", "n0d3id0000000000000000000");
         assert_eq!(t.render(&facts(&global)).unwrap(), "eu/agent.edge-1");
+    }
+
+    #[test]
+    fn event_and_engine_times() {
+        assert_eq!(
+            time_from_nanos(1_700_000_000_123_456_789).as_deref(),
+            Some("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(time_from_nanos(0), None);
+        assert_eq!(
+            time_from_engine("2023-11-14T22:13:20.123456789Z").as_deref(),
+            Some("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(
+            time_from_engine("2023-11-15T00:13:20.5+02:00").as_deref(),
+            Some("2023-11-14T22:13:20.500000000Z")
+        );
+        assert_eq!(
+            time_from_engine("2023-11-14T20:13:20-02:00").as_deref(),
+            Some("2023-11-14T22:13:20.000000000Z")
+        );
+        // The zero time of a container never started, and nonsense.
+        assert_eq!(time_from_engine("0001-01-01T00:00:00Z"), None);
+        assert_eq!(time_from_engine("yesterday"), None);
+        assert_eq!(time_from_engine(""), None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct ContainerFacts {
     pub image_id: String,
     /// `Config.Labels`.
     pub labels: HashMap<String, String>,
+    /// `State.StartedAt`, as the engine wrote it.
+    pub started_at: Option<String>,
 }
 
 impl ContainerFacts {
@@ -35,6 +37,7 @@ impl ContainerFacts {
                 .unwrap_or_else(|| reference.clone()),
             reference,
             labels: config.labels.unwrap_or_default(),
+            started_at: c.state.and_then(|s| s.started_at),
         }
     }
 
@@ -66,6 +69,11 @@ impl ContainerFacts {
                 .and_then(|c| c.get("Labels"))
                 .map(string_map)
                 .unwrap_or_default(),
+            started_at: c
+                .get("State")
+                .and_then(|s| s.get("StartedAt"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 }

@@ -9,8 +9,8 @@ use bollard::query_parameters::InspectContainerOptions;
 use super::lenient::{ContainerFacts, ImageFields};
 use super::{Engine, EngineError};
 use crate::deployment::{
-    default_name, ContainerState, ContainerStatus, Deployment, DeploymentKey, NameFacts,
-    NameTemplate, Platform, Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
+    default_name, time_from_engine, ContainerState, ContainerStatus, Deployment, DeploymentKey,
+    NameFacts, NameTemplate, Platform, Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
 };
 use crate::reference::ImageRef;
 use crate::telemetry::Telemetry;
@@ -22,6 +22,8 @@ const IMAGE_CACHE_MAX: usize = 4096;
 const WARNED_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
+// Short-lived and moved once, to the observer: boxing the deployment would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Resolution {
     Report(Deployment),
     Skip(SkipReason),
@@ -107,8 +109,8 @@ impl Resolver {
             }
         }
         let inspected = self.inspect_container(id).await;
-        let (mut name, reference, image_id, labels) = match inspected {
-            Ok(c) => (c.name, c.reference, c.image_id, c.labels),
+        let (mut name, reference, image_id, labels, started_at) = match inspected {
+            Ok(c) => (c.name, c.reference, c.image_id, c.labels, c.started_at),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -119,7 +121,13 @@ impl Resolver {
                         container = id,
                         "container gone before inspection; resolving from its event"
                     );
-                    (name.clone(), image.clone(), image.clone(), labels.clone())
+                    (
+                        name.clone(),
+                        image.clone(),
+                        image.clone(),
+                        labels.clone(),
+                        None,
+                    )
                 }
                 _ => return Err(e),
             },
@@ -198,6 +206,7 @@ impl Resolver {
                 id: id.to_string(),
                 state: ContainerState::Running,
                 exit_code: None,
+                since: started_at.as_deref().and_then(time_from_engine),
             }),
         }))
     }

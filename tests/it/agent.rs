@@ -415,6 +415,52 @@ async fn a_rename_reports_the_new_name() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_report_stops_a_rename_retires_the_old_name() {
+    let scope = Scope::new("rename-stops");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &["--report-stops"]);
+    let host = engine_host_name();
+    let (before, after) = (scope.name("before"), scope.name("after"));
+    let (old, new) = (format!("{host}/{before}"), format!("{host}/{after}"));
+    let id = scope.run(&["--name", &before], APP1);
+    let running = receiver.accepted_report("the first name", &old).await;
+    docker(&["rename", &id, &after]);
+    let renamed = receiver.accepted_report("the new name", &new).await;
+    let stop = eventually("the old name to stop", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == old && r.body["container"]["state"] == "stopped")
+    })
+    .await;
+    let container = |r: &receiver::Received| r.body["container"].clone();
+    assert_eq!(container(&running)["state"], "running");
+    assert_eq!(container(&renamed)["state"], "running");
+    for r in [&running, &renamed, &stop] {
+        assert_eq!(container(r)["id"], id.as_str(), "{:#?}", r.body);
+    }
+    // The container still runs: no exit code; the new name keeps the start time, the old
+    // one stops at the rename.
+    assert!(
+        container(&stop).get("exit_code").is_none(),
+        "{:#?}",
+        stop.body
+    );
+    assert_eq!(container(&renamed)["since"], container(&running)["since"]);
+    let since = |r: &receiver::Received| {
+        humantime::parse_rfc3339(container(r)["since"].as_str().unwrap()).unwrap()
+    };
+    assert!(since(&running) < since(&stop));
+    let names: Vec<_> = receiver
+        .accepted()
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    assert_eq!(names.iter().filter(|n| **n == old).count(), 2, "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == new).count(), 1, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
     let scope = Scope::new("tls");
     let engine = PrivateEngine::start_with_tls().await;
