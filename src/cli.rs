@@ -165,7 +165,7 @@ pub struct RunArgs {
     )]
     pub label_selector: Vec<String>,
 
-    /// Also report container stops, with an extra top-level "container" object in every report.
+    /// Also report container stops (and the old name of a renamed container), with an extra top-level "container" object in every report: id, state, and since (when it entered that state, to order reports from several hosts).
     #[arg(long, env = "DEPLOYTRACK_REPORT_STOPS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub report_stops: Option<bool>,
 
