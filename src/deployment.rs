@@ -111,21 +111,20 @@ pub fn time_from_nanos(time_nano: i64) -> Option<String> {
 pub fn time_from_engine(text: &str) -> Option<String> {
     let text = text.trim();
     // humantime reads UTC only: apply an offset such as +02:00 by hand.
-    let (local, offset_secs) = match text.len().checked_sub(6).map(|i| text.split_at(i)) {
+    // (The text is untrusted: split only at a character boundary, read the offset as ASCII.)
+    let split = text
+        .len()
+        .checked_sub(6)
+        .filter(|i| text.is_char_boundary(*i))
+        .map(|i| text.split_at(i));
+    let (local, offset_secs) = match split {
         Some((local, offset))
-            if offset.len() == 6 && matches!(&offset[..1], "+" | "-") && &offset[3..4] == ":" =>
+            if offset.is_ascii() && matches!(&offset[..1], "+" | "-") && &offset[3..4] == ":" =>
         {
-            let hours: u64 = offset[1..3].parse().ok()?;
-            let minutes: u64 = offset[4..6].parse().ok()?;
+            let hours: i64 = offset[1..3].parse().ok()?;
+            let minutes: i64 = offset[4..6].parse().ok()?;
             let secs = (hours * 60 + minutes) * 60;
-            (
-                local,
-                if &offset[..1] == "+" {
-                    -(secs as i64)
-                } else {
-                    secs as i64
-                },
-            )
+            (local, if &offset[..1] == "+" { -secs } else { secs })
         }
         _ => (text.strip_suffix('Z').unwrap_or(text), 0),
     };
@@ -407,7 +406,15 @@ impl Slot {
                 }
                 otherwise = Some(text.to_string());
             } else {
-                alternatives.push(Fact::parse(part).map_err(|e| format!("{written}: {e}"))?);
+                // An alternative among several is named with its placeholder.
+                let fact = Fact::parse(part).map_err(|e| {
+                    if parts.len() > 1 {
+                        format!("{written}: {e}")
+                    } else {
+                        e
+                    }
+                })?;
+                alternatives.push(fact);
             }
         }
         Ok(Slot {
@@ -805,6 +812,8 @@ mod tests {
         // The zero time of a container never started, and nonsense.
         assert_eq!(time_from_engine("0001-01-01T00:00:00Z"), None);
         assert_eq!(time_from_engine("yesterday"), None);
+        assert_eq!(time_from_engine("2023-11-14T22:13:2ŋ"), None);
+        assert_eq!(time_from_engine("2023-11-14T22:13:20+ŋ:00"), None);
         assert_eq!(time_from_engine(""), None);
     }
 
