@@ -92,7 +92,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         );
     }
     tracing::info!(
-        engine = %config.docker_host, host = %host, image_store = store.as_str(), environment = %config.environment,
+        engine = %config.docker_host, host = %config.host_name.as_deref().unwrap_or(&host), image_store = store.as_str(), environment = %config.environment,
         endpoint = %match (&config.url, config.dry_run) {
             (Some(url), false) => crate::config::redact_url(url.as_str()),
             _ => "stdout (dry run)".to_string(),
@@ -116,6 +116,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         )
         .with_report_unverified(config.report_unverified)
         .with_store(store)
+        .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
     let sink = Sink::for_config(config)?;

@@ -124,9 +124,13 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dry_run: Option<bool>,
 
-    /// Template of image.name; placeholders {host} {container} {compose_project} {compose_service} {compose_number} {id} [default: {host}/{container}].
+    /// Template of image.name, e.g. '{host}/{label:app|container}'. Placeholders: {host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}; {a|b|"text"} takes the first that has a value. A placeholder without a value and without a fallback gives the default name [default: {swarm_service}.{swarm_slot} for a replicated Swarm task, {host}/{swarm_service} for a global one, else {host}/{container}].
     #[arg(long, env = "DEPLOYTRACK_NAME_TEMPLATE", value_name = "TEMPLATE")]
     pub name_template: Option<String>,
+
+    /// The host's name in image.name ({host}), in place of the engine's (for hosts cloned from one image that share a name such as raspberrypi) [default: the engine's host name].
+    #[arg(long, env = "DEPLOYTRACK_HOST_NAME", value_name = "NAME")]
+    pub host_name: Option<String>,
 
     /// Report only containers labelled deploytrack.enable=true.
     #[arg(long, env = "DEPLOYTRACK_REQUIRE_LABEL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -141,7 +145,7 @@ pub struct RunArgs {
     )]
     pub label_selector: Vec<String>,
 
-    /// Also report container stops, with an extra top-level "container" object in every report.
+    /// Also report container stops (and the old name of a renamed container), with an extra top-level "container" object in every report: id, state, and since (when it entered that state, to order reports from several hosts).
     #[arg(long, env = "DEPLOYTRACK_REPORT_STOPS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub report_stops: Option<bool>,
 

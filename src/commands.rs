@@ -231,6 +231,21 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                 }
                 Err(e) => line(false, "engine API", e.to_string()),
             }
+            match engine.host_name().await {
+                Ok(name) => match &config.host_name {
+                    Some(set) => line(
+                        true,
+                        "host name",
+                        format!("{set} (set; the engine's is {name:?})"),
+                    ),
+                    // A warning, not a failure: names still work, they may just collide.
+                    None if looks_like_a_default_host_name(&name) => println!(
+                        "WARN host name: the engine's host name {name:?} looks like a default that other hosts may share, and their containers would report under the same names: set --host-name (DEPLOYTRACK_HOST_NAME, host_name) to a name unique to this host"
+                    ),
+                    None => line(true, "host name", format!("{name:?} (the engine's)")),
+                },
+                Err(e) => line(false, "host name", e.to_string()),
+            }
         }
         Err(e) => line(
             false,
@@ -319,6 +334,44 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
 
 fn checks_failed(n: usize) -> String {
     format!("{n} check{} failed", if n == 1 { "" } else { "s" })
+}
+
+/// Host names that images and installers give every machine they set up: hosts cloned from
+/// one image share them.
+const DEFAULT_HOST_NAMES: &[&str] = &[
+    "localhost",
+    "raspberrypi",
+    "raspberry",
+    "ubuntu",
+    "ubuntu-server",
+    "debian",
+    "orangepi",
+    "bananapi",
+    "rockpi",
+    "dietpi",
+    "armbian",
+    "alpine",
+    "fedora",
+    "centos",
+    "rocky",
+    "almalinux",
+    "archlinux",
+    "nixos",
+    "kali",
+    "linux",
+    "docker-desktop",
+    "moby",
+    "rancher-desktop",
+];
+
+/// True for a default host name, also with a `.localdomain`, `.local` or `.lan` suffix.
+pub fn looks_like_a_default_host_name(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    let bare = [".localdomain", ".local", ".lan", ".home"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(&name);
+    DEFAULT_HOST_NAMES.contains(&bare)
 }
 
 /// Writable, or creatable: a missing state dir is not created by a check (the agent does
@@ -550,6 +603,23 @@ mod tests {
         assert!(err.contains("must be lowercase"), "{err}");
         for bad in ["example.com/-app", "example.com/a..b", "app:.tag"] {
             assert!(check(&format!("{bad}{digest}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_host_names() {
+        for name in [
+            "raspberrypi",
+            "RaspberryPi",
+            "localhost.localdomain",
+            "ubuntu",
+            "docker-desktop",
+            "dietpi.local",
+        ] {
+            assert!(looks_like_a_default_host_name(name), "{name}");
+        }
+        for name in ["edge-17", "raspberrypi-kitchen", "web1.example.com", "vm"] {
+            assert!(!looks_like_a_default_host_name(name), "{name}");
         }
     }
 }

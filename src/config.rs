@@ -54,6 +54,7 @@ pub struct FileConfig {
     pub docker_host: Option<String>,
     pub dry_run: Option<bool>,
     pub name_template: Option<String>,
+    pub host_name: Option<String>,
     pub require_label: Option<bool>,
     pub label_selector: Option<Vec<String>>,
     pub report_stops: Option<bool>,
@@ -92,6 +93,7 @@ const FILE_KEYS: &[(&str, Kind)] = &[
     ("docker_host", Kind::Text),
     ("dry_run", Kind::Bool),
     ("name_template", Kind::Text),
+    ("host_name", Kind::Text),
     ("require_label", Kind::Bool),
     ("label_selector", Kind::TextList),
     ("report_stops", Kind::Bool),
@@ -302,7 +304,10 @@ pub struct Config {
     pub dry_run: bool,
     /// A dry run the user asked for (`--dry-run`), not one implied by a missing URL.
     pub explicit_dry_run: bool,
-    pub name_template: NameTemplate,
+    /// `None`: the built-in, Swarm-aware default (`deployment::default_name`).
+    pub name_template: Option<NameTemplate>,
+    /// Replaces the engine's host name in names.
+    pub host_name: Option<String>,
     pub require_label: bool,
     pub label_selector: LabelSelector,
     pub report_stops: bool,
@@ -348,6 +353,23 @@ pub fn duration(
         ));
     }
     Ok(parsed)
+}
+
+/// `--host-name`: a name others cannot mistake for a path or a log line.
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        Err("the host name is empty".into())
+    } else if name.chars().any(char::is_control) {
+        Err(format!("{name:?} holds control characters"))
+    } else if name.contains('/') {
+        Err(format!(
+            "{name:?} holds a /, which separates the host from the container in names"
+        ))
+    } else if name.trim() != name {
+        Err(format!("{name:?} begins or ends with a space"))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default + fmt::Display>(
@@ -442,17 +464,32 @@ impl Config {
         crate::engine::validate_host(&docker_host)
             .map_err(|r| ConfigError::new(docker_host_source.clone(), r))?;
 
-        let (template, origin) = pick(
+        // Unset: the built-in, Swarm-aware default (`deployment::default_name`).
+        let name_template = match pick(
             args,
             file,
             "--name-template",
             args.name_template.clone(),
             file.name_template.clone(),
-        );
-        let template =
-            template.unwrap_or_else(|| crate::deployment::DEFAULT_NAME_TEMPLATE.to_string());
-        let name_template =
-            NameTemplate::parse(&template).map_err(|r| ConfigError::new(origin, r))?;
+        ) {
+            (None, _) => None,
+            (Some(text), origin) => {
+                Some(NameTemplate::parse(&text).map_err(|r| ConfigError::new(origin, r))?)
+            }
+        };
+        let host_name = match pick(
+            args,
+            file,
+            "--host-name",
+            args.host_name.clone(),
+            file.host_name.clone(),
+        ) {
+            (None, _) => None,
+            (Some(name), origin) => {
+                validate_host_name(&name).map_err(|r| ConfigError::new(origin, r))?;
+                Some(name)
+            }
+        };
 
         let (selectors, origin) = pick(
             args,
@@ -622,6 +659,7 @@ impl Config {
             dry_run,
             explicit_dry_run,
             name_template,
+            host_name,
             require_label: args.require_label.or(file.require_label).unwrap_or(false),
             label_selector,
             report_stops: args.report_stops.or(file.report_stops).unwrap_or(false),
@@ -918,6 +956,61 @@ mod tests {
             let err = Config::build(&a, &FileConfig::default()).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn templates_and_host_names_name_their_source() {
+        let file = FileConfig::parse(
+            "name_template = \"{pod}\"\nhost_name = \"a/b\"",
+            "/etc/deploytrack/config.toml",
+        )
+        .unwrap();
+        let err = Config::build(&args(), &file).unwrap_err();
+        assert_eq!(
+            err.setting, "/etc/deploytrack/config.toml: key name_template",
+            "{err}"
+        );
+        let mut a = args();
+        a.name_template = Some("{host}/{label:app|container}".into());
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(
+            err.setting, "/etc/deploytrack/config.toml: key host_name",
+            "{err}"
+        );
+        a.host_name = Some("edge\n7".into());
+        a.from_env
+            .push(("--host-name".into(), "DEPLOYTRACK_HOST_NAME".into()));
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_HOST_NAME", "{err}");
+        a.from_env.clear();
+        a.name_template = Some("{host|}".into());
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "--name-template", "{err}");
+        a.from_env
+            .push(("--name-template".into(), "DEPLOYTRACK_NAME_TEMPLATE".into()));
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_NAME_TEMPLATE", "{err}");
+    }
+
+    #[test]
+    fn host_name_and_template_precedence() {
+        let none = Config::build(&args(), &FileConfig::default()).unwrap();
+        assert_eq!((none.host_name, none.name_template), (None, None));
+        let file: FileConfig =
+            toml::from_str("name_template = \"{id}\"\nhost_name = \"edge-7\"").unwrap();
+        let config = Config::build(&args(), &file).unwrap();
+        assert_eq!(config.host_name.as_deref(), Some("edge-7"));
+        assert_eq!(config.name_template, NameTemplate::parse("{id}").ok());
+        let mut a = args();
+        a.host_name = Some("edge-8".into());
+        assert_eq!(
+            Config::build(&a, &file).unwrap().host_name.as_deref(),
+            Some("edge-8")
+        );
+        for bad in ["", "  ", "a/b", "tab\there", " edge"] {
+            assert!(validate_host_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_host_name("edge-7.example").is_ok());
     }
 
     #[test]

@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 pub const LABEL_ENABLE: &str = "deploytrack.enable";
 pub const LABEL_ENVIRONMENT: &str = "deploytrack.environment";
 pub const LABEL_NAME: &str = "deploytrack.name";
-pub const DEFAULT_NAME_TEMPLATE: &str = "{host}/{container}";
 
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_NUMBER: &str = "com.docker.compose.container-number";
+const SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+const SWARM_TASK: &str = "com.docker.swarm.task.name";
+const SWARM_NODE: &str = "com.docker.swarm.node.id";
+const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
 
 /// The receiver keeps one stream per (environment, name); a newer report replaces an older one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -87,6 +90,52 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// When the container entered `state`, by its engine's clock (RFC 3339, UTC, to the
+    /// nanosecond): its start for `running`; the stop's (or the rename's) event for
+    /// `stopped`. A receiver orders one name's reports from several hosts by it (a slot that
+    /// moves may see its old host's stop arrive after the new host's start). Absent when
+    /// unknown (a stop found by a reconciliation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// An event's time (Unix nanoseconds) as the `since` of a report; `None` when unknown (0).
+pub fn time_from_nanos(time_nano: i64) -> Option<String> {
+    let nanos = u64::try_from(time_nano).ok().filter(|t| *t > 0)?;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    Some(humantime::format_rfc3339_nanos(at).to_string())
+}
+
+/// An engine's timestamp (`State.StartedAt`: RFC 3339, `Z` or an offset) in the form of
+/// `time_from_nanos`; `None` for the zero time of a container never started, or an odd one.
+pub fn time_from_engine(text: &str) -> Option<String> {
+    let text = text.trim();
+    // humantime reads UTC only: apply an offset such as +02:00 by hand.
+    // (The text is untrusted: split only at a character boundary, read the offset as ASCII.)
+    let split = text
+        .len()
+        .checked_sub(6)
+        .filter(|i| text.is_char_boundary(*i))
+        .map(|i| text.split_at(i));
+    let (local, offset_secs) = match split {
+        Some((local, offset))
+            if offset.is_ascii() && matches!(&offset[..1], "+" | "-") && &offset[3..4] == ":" =>
+        {
+            let hours: i64 = offset[1..3].parse().ok()?;
+            let minutes: i64 = offset[4..6].parse().ok()?;
+            let secs = (hours * 60 + minutes) * 60;
+            (local, if &offset[..1] == "+" { -secs } else { secs })
+        }
+        _ => (text.strip_suffix('Z').unwrap_or(text), 0),
+    };
+    let at = humantime::parse_rfc3339_weak(local).ok()?;
+    let at = if offset_secs >= 0 {
+        at.checked_add(std::time::Duration::from_secs(offset_secs as u64))?
+    } else {
+        at.checked_sub(std::time::Duration::from_secs(offset_secs.unsigned_abs()))?
+    };
+    let nanos = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    time_from_nanos(i64::try_from(nanos).ok()?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,12 +215,13 @@ impl Deployment {
         })
     }
 
-    /// The same deployment, now stopped.
-    pub fn stopped(&self, exit_code: Option<i64>) -> Self {
+    /// The same deployment, now stopped (`since`: when, if known).
+    pub fn stopped(&self, exit_code: Option<i64>, since: Option<String>) -> Self {
         let mut stopped = self.clone();
         if let Some(c) = stopped.container.as_mut() {
             c.state = ContainerState::Stopped;
             c.exit_code = exit_code;
+            c.since = since;
         }
         stopped
     }
@@ -187,7 +237,8 @@ pub fn validate_environment(name: &str) -> Result<(), String> {
     }
 }
 
-/// What a name is made of; the compose facts are absent outside Compose.
+/// What a name is made of. The Compose and Swarm facts are read from the labels, and are
+/// absent for a container without them.
 #[derive(Debug, Default, Clone)]
 pub struct NameFacts<'a> {
     pub host: &'a str,
@@ -196,16 +247,193 @@ pub struct NameFacts<'a> {
     pub labels: Option<&'a HashMap<String, String>>,
 }
 
+impl<'a> NameFacts<'a> {
+    /// A label's value; an empty one counts as missing (it would leave a name like `web.`).
+    fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The container's place in a Swarm service, if Swarm started it.
+    pub fn swarm_task(&self) -> Option<SwarmTask<'a>> {
+        let service = self.label(SWARM_SERVICE)?;
+        let task = self.label(SWARM_TASK)?;
+        // `<service>.<slot>.<task id>`, where a global task has its node id for the slot.
+        let middle = task
+            .strip_prefix(service)?
+            .strip_prefix('.')?
+            .rsplit_once('.')?
+            .0;
+        if middle.is_empty() {
+            return None;
+        }
+        let node = self.label(SWARM_NODE);
+        Some(SwarmTask {
+            service,
+            slot: (Some(middle) != node).then_some(middle),
+        })
+    }
+}
+
+/// A Swarm task as its container's labels describe it. Swarm has no slot label: the slot is
+/// the middle part of `com.docker.swarm.task.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmTask<'a> {
+    pub service: &'a str,
+    /// The slot of a replicated task; `None` for a global task, which has one per node.
+    pub slot: Option<&'a str>,
+}
+
+/// The built-in name, used when no template is set: a replicated Swarm task is named by its
+/// slot (`web.2`, the same after an update and on whichever node it runs), a global one by
+/// its host and service, and any other container by its host and name.
+pub fn default_name(facts: &NameFacts<'_>) -> String {
+    match facts.swarm_task() {
+        Some(SwarmTask {
+            service,
+            slot: Some(slot),
+        }) => format!("{service}.{slot}"),
+        Some(SwarmTask {
+            service,
+            slot: None,
+        }) => format!("{}/{service}", facts.host),
+        None => format!("{}/{}", facts.host, facts.container),
+    }
+}
+
+/// One fact a placeholder names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
+enum Fact {
     Host,
     Container,
     Id,
     ComposeProject,
     ComposeService,
     ComposeNumber,
+    SwarmService,
+    SwarmSlot,
+    SwarmNode,
+    SwarmStack,
+    Label(String),
 }
+
+const KNOWN_PLACEHOLDERS: &str = "{host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}";
+
+impl Fact {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "host" => Fact::Host,
+            "container" => Fact::Container,
+            "id" => Fact::Id,
+            "compose_project" => Fact::ComposeProject,
+            "compose_service" => Fact::ComposeService,
+            "compose_number" => Fact::ComposeNumber,
+            "swarm_service" => Fact::SwarmService,
+            "swarm_slot" => Fact::SwarmSlot,
+            "swarm_node" => Fact::SwarmNode,
+            "swarm_stack" => Fact::SwarmStack,
+            "" => return Err("a placeholder or one of its alternatives is empty".into()),
+            other => match other.strip_prefix("label:") {
+                Some("") => return Err("{label:} names no label key".into()),
+                Some(key) if key.chars().any(char::is_control) => {
+                    return Err(format!("the label key {key:?} holds control characters"))
+                }
+                Some(key) => Fact::Label(key.to_string()),
+                None => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}} (known: {KNOWN_PLACEHOLDERS})"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The fact's value for a container; `None` when it has none.
+    fn value<'a>(&self, facts: &NameFacts<'a>) -> Option<&'a str> {
+        match self {
+            Fact::Host => Some(facts.host),
+            Fact::Container => Some(facts.container),
+            // The short id: 12 characters (an id from an event is not always hex).
+            Fact::Id => Some(
+                facts
+                    .id
+                    .char_indices()
+                    .nth(12)
+                    .map_or(facts.id, |(end, _)| &facts.id[..end]),
+            ),
+            Fact::ComposeProject => facts.label(COMPOSE_PROJECT),
+            Fact::ComposeService => facts.label(COMPOSE_SERVICE),
+            Fact::ComposeNumber => facts.label(COMPOSE_NUMBER),
+            Fact::SwarmService => facts.label(SWARM_SERVICE),
+            Fact::SwarmSlot => facts.swarm_task().and_then(|t| t.slot),
+            Fact::SwarmNode => facts.label(SWARM_NODE),
+            Fact::SwarmStack => facts.label(STACK_NAMESPACE),
+            Fact::Label(key) => facts.label(key),
+        }
+    }
+}
+
+/// `{a|b|"text"}`: the first alternative with a value, else the quoted text, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    alternatives: Vec<Fact>,
+    otherwise: Option<String>,
+    /// As written, braces included, for messages.
+    written: String,
+}
+
+impl Slot {
+    fn parse(body: &str) -> Result<Self, String> {
+        let written = format!("{{{body}}}");
+        if body.contains('{') {
+            return Err(format!("{written} has a {{ inside a placeholder"));
+        }
+        let parts: Vec<&str> = body.split('|').collect();
+        let mut alternatives = Vec::new();
+        let mut otherwise = None;
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(quoted) = part.strip_prefix('"') {
+                let text = quoted
+                    .strip_suffix('"')
+                    .filter(|t| !t.contains('"'))
+                    .ok_or_else(|| format!("{written}: a literal alternative is text in double quotes, like \"none\""))?;
+                if i + 1 != parts.len() || alternatives.is_empty() {
+                    return Err(format!(
+                        "{written}: a literal alternative may only come last, after a placeholder"
+                    ));
+                }
+                otherwise = Some(text.to_string());
+            } else {
+                // An alternative among several is named with its placeholder.
+                let fact = Fact::parse(part).map_err(|e| {
+                    if parts.len() > 1 {
+                        format!("{written}: {e}")
+                    } else {
+                        e
+                    }
+                })?;
+                alternatives.push(fact);
+            }
+        }
+        Ok(Slot {
+            alternatives,
+            otherwise,
+            written,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Slot(Slot),
+}
+
+/// A placeholder that has no value for a container, and no alternative that has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfilled(pub String);
 
 /// `image.name` template, parsed once at start so a typo is a config error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,20 +453,7 @@ impl NameTemplate {
             let close = rest[open..]
                 .find('}')
                 .ok_or_else(|| format!("{text:?} has an unclosed {{"))?;
-            let placeholder = &rest[open + 1..open + close];
-            pieces.push(match placeholder {
-                "host" => Piece::Host,
-                "container" => Piece::Container,
-                "id" => Piece::Id,
-                "compose_project" => Piece::ComposeProject,
-                "compose_service" => Piece::ComposeService,
-                "compose_number" => Piece::ComposeNumber,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}} (known: {{host}} {{container}} {{id}} {{compose_project}} {{compose_service}} {{compose_number}})"
-                    ))
-                }
-            });
+            pieces.push(Piece::Slot(Slot::parse(&rest[open + 1..open + close])?));
             rest = &rest[open + close + 1..];
         }
         if rest.contains('}') {
@@ -255,44 +470,25 @@ impl NameTemplate {
         Ok(NameTemplate(pieces))
     }
 
-    /// The name for a container. A template naming Compose facts falls back to the default
-    /// template for a container that has none, rather than sending names like `web//`.
-    pub fn render(&self, facts: &NameFacts<'_>) -> String {
-        let label = |key: &str| facts.labels.and_then(|l| l.get(key)).map(String::as_str);
+    /// The name for a container, or the first placeholder it has no value for (the caller
+    /// then names it by `default_name`, rather than sending names like `web//`).
+    pub fn render(&self, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
         let mut out = String::new();
         for piece in &self.0 {
-            let value = match piece {
-                Piece::Text(t) => t.as_str(),
-                Piece::Host => facts.host,
-                Piece::Container => facts.container,
-                // The short id: 12 characters (an id from an event is not always hex).
-                Piece::Id => facts
-                    .id
-                    .char_indices()
-                    .nth(12)
-                    .map_or(facts.id, |(end, _)| &facts.id[..end]),
-                Piece::ComposeProject => match label(COMPOSE_PROJECT) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-                Piece::ComposeService => match label(COMPOSE_SERVICE) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-                Piece::ComposeNumber => match label(COMPOSE_NUMBER) {
-                    Some(v) => v,
-                    None => return Self::default().render(facts),
-                },
-            };
-            out.push_str(value);
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Slot(slot) => {
+                    let value = slot
+                        .alternatives
+                        .iter()
+                        .find_map(|f| f.value(facts))
+                        .or(slot.otherwise.as_deref())
+                        .ok_or_else(|| Unfilled(slot.written.clone()))?;
+                    out.push_str(value);
+                }
+            }
         }
-        out
-    }
-}
-
-impl Default for NameTemplate {
-    fn default() -> Self {
-        NameTemplate(vec![Piece::Host, Piece::Text("/".into()), Piece::Container])
+        Ok(out)
     }
 }
 
@@ -438,15 +634,49 @@ mod tests {
             id: "c1".into(),
             state: ContainerState::Running,
             exit_code: None,
+            since: None,
         });
         assert_eq!(
             Deployment::from_body(&with.report_body()),
             Some(with.clone())
         );
-        let stopped = with.stopped(Some(137));
+        let stopped = with.stopped(Some(137), None);
         assert!(stopped
             .report_body()
             .ends_with(r#""container":{"id":"c1","state":"stopped","exit_code":137}}"#));
+        // The time is one more field, after the ones receivers already read.
+        let at = with.stopped(Some(0), time_from_nanos(1_700_000_000_000_000_001));
+        assert!(at.report_body().ends_with(
+            r#""container":{"id":"c1","state":"stopped","exit_code":0,"since":"2023-11-14T22:13:20.000000001Z"}}"#
+        ));
+        assert_eq!(Deployment::from_body(&at.report_body()), Some(at));
+    }
+
+    fn facts<'a>(labels: &'a HashMap<String, String>) -> NameFacts<'a> {
+        NameFacts {
+            host: "edge-1",
+            container: "shop-web-2",
+            id: "0123456789abcdef",
+            labels: Some(labels),
+        }
+    }
+
+    /// The labels Swarm puts on a task's container; `middle` is the slot, or the node id.
+    fn swarm(service: &str, middle: &str) -> HashMap<String, String> {
+        labels(&[
+            (SWARM_SERVICE, service),
+            (
+                SWARM_TASK,
+                &format!("{service}.{middle}.k3x9q1w2e3r4t5y6u7i8o9p0a"),
+            ),
+            (SWARM_NODE, "n0d3id0000000000000000000"),
+            ("com.docker.swarm.task.id", "k3x9q1w2e3r4t5y6u7i8o9p0a"),
+            ("com.docker.swarm.service.id", "s3rv1c3id0000000000000000"),
+        ])
+    }
+
+    fn render(template: &str, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
+        NameTemplate::parse(template).unwrap().render(facts)
     }
 
     #[test]
@@ -456,29 +686,156 @@ mod tests {
             (COMPOSE_SERVICE, "web"),
             (COMPOSE_NUMBER, "2"),
         ]);
-        let facts = NameFacts {
-            host: "edge-1",
-            container: "shop-web-2",
-            id: "0123456789abcdef",
-            labels: Some(&l),
-        };
-        let t = NameTemplate::parse("{host}/{compose_project}/{compose_service}-{compose_number}")
-            .unwrap();
-        assert_eq!(t.render(&facts), "edge-1/shop/web-2");
+        let facts = facts(&l);
+        let t = "{host}/{compose_project}/{compose_service}-{compose_number}";
+        assert_eq!(render(t, &facts).unwrap(), "edge-1/shop/web-2");
         assert_eq!(
-            NameTemplate::parse("{id}@{host}").unwrap().render(&facts),
+            render("{id}@{host}", &facts).unwrap(),
             "0123456789ab@edge-1"
         );
+        // Without the labels: the placeholder that has no value, for the caller to log.
         let plain = NameFacts {
             labels: None,
-            ..facts
+            ..facts.clone()
         };
-        assert_eq!(t.render(&plain), "edge-1/shop-web-2");
-        assert!(NameTemplate::parse("{host}/{nope}").is_err());
-        assert!(NameTemplate::parse("{host").is_err());
-        assert!(NameTemplate::parse("static").is_err());
-        assert!(NameTemplate::parse("}{host}").is_err());
-        assert!(NameTemplate::parse("{host}}").is_err());
+        assert_eq!(render(t, &plain), Err(Unfilled("{compose_project}".into())));
+        assert_eq!(default_name(&plain), "edge-1/shop-web-2");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in [
+            "{host}/{nope}",
+            "{host",
+            "static",
+            "}{host}",
+            "{host}}",
+            "{}",
+            "{host|}",
+            "{|host}",
+            "{label:}",
+            "{label:a\nb}",
+            "{\"x\"}",
+            "{host|\"x\"|container}",
+            "{host|\"x}",
+            "{host|\"a\"b\"}",
+            "{host|{container}}",
+            "{ host }",
+        ] {
+            assert!(NameTemplate::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn labels_and_fallbacks() {
+        let l = labels(&[("app", "shop"), ("empty", ""), (COMPOSE_SERVICE, "web")]);
+        let facts = facts(&l);
+        assert_eq!(render("{host}/{label:app}", &facts).unwrap(), "edge-1/shop");
+        // The first alternative with a value wins; an empty label counts as missing.
+        for (template, want) in [
+            ("{label:team|label:app|container}", "shop"),
+            ("{label:empty|container}", "shop-web-2"),
+            ("{label:team|compose_service}", "web"),
+            (
+                "{swarm_stack|label:app}-{swarm_slot|compose_number|\"1\"}",
+                "shop-1",
+            ),
+            ("{label:team|\"\"}{host}", "edge-1"),
+            ("{label:com.docker.compose.service}", "web"),
+        ] {
+            assert_eq!(render(template, &facts).unwrap(), want, "{template}");
+        }
+        // No value and no fallback: the placeholder as written.
+        assert_eq!(
+            render("{host}/{label:team|swarm_service}", &facts),
+            Err(Unfilled("{label:team|swarm_service}".into()))
+        );
+    }
+
+    #[test]
+    fn swarm_names() {
+        let replicated = swarm("shop_web", "2");
+        let facts = facts(&replicated);
+        assert_eq!(default_name(&facts), "shop_web.2");
+        let t = "{swarm_service}|{swarm_slot}|{swarm_node}";
+        assert_eq!(
+            render(t, &facts).unwrap(),
+            "shop_web|2|n0d3id0000000000000000000"
+        );
+        // A global task's name holds its node id where a replicated one's holds the slot.
+        let global = swarm("agent", "n0d3id0000000000000000000");
+        let facts = self::facts(&global);
+        assert_eq!(default_name(&facts), "edge-1/agent");
+        assert_eq!(render(t, &facts), Err(Unfilled("{swarm_slot}".into())));
+        assert_eq!(
+            render("{swarm_service}.{swarm_slot|host}", &facts).unwrap(),
+            "agent.edge-1"
+        );
+        // A dot in the service name does not move the slot.
+        let dotted = swarm("a.b", "7");
+        assert_eq!(default_name(&self::facts(&dotted)), "a.b.7");
+        // Stacks: the namespace label reaches the containers.
+        let mut stacked = swarm("shop_web", "1");
+        stacked.insert(STACK_NAMESPACE.into(), "shop".into());
+        assert_eq!(
+            render(
+                "{swarm_stack}/{swarm_service}.{swarm_slot}",
+                &self::facts(&stacked)
+            )
+            .unwrap(),
+            "shop/shop_web.1"
+        );
+        // Outside Swarm, or with a task name that does not fit: the plain default.
+        let none = labels(&[]);
+        assert_eq!(default_name(&self::facts(&none)), "edge-1/shop-web-2");
+        assert_eq!(
+            render("{swarm_service}", &self::facts(&none)),
+            Err(Unfilled("{swarm_service}".into()))
+        );
+        let odd = labels(&[(SWARM_SERVICE, "web"), (SWARM_TASK, "other.1.x")]);
+        assert_eq!(default_name(&self::facts(&odd)), "edge-1/shop-web-2");
+        assert_eq!(
+            render("{swarm_service}", &self::facts(&odd)).unwrap(),
+            "web"
+        );
+    }
+
+    #[test]
+    fn two_swarms_qualified_by_a_literal() {
+        // The README's template for the agents of one of two swarms reporting into one
+        // environment: every kind of task gets the prefix.
+        let t = NameTemplate::parse("eu/{swarm_service}.{swarm_slot|host}").unwrap();
+        let replicated = swarm("web", "1");
+        assert_eq!(t.render(&facts(&replicated)).unwrap(), "eu/web.1");
+        let global = swarm("agent", "n0d3id0000000000000000000");
+        assert_eq!(t.render(&facts(&global)).unwrap(), "eu/agent.edge-1");
+    }
+
+    #[test]
+    fn event_and_engine_times() {
+        assert_eq!(
+            time_from_nanos(1_700_000_000_123_456_789).as_deref(),
+            Some("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(time_from_nanos(0), None);
+        assert_eq!(
+            time_from_engine("2023-11-14T22:13:20.123456789Z").as_deref(),
+            Some("2023-11-14T22:13:20.123456789Z")
+        );
+        assert_eq!(
+            time_from_engine("2023-11-15T00:13:20.5+02:00").as_deref(),
+            Some("2023-11-14T22:13:20.500000000Z")
+        );
+        assert_eq!(
+            time_from_engine("2023-11-14T20:13:20-02:00").as_deref(),
+            Some("2023-11-14T22:13:20.000000000Z")
+        );
+        // The zero time of a container never started, and nonsense.
+        assert_eq!(time_from_engine("0001-01-01T00:00:00Z"), None);
+        assert_eq!(time_from_engine("yesterday"), None);
+        assert_eq!(time_from_engine("2023-11-14T22:13:2ŋ"), None);
+        assert_eq!(time_from_engine("2023-11-14T22:13:20+ŋ:00"), None);
+        assert_eq!(time_from_engine(""), None);
     }
 
     #[test]
@@ -489,6 +846,7 @@ mod tests {
                 id,
                 ..NameFacts::default()
             })
+            .unwrap()
         };
         assert_eq!(render("0123456789abcdef"), "0123456789ab");
         assert_eq!(render("short"), "short");

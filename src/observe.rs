@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::deployment::{Deployment, DeploymentKey};
+use crate::deployment::{time_from_nanos, Deployment, DeploymentKey};
 use crate::engine::events::{Action, ContainerEvent, EngineEvent};
 use crate::engine::resolve::{Resolution, Resolver};
 use crate::engine::EngineError;
@@ -50,10 +50,12 @@ impl View {
         serde_json::to_string_pretty(&out).unwrap_or_default()
     }
 
-    fn insert(&self, id: &str, d: Deployment) {
-        if let Ok(mut m) = self.0.write() {
-            m.insert(id.to_string(), d);
-        }
+    /// Returns what the container was in the view as before.
+    fn insert(&self, id: &str, d: Deployment) -> Option<Deployment> {
+        self.0
+            .write()
+            .ok()
+            .and_then(|mut m| m.insert(id.to_string(), d))
     }
 
     fn remove(&self, id: &str) -> Option<Deployment> {
@@ -267,12 +269,18 @@ impl Observer {
         };
         for outcome in outcomes {
             match outcome {
-                Outcome::Started(ev, result) => {
-                    self.started(&ev.id, result, &mut batch);
+                Outcome::Started(ev, mut result) => {
+                    // A container removed before its inspection has no start time but its event's.
+                    if let Ok(Resolution::Report(d)) = &mut result {
+                        if let Some(c) = d.container.as_mut().filter(|c| c.since.is_none()) {
+                            c.since = time_from_nanos(ev.time_nano);
+                        }
+                    }
+                    self.started(&ev.id, result, ev.time_nano, &mut batch);
                     batch.cursor = Some(ev.cursor());
                 }
                 Outcome::Stopped(ev) => {
-                    self.stopped(&ev.id, ev.exit_code, &mut batch);
+                    self.stopped(&ev.id, ev.exit_code, ev.time_nano, &mut batch);
                     batch.cursor = Some(ev.cursor());
                 }
                 Outcome::StillRunning(ev) => {
@@ -281,7 +289,7 @@ impl Observer {
                 }
                 Outcome::Renamed(ev, result) => {
                     if self.view.contains(&ev.id) {
-                        self.started(&ev.id, result, &mut batch);
+                        self.started(&ev.id, result, ev.time_nano, &mut batch);
                     }
                     batch.cursor = Some(ev.cursor());
                 }
@@ -289,12 +297,13 @@ impl Observer {
                 Outcome::Snapshot(Err(_)) => {}
                 Outcome::Snapshot(Ok(running)) => {
                     let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
+                    // No event tells when: a time of 0 is sent as none.
                     for (id, result) in running {
-                        self.started(&id, result, &mut batch);
+                        self.started(&id, result, 0, &mut batch);
                     }
                     for id in self.view.ids() {
                         if !seen.contains(&id) {
-                            self.stopped(&id, None, &mut batch);
+                            self.stopped(&id, None, 0, &mut batch);
                         }
                     }
                 }
@@ -303,11 +312,27 @@ impl Observer {
         batch
     }
 
-    fn started(&self, id: &str, result: Result<Resolution, EngineError>, batch: &mut Batch) {
+    /// `at`: the event's time (Unix nanoseconds), 0 when there is none; a name the container
+    /// leaves is stopped at that time.
+    fn started(
+        &self,
+        id: &str,
+        result: Result<Resolution, EngineError>,
+        at: i64,
+        batch: &mut Batch,
+    ) {
         match result {
             Ok(Resolution::Report(d)) => {
                 tracing::debug!(container = id, key = %d.key, image = %d.image_url, "container running");
-                self.view.insert(id, d.clone());
+                let before = self.view.insert(id, d.clone());
+                // A running container under a new name (`docker rename`, or a rename a
+                // reconciliation finds): its old name no longer runs.
+                if let Some(old) = before.filter(|old| old.key != d.key) {
+                    tracing::debug!(container = id, from = %old.key, to = %d.key, "container renamed");
+                    if self.report_stops && !self.view.runs(&old.key) {
+                        batch.reports.push(old.stopped(None, time_from_nanos(at)));
+                    }
+                }
                 // A restart within one batch: the stop before it must not delete it on disk.
                 batch.gone.retain(|g| g != id);
                 batch.running.push((id.to_string(), d.clone()));
@@ -337,7 +362,7 @@ impl Observer {
         }
     }
 
-    fn stopped(&self, id: &str, exit_code: Option<i64>, batch: &mut Batch) {
+    fn stopped(&self, id: &str, exit_code: Option<i64>, at: i64, batch: &mut Batch) {
         if let Some(d) = self.view.remove(id) {
             tracing::debug!(container = id, key = %d.key, ?exit_code, "container stopped");
             batch.gone.push(id.to_string());
@@ -346,7 +371,9 @@ impl Observer {
             // Another container may already run under the same name (a rolling replacement
             // that starts the new one first): then the stop would overwrite it.
             if self.report_stops && !self.view.runs(&d.key) {
-                batch.reports.push(d.stopped(exit_code));
+                batch
+                    .reports
+                    .push(d.stopped(exit_code, time_from_nanos(at)));
             }
         }
     }
@@ -368,7 +395,7 @@ mod tests {
             engine,
             "host".into(),
             "deployed".into(),
-            crate::deployment::NameTemplate::default(),
+            None,
             Selection::default(),
             report_stops,
         ));
@@ -396,6 +423,7 @@ mod tests {
                 id: id.into(),
                 state: ContainerState::Running,
                 exit_code: None,
+                since: None,
             }),
         }
     }
@@ -468,6 +496,82 @@ mod tests {
         assert!(batch.reports.is_empty() && o.view.ids().is_empty());
         let batch = o.apply(vec![started("c1", false), renamed("c1")]);
         assert_eq!(batch.reports.len(), 2);
+    }
+
+    fn renamed(id: &str, name: &str, time_nano: i64) -> Outcome {
+        let mut d = deployment(id, true);
+        d.key.name = name.into();
+        let mut ev = event(id, Action::Rename, None);
+        ev.time_nano = time_nano;
+        Outcome::Renamed(ev, Ok(Resolution::Report(d)))
+    }
+
+    #[tokio::test]
+    async fn a_rename_retires_the_old_name() {
+        let o = observer(true);
+        o.apply(vec![started("c1", true)]);
+        let batch = o.apply(vec![renamed("c1", "host/new", 1_700_000_000_000_000_000)]);
+        let reports: Vec<_> = batch
+            .reports
+            .iter()
+            .map(|d| {
+                let c = d.container.as_ref().unwrap();
+                (d.key.name.as_str(), c.state, c.since.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            reports,
+            vec![
+                (
+                    "host/c1",
+                    ContainerState::Stopped,
+                    Some("2023-11-14T22:13:20.000000000Z")
+                ),
+                ("host/new", ContainerState::Running, None),
+            ]
+        );
+        assert_eq!(batch.running.len(), 1);
+        // The same name again (a rename back and forth within the view) retires nothing.
+        let batch = o.apply(vec![renamed("c1", "host/new", 2)]);
+        assert_eq!(batch.reports.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rename_keeps_a_name_another_container_runs_under() {
+        let o = observer(true);
+        let mut twin = deployment("c2", true);
+        twin.key = deployment("c1", true).key;
+        o.apply(vec![
+            started("c1", true),
+            Outcome::Started(
+                event("c2", Action::Start, None),
+                Ok(Resolution::Report(twin)),
+            ),
+        ]);
+        let batch = o.apply(vec![renamed("c1", "host/new", 5)]);
+        assert_eq!(batch.reports.len(), 1, "{:?}", batch.reports);
+        assert_eq!(batch.reports[0].key.name, "host/new");
+    }
+
+    #[tokio::test]
+    async fn without_report_stops_a_rename_sends_only_the_new_name() {
+        let o = observer(false);
+        o.apply(vec![started("c1", false)]);
+        let batch = o.apply(vec![renamed("c1", "host/new", 5)]);
+        let names: Vec<_> = batch.reports.iter().map(|d| d.key.name.as_str()).collect();
+        assert_eq!(names, vec!["host/new"]);
+    }
+
+    #[tokio::test]
+    async fn a_stop_carries_its_event_time() {
+        let o = observer(true);
+        o.apply(vec![started("c1", true)]);
+        let mut die = event("c1", Action::Die, Some(0));
+        die.time_nano = 1_700_000_000_000_000_000;
+        let batch = o.apply(vec![Outcome::Stopped(die)]);
+        let c = batch.reports[0].container.as_ref().unwrap();
+        assert_eq!(c.state, ContainerState::Stopped);
+        assert_eq!(c.since.as_deref(), Some("2023-11-14T22:13:20.000000000Z"));
     }
 
     #[tokio::test]

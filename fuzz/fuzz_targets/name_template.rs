@@ -1,10 +1,13 @@
-//! `NameTemplate::parse` and `render` with arbitrary facts.
+//! `NameTemplate::parse`, `render` and `default_name` with arbitrary facts.
 //!
-//! Never panics; a template parses only if it names a known placeholder; rendering with each
-//! fact spelled as its own placeholder gives the template's text back (so literal text is
-//! kept as written and every placeholder is replaced once, in place); `{id}` is at most 12
-//! characters of the id; a template naming Compose facts falls back to `{host}/{container}`
-//! for a container without them, and one that names none ignores the labels.
+//! Never panics; a template parses only if it has a placeholder; rendering with each fact
+//! spelled as its placeholder gives the template's text back with each `{a|b|...}` as its
+//! first alternative (so literal text is kept as written and every placeholder is replaced
+//! once, in place); with arbitrary facts the result is the one-pass substitution of the text
+//! where each placeholder takes its first alternative with a value (a missing or empty label
+//! has none), else its quoted literal, else the render fails naming that placeholder as
+//! written; `{id}` is at most 12 characters of the id; a template naming no label-borne fact
+//! ignores the labels; the default name outside Swarm is `{host}/{container}`.
 //!
 //! Input: UTF-8 lines: the template, the host, the container name, the container id, then
 //! one `key=value` label a line; without a fifth line the container has no labels at all.
@@ -13,51 +16,96 @@
 
 use std::collections::HashMap;
 
-use deploytrack::deployment::{NameFacts, NameTemplate, DEFAULT_NAME_TEMPLATE};
+use deploytrack::deployment::{default_name, NameFacts, NameTemplate, Unfilled};
 use libfuzzer_sys::fuzz_target;
 
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_NUMBER: &str = "com.docker.compose.container-number";
-const PLACEHOLDERS: [&str; 6] = [
-    "{host}",
-    "{container}",
-    "{id}",
-    "{compose_project}",
-    "{compose_service}",
-    "{compose_number}",
+const SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+const SWARM_TASK: &str = "com.docker.swarm.task.name";
+const SWARM_NODE: &str = "com.docker.swarm.node.id";
+const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
+const RESERVED: [&str; 7] = [
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    COMPOSE_NUMBER,
+    SWARM_SERVICE,
+    SWARM_TASK,
+    SWARM_NODE,
+    STACK_NAMESPACE,
 ];
 
-/// The expected rendering when every fact the template names is present.
-fn substitute(text: &str, facts: &NameFacts<'_>) -> String {
-    let label = |k: &str| {
-        facts
-            .labels
-            .and_then(|l| l.get(k))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let mut out = String::new();
+/// The `{...}` bodies of a parsed template, in order.
+fn slots(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
         let close = open
             + rest[open..]
                 .find('}')
                 .expect("a parsed template closes its braces");
-        out.push_str(&match &rest[open + 1..close] {
-            "host" => facts.host.to_string(),
-            "container" => facts.container.to_string(),
-            "id" => facts.id.chars().take(12).collect(),
-            "compose_project" => label(COMPOSE_PROJECT),
-            "compose_service" => label(COMPOSE_SERVICE),
-            "compose_number" => label(COMPOSE_NUMBER),
-            other => panic!("a parsed template names {{{other}}}"),
-        });
+        out.push(&rest[open + 1..close]);
         rest = &rest[close + 1..];
     }
-    out.push_str(rest);
     out
+}
+
+/// The value of one alternative, written out apart from the crate's own reading.
+fn value(alternative: &str, facts: &NameFacts<'_>) -> Option<String> {
+    let label = |k: &str| {
+        facts
+            .labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let slot = || {
+        let service = label(SWARM_SERVICE)?;
+        let task = label(SWARM_TASK)?;
+        if !task.starts_with(&format!("{service}.")) {
+            return None;
+        }
+        let after = &task[service.len() + 1..];
+        let middle = &after[..after.rfind('.')?];
+        (!middle.is_empty() && Some(middle.to_string()) != label(SWARM_NODE))
+            .then(|| middle.to_string())
+    };
+    match alternative {
+        "host" => Some(facts.host.to_string()),
+        "container" => Some(facts.container.to_string()),
+        "id" => Some(facts.id.chars().take(12).collect()),
+        "compose_project" => label(COMPOSE_PROJECT),
+        "compose_service" => label(COMPOSE_SERVICE),
+        "compose_number" => label(COMPOSE_NUMBER),
+        "swarm_service" => label(SWARM_SERVICE),
+        "swarm_slot" => slot(),
+        "swarm_node" => label(SWARM_NODE),
+        "swarm_stack" => label(STACK_NAMESPACE),
+        quoted if quoted.starts_with('"') => Some(quoted[1..quoted.len() - 1].to_string()),
+        other => match other.strip_prefix("label:") {
+            Some(key) => label(key),
+            None => panic!("a parsed template names {{{other}}}"),
+        },
+    }
+}
+
+/// The expected rendering: each placeholder its first alternative with a value.
+fn substitute(text: &str, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
+    let mut out = String::new();
+    let mut rest = text;
+    for body in slots(text) {
+        let open = rest.find('{').unwrap();
+        out.push_str(&rest[..open]);
+        let v = body
+            .split('|')
+            .find_map(|a| value(a, facts))
+            .ok_or_else(|| Unfilled(format!("{{{body}}}")))?;
+        out.push_str(&v);
+        rest = &rest[open + body.len() + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 struct Input {
@@ -101,30 +149,50 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let text = input.template.as_str();
-    assert!(
-        PLACEHOLDERS.iter().any(|p| text.contains(p)),
-        "{text:?} parsed without a placeholder"
-    );
-    let names_compose = text.contains("{compose_");
+    let bodies = slots(text);
+    assert!(!bodies.is_empty(), "{text:?} parsed without a placeholder");
+    let alternatives: Vec<&str> = bodies.iter().flat_map(|b| b.split('|')).collect();
+    let label_keys: Vec<&str> = alternatives
+        .iter()
+        .filter_map(|a| a.strip_prefix("label:"))
+        .collect();
 
-    // Each fact spelled as its placeholder: rendering gives the text back.
-    let spelled: HashMap<String, String> = [
-        (COMPOSE_PROJECT, "{compose_project}"),
-        (COMPOSE_SERVICE, "{compose_service}"),
-        (COMPOSE_NUMBER, "{compose_number}"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let identity = NameFacts {
-        host: "{host}",
-        container: "{container}",
-        id: "{id}",
-        labels: Some(&spelled),
-    };
-    assert_eq!(template.render(&identity), text);
+    // Each fact spelled as its placeholder: the text back, each slot as its first alternative.
+    if !label_keys.iter().any(|k| RESERVED.contains(k)) {
+        let mut spelled: HashMap<String, String> = [
+            (COMPOSE_PROJECT, "{compose_project}"),
+            (COMPOSE_SERVICE, "{compose_service}"),
+            (COMPOSE_NUMBER, "{compose_number}"),
+            (SWARM_SERVICE, "{swarm_service}"),
+            (SWARM_TASK, "{swarm_service}.{swarm_slot}.task"),
+            (SWARM_NODE, "{swarm_node}"),
+            (STACK_NAMESPACE, "{swarm_stack}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for key in &label_keys {
+            spelled.insert(key.to_string(), format!("{{label:{key}}}"));
+        }
+        let identity = NameFacts {
+            host: "{host}",
+            container: "{container}",
+            id: "{id}",
+            labels: Some(&spelled),
+        };
+        let mut want = String::new();
+        let mut rest = text;
+        for body in &bodies {
+            let open = rest.find('{').unwrap();
+            want.push_str(&rest[..open]);
+            want.push_str(&format!("{{{}}}", body.split('|').next().unwrap()));
+            rest = &rest[open + body.len() + 2..];
+        }
+        want.push_str(rest);
+        assert_eq!(template.render(&identity), Ok(want), "{text:?}");
+    }
 
-    // Arbitrary facts: no panic, and the fallbacks hold.
+    // Arbitrary facts: no panic, and the one-pass substitution with fallbacks.
     let labels: Option<HashMap<String, String>> = input.labels.map(|l| l.into_iter().collect());
     let facts = NameFacts {
         host: &input.host,
@@ -133,34 +201,28 @@ fuzz_target!(|data: &[u8]| {
         labels: labels.as_ref(),
     };
     let rendered = template.render(&facts);
-    let default = NameTemplate::parse(DEFAULT_NAME_TEMPLATE).unwrap();
-    assert_eq!(
-        default.render(&facts),
-        format!("{}/{}", input.host, input.container)
-    );
-    // A Compose placeholder whose label the container lacks: the default name instead.
-    let missing = [
-        ("{compose_project}", COMPOSE_PROJECT),
-        ("{compose_service}", COMPOSE_SERVICE),
-        ("{compose_number}", COMPOSE_NUMBER),
-    ]
-    .iter()
-    .any(|(p, k)| text.contains(p) && !labels.as_ref().is_some_and(|l| l.contains_key(*k)));
-    if missing {
-        assert_eq!(rendered, default.render(&facts), "{text:?}: the fallback");
-    } else {
-        // Each placeholder replaced by its fact, in one pass over the text.
-        assert_eq!(rendered, substitute(text, &facts), "{text:?}");
-    }
-    if !names_compose {
+    assert_eq!(rendered, substitute(text, &facts), "{text:?}");
+    let from_labels = alternatives.iter().any(|a| {
+        a.starts_with("compose_") || a.starts_with("swarm_") || a.starts_with("label:")
+    });
+    if !from_labels {
         let without_labels = NameFacts {
             labels: None,
             ..facts.clone()
         };
         assert_eq!(rendered, template.render(&without_labels), "{text:?}");
     }
+    let swarm_labelled = labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SWARM_SERVICE) && l.contains_key(SWARM_TASK));
+    if !swarm_labelled {
+        assert_eq!(
+            default_name(&facts),
+            format!("{}/{}", input.host, input.container)
+        );
+    }
 
     let id_text: String = input.id.chars().take(12).collect();
     let id_only = NameTemplate::parse("{id}").unwrap().render(&facts);
-    assert_eq!(id_only, id_text, "{{id}} of {:?}", input.id);
+    assert_eq!(id_only, Ok(id_text), "{{id}} of {:?}", input.id);
 });

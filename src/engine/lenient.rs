@@ -23,6 +23,8 @@ pub struct ContainerFacts {
     /// `State`: running, paused or between restart-policy attempts (all "running" to a
     /// deployment); `None` when the answer has no state.
     pub alive: Option<bool>,
+    /// `State.StartedAt`, as the engine wrote it.
+    pub started_at: Option<String>,
 }
 
 /// The platform manifest a container runs.
@@ -75,11 +77,12 @@ impl ContainerFacts {
                 .image_manifest_descriptor
                 .and_then(|d| serde_json::to_value(d).ok())
                 .and_then(|d| ManifestFacts::from_value(&d)),
-            alive: c.state.map(|s| {
+            alive: c.state.as_ref().map(|s| {
                 s.running.unwrap_or(false)
                     || s.paused.unwrap_or(false)
                     || s.restarting.unwrap_or(false)
             }),
+            started_at: c.state.and_then(|s| s.started_at),
         }
     }
 
@@ -119,6 +122,11 @@ impl ContainerFacts {
                     .iter()
                     .any(|k| s.get(*k).and_then(Value::as_bool) == Some(true))
             }),
+            started_at: c
+                .get("State")
+                .and_then(|s| s.get("StartedAt"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         })
     }
 }

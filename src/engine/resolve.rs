@@ -11,18 +11,21 @@ use super::lenient::{ContainerFacts, ImageFields, ManifestFacts};
 use super::transport::ApiVersion;
 use super::{Engine, EngineError};
 use crate::deployment::{
-    ContainerState, ContainerStatus, Deployment, DeploymentKey, NameFacts, NameTemplate, Platform,
-    Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
+    default_name, time_from_engine, ContainerState, ContainerStatus, Deployment, DeploymentKey,
+    NameFacts, NameTemplate, Platform, Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
 };
 use crate::reference::ImageRef;
 use crate::telemetry::Telemetry;
 
 /// Images are immutable by id, so their facts are cached; the cache is small and bounded.
 const IMAGE_CACHE_MAX: usize = 4096;
-/// The images and containers already warned about, at most this many.
+/// What was warned about once (images, containers) is remembered up to this many; then the
+/// memory starts over, so container churn cannot grow it without end.
 const WARNED_MAX: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
+// Short-lived and moved once, to the observer: boxing the deployment would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Resolution {
     Report(Deployment),
     Skip(SkipReason),
@@ -45,8 +48,11 @@ pub struct EventHint {
 pub struct Resolver {
     engine: Engine,
     host: RwLock<String>,
+    /// `--host-name`: replaces the engine's host name in names.
+    host_name: Option<String>,
     default_environment: String,
-    template: NameTemplate,
+    /// `--name-template`; without one, `default_name`.
+    template: Option<NameTemplate>,
     selection: Selection,
     report_stops: bool,
     images: Mutex<HashMap<String, ImageFacts>>,
@@ -65,13 +71,14 @@ impl Resolver {
         engine: Engine,
         host: String,
         default_environment: String,
-        template: NameTemplate,
+        template: Option<NameTemplate>,
         selection: Selection,
         report_stops: bool,
     ) -> Self {
         Resolver {
             engine,
             host: RwLock::new(host),
+            host_name: None,
             default_environment,
             template,
             selection,
@@ -141,8 +148,15 @@ impl Resolver {
             }
         }
         let inspected = self.inspect_container(id).await;
-        let (mut name, reference, image_id, labels, manifest) = match inspected {
-            Ok(c) => (c.name, c.reference, c.image_id, c.labels, c.manifest),
+        let (mut name, reference, image_id, labels, manifest, started_at) = match inspected {
+            Ok(c) => (
+                c.name,
+                c.reference,
+                c.image_id,
+                c.labels,
+                c.manifest,
+                c.started_at,
+            ),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -158,6 +172,7 @@ impl Resolver {
                         image.clone(),
                         image.clone(),
                         labels.clone(),
+                        None,
                         None,
                     )
                 }
@@ -208,15 +223,7 @@ impl Resolver {
             .unwrap_or_else(|| self.default_environment.clone());
         let deployment_name = match labels.get(LABEL_NAME).filter(|n| !n.trim().is_empty()) {
             Some(n) => n.clone(),
-            None => {
-                let host = self.host.read().map(|h| h.clone()).unwrap_or_default();
-                self.template.render(&NameFacts {
-                    host: &host,
-                    container: &name,
-                    id,
-                    labels: Some(&labels),
-                })
-            }
+            None => self.name(id, &name, &labels),
         };
         Ok(Resolution::Report(Deployment {
             key: DeploymentKey {
@@ -229,6 +236,7 @@ impl Resolver {
                 id: id.to_string(),
                 state: ContainerState::Running,
                 exit_code: None,
+                since: started_at.as_deref().and_then(time_from_engine),
             }),
         }))
     }
@@ -346,6 +354,41 @@ impl Resolver {
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// `--host-name`: `{host}` is this, whatever the engine says.
+    pub fn with_host_name(mut self, host_name: Option<String>) -> Self {
+        self.host_name = host_name;
+        self
+    }
+
+    /// `image.name` from the template, else the built-in default. A placeholder the
+    /// container has no value for (and no fallback) gives the built-in default instead,
+    /// logged once per container.
+    fn name(&self, id: &str, container: &str, labels: &HashMap<String, String>) -> String {
+        let host = match &self.host_name {
+            Some(h) => h.clone(),
+            None => self.host.read().map(|h| h.clone()).unwrap_or_default(),
+        };
+        let facts = NameFacts {
+            host: &host,
+            container,
+            id,
+            labels: Some(labels),
+        };
+        let Some(template) = &self.template else {
+            return default_name(&facts);
+        };
+        template.render(&facts).unwrap_or_else(|unfilled| {
+            let fallback = default_name(&facts);
+            self.warn_once(&format!("unfilled {id}"), || {
+                tracing::info!(
+                    container = %facts.container.escape_default(), placeholder = %unfilled.0, name = %fallback.escape_default(),
+                    "--name-template: the container has no value for a placeholder, which has no fallback (write one as {{a|b}}); named by the built-in default"
+                );
+            });
+            fallback
+        })
     }
 
     /// Count the answers bollard's model rejects in `telemetry`.

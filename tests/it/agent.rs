@@ -68,7 +68,7 @@ async fn reports_running_and_started_containers_in_the_api_format() {
 async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
     let scope = Scope::new("names");
     let receiver = Receiver::start().await;
-    let _agent = scope.agent(
+    let agent = scope.agent(
         &receiver.url(),
         &[
             "--name-template",
@@ -90,7 +90,7 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
             APP1,
         );
     }
-    // Not a Compose container: the template falls back to {host}/{container}.
+    // Not a Compose container: the template falls back to {host}/{container}, and says why.
     let plain = scope.name("plain");
     scope.run(&["--name", &plain], APP1);
     let names = eventually("three reports", || {
@@ -109,6 +109,16 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
     ];
     want.sort();
     assert_eq!(names, want);
+    let stderr = agent.stderr();
+    let told: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("no value for a placeholder"))
+        .collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(
+        told[0].contains("{compose_project}") && told[0].contains(&plain),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -460,6 +470,52 @@ async fn a_rename_reports_the_new_name() {
     receiver
         .accepted_report("the new name", &format!("{host}/{after}"))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_report_stops_a_rename_retires_the_old_name() {
+    let scope = Scope::new("rename-stops");
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(&receiver.url(), &["--report-stops"]);
+    let host = engine_host_name();
+    let (before, after) = (scope.name("before"), scope.name("after"));
+    let (old, new) = (format!("{host}/{before}"), format!("{host}/{after}"));
+    let id = scope.run(&["--name", &before], APP1);
+    let running = receiver.accepted_report("the first name", &old).await;
+    docker(&["rename", &id, &after]);
+    let renamed = receiver.accepted_report("the new name", &new).await;
+    let stop = eventually("the old name to stop", || {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|r| r.name() == old && r.body["container"]["state"] == "stopped")
+    })
+    .await;
+    let container = |r: &receiver::Received| r.body["container"].clone();
+    assert_eq!(container(&running)["state"], "running");
+    assert_eq!(container(&renamed)["state"], "running");
+    for r in [&running, &renamed, &stop] {
+        assert_eq!(container(r)["id"], id.as_str(), "{:#?}", r.body);
+    }
+    // The container still runs: no exit code; the new name keeps the start time, the old
+    // one stops at the rename.
+    assert!(
+        container(&stop).get("exit_code").is_none(),
+        "{:#?}",
+        stop.body
+    );
+    assert_eq!(container(&renamed)["since"], container(&running)["since"]);
+    let since = |r: &receiver::Received| {
+        humantime::parse_rfc3339(container(r)["since"].as_str().unwrap()).unwrap()
+    };
+    assert!(since(&running) < since(&stop));
+    let names: Vec<_> = receiver
+        .accepted()
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    assert_eq!(names.iter().filter(|n| **n == old).count(), 2, "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == new).count(), 1, "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

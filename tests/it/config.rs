@@ -199,6 +199,44 @@ fn environment_and_file_follow_the_precedence() {
 }
 
 #[test]
+fn template_and_host_name_errors_name_their_source() {
+    let dir = std::env::temp_dir().join(format!("deploytrack-sources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "name_template = \"{host}/{label:app|}\"\n").unwrap();
+    let config = file.to_str().unwrap();
+    let out = Scope::command_only(&["--config", config, "run"]);
+    assert_usage_error(
+        &out,
+        &format!("invalid {}: key name_template", file.display()),
+    );
+    // The environment overrides the file, and is named when it is the one that is wrong.
+    let out = agent_command(&["--config", config, "run"])
+        .env("DEPLOYTRACK_NAME_TEMPLATE", "{host}/{swarm_slit}")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid DEPLOYTRACK_NAME_TEMPLATE") && stderr.contains("{swarm_slit}"),
+        "{stderr}"
+    );
+    let out = Scope::command_only(&["run", "--name-template", "{label:app|\"x\"|id}"]);
+    assert_usage_error(&out, "invalid --name-template");
+    let out = agent_command(&["run"])
+        .env("DEPLOYTRACK_HOST_NAME", "edge/7")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("invalid DEPLOYTRACK_HOST_NAME"), "{stderr}");
+    let out = Scope::command_only(&["run", "--host-name", ""]);
+    assert_usage_error(&out, "invalid --host-name");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unreachable_engine_is_one_sentence_and_exit_1() {
     let out = Scope::command_only(&["run", "--docker-host", "unix:///nonexistent/docker.sock"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);

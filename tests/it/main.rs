@@ -13,3 +13,4 @@ mod hostile;
 mod podman;
 mod service;
 mod soak;
+mod swarm;

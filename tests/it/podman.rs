@@ -91,6 +91,15 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
     })
     .await;
     assert_eq!(stopped.url(), want);
+    // Podman's start time and event times are read as Docker's are, and order the two.
+    let since = |r: &receiver::Received| {
+        let text = r.body["container"]["since"].as_str().unwrap_or_default();
+        humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("since {text:?}: {e}"))
+    };
+    assert!(
+        since(&running) < since(&stopped),
+        "{running:#?}\n{stopped:#?}"
+    );
 
     // Removed while the agent is down: the reconciliation at the next start reports the stop.
     agent.stop().await;
@@ -103,4 +112,9 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
     })
     .await;
     assert_eq!(stopped.url(), want);
+    // No event says when that stop happened.
+    assert!(
+        stopped.body["container"].get("since").is_none(),
+        "{stopped:#?}"
+    );
 }

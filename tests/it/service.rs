@@ -358,3 +358,52 @@ fn systemd_unit_is_hardened() {
         .unwrap_or_else(|| panic!("cannot read the score from {line:?}"));
     assert!(score <= 4.0, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it() {
+    use crate::common::proxy::{EngineProxy, Rule};
+    let scope = Scope::new("hostname");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    // An engine on a host cloned from a stock image.
+    proxy.add(Rule::edit("/info", |info| {
+        info["Name"] = "raspberrypi".into()
+    }));
+    let engine = proxy.host();
+    let out = scope.command(&["check", "--docker-host", &engine]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let warning = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("WARN host name:"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", out.stdout));
+    assert!(
+        warning.contains("\"raspberrypi\"") && warning.contains("--host-name"),
+        "{warning}"
+    );
+    let out = scope.command(&["check", "--docker-host", &engine, "--host-name", "edge-7"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("WARN"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("OK   host name: edge-7")),
+        "{}",
+        out.stdout
+    );
+
+    // The agent names containers by the setting, not by the engine's name.
+    let receiver = Receiver::start().await;
+    let _agent = scope.agent(
+        &receiver.url(),
+        &["--docker-host", &engine, "--host-name", "edge-7"],
+    );
+    let web = scope.name("web");
+    scope.run(&["--name", &web], APP1);
+    receiver
+        .accepted_report(
+            "the container under the set host name",
+            &format!("edge-7/{web}"),
+        )
+        .await;
+    assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
+}
