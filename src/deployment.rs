@@ -539,6 +539,8 @@ pub enum SkipReason {
     NotOptedIn,
     OutOfScope,
     NoDigest,
+    /// Containerd image store: no registry confirms that it holds the image.
+    Unverified,
     /// The image was removed between the event and the inspection.
     ImageGone,
     Unresolvable,
@@ -551,6 +553,7 @@ impl SkipReason {
             SkipReason::NotOptedIn => "not_opted_in",
             SkipReason::OutOfScope => "out_of_scope",
             SkipReason::NoDigest => "no_digest",
+            SkipReason::Unverified => "unverified",
             SkipReason::ImageGone => "image_gone",
             SkipReason::Unresolvable => "unresolvable",
         }

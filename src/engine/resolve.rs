@@ -212,8 +212,8 @@ impl Resolver {
             Err(e) => return Err(e),
         };
         let image_url = match self.image_url(&reference, &image_id, &facts).await {
-            Some(url) => url,
-            None => return Ok(Resolution::Skip(SkipReason::NoDigest)),
+            Ok(url) => url,
+            Err(reason) => return Ok(Resolution::Skip(reason)),
         };
         let platform = self.platform(&image_id, manifest, &facts).await;
         let environment = labels
@@ -241,19 +241,22 @@ impl Resolver {
         }))
     }
 
-    /// `image.url`: a repo digest of the image in a repository shown to hold it. `None` (and
-    /// one log line per image) when there is none to report.
+    /// `image.url`: a repo digest of the image in a repository shown to hold it, else why
+    /// there is none to report (logged once per image).
     async fn image_url(
         &self,
         reference: &str,
         image_id: &str,
         facts: &ImageFacts,
-    ) -> Option<String> {
+    ) -> Result<String, SkipReason> {
         if self.store() == ImageStore::Containerd && !self.report_unverified {
-            return self.verified_url(reference, image_id, facts).await;
+            return self
+                .verified_url(reference, image_id, facts)
+                .await
+                .ok_or(SkipReason::Unverified);
         }
         match pick_repo_digest(reference, &facts.repo_digests) {
-            Some(Picked::Matching(url)) | Some(Picked::Only(url)) => Some(url),
+            Some(Picked::Matching(url)) | Some(Picked::Only(url)) => Ok(url),
             Some(Picked::Arbitrary(url)) => {
                 self.warn_once(image_id, || {
                     tracing::info!(
@@ -261,7 +264,7 @@ impl Resolver {
                         "no repo digest of the image matches the repository it was started as; reporting the first in sorted order"
                     )
                 });
-                Some(url)
+                Ok(url)
             }
             None => {
                 self.warn_once(image_id, || {
@@ -270,7 +273,7 @@ impl Resolver {
                         "image has no repo digest (built or imported locally, never pushed or pulled): its containers cannot be reported by digest and are skipped"
                     )
                 });
-                None
+                Err(SkipReason::NoDigest)
             }
         }
     }

@@ -25,6 +25,17 @@ async fn admin_endpoints_report_health_metrics_and_deployments() {
     })
     .await;
     let base = format!("http://{listen}");
+    // The locally made image is skipped: for want of any repo digest on the classic store,
+    // for want of a registry that confirms it on the containerd store.
+    let skipped = match test_engine() {
+        TestEngine::Classic => "deploytrack_containers_skipped_total{reason=\"no_digest\"} 1",
+        TestEngine::Containerd => "deploytrack_containers_skipped_total{reason=\"unverified\"} 1",
+    };
+    eventually_async("the local image to be skipped", || async {
+        let (_, metrics) = get(&format!("{base}/metrics")).await;
+        metrics.lines().any(|l| l == skipped).then_some(())
+    })
+    .await;
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(
         get(&format!("{base}/readyz")).await,
@@ -36,7 +47,7 @@ async fn admin_endpoints_report_health_metrics_and_deployments() {
         "deploytrack_events_received_total{action=\"start\"} 2",
         "deploytrack_reports_enqueued_total 1",
         "deploytrack_reports_delivered_total 1",
-        "deploytrack_containers_skipped_total{reason=\"no_digest\"} 1",
+        skipped,
         "deploytrack_queue_depth 0",
         "deploytrack_queue_dead_letters 0",
         "deploytrack_engine_connected 1",
