@@ -9,6 +9,7 @@ mod durability;
 mod endpoint;
 mod engines;
 mod hostile;
+mod packaging;
 mod podman;
 mod service;
 mod soak;
