@@ -109,7 +109,9 @@ printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$root/etc/group"
 printf '%s\n' 'hosts: files dns' >"$root/etc/nsswitch.conf"
 install -d -m 1777 "$root/tmp"
 install -d -m 0700 "$root/home/nonroot"
-[ ! -e "$root/bin/sh" ] && [ ! -e "$root/usr/bin/sh" ] || die "a shell slipped into the image"
+for shell in bin/sh usr/bin/sh; do
+    [ ! -e "$root/$shell" ] || die "a shell ($shell) slipped into the image"
+done
 
 # 4. The root file system: everything root's, except the state directory and nonroot's home.
 tar -C "$root" --sort=name --numeric-owner --owner=0 --group=0 \
