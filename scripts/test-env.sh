@@ -39,6 +39,8 @@
 #                  index for linux/amd64, linux/arm64 and linux/arm/v7 built with buildx and
 #                  pushed (every variant carries the host's busybox, so each one runs here:
 #                  `docker run --platform linux/arm/v7 ...`)
+#   - deploytrack-test/systemd:bookworm on the classic engine, Debian 12 with systemd made
+#     by mmdebstrap, for the packaging tests (scripts/test-systemd-image.sh)
 #
 # Idempotent, and a fast no-op when everything is up. Safe to run concurrently
 # (serialised by flock). Progress goes to stderr; stdout stays empty.
@@ -703,6 +705,10 @@ if ! multi_ok; then
     done
     quiet dk run --rm --network none --platform linux/arm/v7 "$MULTI1" /bin/true
 fi
+
+# ---------------------------------------------------------------- systemd image
+# Debian 12 with systemd, where the packaging tests install the .deb (built when missing).
+quiet as_root "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/test-systemd-image.sh"
 
 # ---------------------------------------------------------------- summary
 # summary LABEL REF...: one line per image (platform and RepoDigests) on the engine $DOCKER.

@@ -10,6 +10,7 @@ mod endpoint;
 mod engines;
 mod faults;
 mod hostile;
+mod packaging;
 mod podman;
 mod service;
 mod soak;

@@ -537,26 +537,33 @@ pub struct PrivateEngine {
     pub tls: Option<(String, PathBuf)>,
     root: PathBuf,
     netns: String,
+    /// Further dockerd flags, e.g. `--live-restore`.
+    args: Vec<String>,
     registry: Option<Child>,
     child: Option<Child>,
 }
 
 impl PrivateEngine {
     pub async fn start() -> PrivateEngine {
-        Self::start_with(false, Dockerd::under_test()).await
+        Self::start_with(false, Dockerd::under_test(), &[]).await
     }
 
     /// A private engine running the given dockerd.
     pub async fn start_as(dockerd: Dockerd) -> PrivateEngine {
-        Self::start_with(false, dockerd).await
+        Self::start_with(false, dockerd, &[]).await
+    }
+
+    /// A private engine running the given dockerd with further flags (`--live-restore`).
+    pub async fn start_with_args(dockerd: Dockerd, args: &[&str]) -> PrivateEngine {
+        Self::start_with(false, dockerd, args).await
     }
 
     /// The engine also listening on `tcp://` with mutual TLS, as `dockerd --tlsverify` does.
     pub async fn start_with_tls() -> PrivateEngine {
-        Self::start_with(true, Dockerd::under_test()).await
+        Self::start_with(true, Dockerd::under_test(), &[]).await
     }
 
-    async fn start_with(tls: bool, dockerd: Dockerd) -> PrivateEngine {
+    async fn start_with(tls: bool, dockerd: Dockerd, args: &[&str]) -> PrivateEngine {
         ensure_engine();
         let tag = format!("{:x}", fastrand::u32(..));
         let root = PathBuf::from(format!("/tmp/dt-e{tag}"));
@@ -625,6 +632,7 @@ impl PrivateEngine {
             tls,
             root,
             netns,
+            args: args.iter().map(|a| a.to_string()).collect(),
             registry: Some(registry),
             child: None,
         };
@@ -685,6 +693,7 @@ impl PrivateEngine {
                 "--iptables=false",
                 "--ip-masq=false",
             ])
+            .args(&self.args)
             .args(self.tls.iter().flat_map(|(addr, certs)| {
                 let file = |f: &str| certs.join(f).display().to_string();
                 [
@@ -721,6 +730,12 @@ impl PrivateEngine {
         let mut all = vec!["-H", &self.host];
         all.extend_from_slice(args);
         docker(&all)
+    }
+
+    /// The directory that holds the engine's socket (`docker.sock`), which `stop` and
+    /// `boot` remove and create again.
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
     }
 
     pub fn host_name(&self) -> String {
