@@ -1124,7 +1124,11 @@ systemctl daemon-reload",
             .then_some(())
     })
     .await;
-    assert!(machine.sh(queue).contains(&three_name));
+    // Sent before its write is committed (the queue's group commit): wait for the file.
+    eventually("the refused report in the queue file", || {
+        machine.sh(queue).contains(&three_name).then_some(())
+    })
+    .await;
     let before = (machine.show("MainPID"), machine.show("InvocationID"));
     let (newer, version) = newer_package(&artifacts.deb, &scope.dir);
     machine.put(&newer, "/root/deploytrack-newer.deb");
