@@ -1089,10 +1089,17 @@ systemctl daemon-reload",
     // acknowledgement must be in the queue file: a kill between the endpoint's 2xx and that
     // commit would rightly send the report again (at least once).
     let queue = "runuser -u deploytrack -- deploytrack queue --state-dir /var/lib/deploytrack list";
-    eventually("the queue to be empty", || {
-        machine.sh(queue).starts_with("0 pending").then_some(())
+    let sent = "runuser -u deploytrack -- deploytrack queue --state-dir /var/lib/deploytrack sent";
+    // Committed as delivered, not merely gone from the queue: a report queued and
+    // acknowledged within one group commit never shows as pending at all.
+    eventually("the acknowledgement in the queue file", || {
+        machine
+            .sh(sent)
+            .contains(&format!("{host}/{two}"))
+            .then_some(())
     })
     .await;
+    assert!(machine.sh(queue).starts_with("0 pending"));
     let hung = machine.show("MainPID");
     machine.sh("systemctl kill --kill-who=main -s SIGSTOP deploytrack");
     eventually("the watchdog to restart the agent", || {
