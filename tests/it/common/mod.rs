@@ -474,10 +474,18 @@ impl Drop for Agent {
     }
 }
 
-/// A loopback address nothing listens on (yet): an endpoint that is down.
+/// A loopback address nothing listens on (yet): an endpoint that is down, that a test may
+/// start a receiver on later. Its port lies below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768 and up here), so no other test's listener on port 0, and
+/// no outgoing connection, can take it in the meantime.
 pub fn unused_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 pub fn endpoint_url(addr: std::net::SocketAddr) -> String {
