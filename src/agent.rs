@@ -228,7 +228,7 @@ async fn log_what_stays_queued(outbox: &Outbox, dry_run: bool) {
         return;
     }
     let oldest = stats.oldest_pending_ms.map_or(Duration::ZERO, |ms| {
-        Duration::from_secs(((crate::outbox::now_ms() - ms).max(0) / 1000) as u64)
+        Duration::from_secs(((crate::clock::now_ms() - ms).max(0) / 1000) as u64)
     });
     tracing::info!(
         queued = stats.pending,

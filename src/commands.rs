@@ -455,7 +455,7 @@ fn queue_to(
         _ => Fatal(format!("{}: {e}", path.display())),
     };
     let mut conn = outbox::open_file(&path).map_err(db_err)?;
-    let now = outbox::now_ms();
+    let now = crate::clock::now_ms();
     let ago = |ms: i64| {
         humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64))
             .to_string()

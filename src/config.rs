@@ -356,6 +356,23 @@ pub fn duration(
 }
 
 /// `--host-name`: a name others cannot mistake for a path or a log line.
+/// A Docker host URL in a scheme the engine client can speak.
+pub fn validate_host(host: &str) -> Result<(), String> {
+    let ok = ["unix://", "tcp://", "http://", "https://"]
+        .iter()
+        .any(|scheme| {
+            host.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port"
+        ))
+    }
+}
+
 pub fn validate_host_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         Err("the host name is empty".into())
@@ -461,8 +478,7 @@ impl Config {
             Some(host) => (host, docker_host_source),
             None => (DEFAULT_DOCKER_HOST.to_string(), "the default".to_string()),
         };
-        crate::engine::validate_host(&docker_host)
-            .map_err(|r| ConfigError::new(docker_host_source.clone(), r))?;
+        validate_host(&docker_host).map_err(|r| ConfigError::new(docker_host_source.clone(), r))?;
 
         // Unset: the built-in, Swarm-aware default (`deployment::default_name`).
         let name_template = match pick(
@@ -814,6 +830,14 @@ mod tests {
 
     fn args() -> RunArgs {
         RunArgs::default()
+    }
+
+    #[test]
+    fn docker_hosts() {
+        assert!(validate_host("unix:///var/run/docker.sock").is_ok());
+        assert!(validate_host("tcp://10.0.0.1:2376").is_ok());
+        assert!(validate_host("unix://").is_err());
+        assert!(validate_host("/var/run/docker.sock").is_err());
     }
 
     #[test]

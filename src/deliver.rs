@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::config::{RetryPolicy, Token};
 use crate::deployment::DeploymentKey;
-use crate::outbox::{now_ms, Outbox, Pending, Settle};
+use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
 
 pub const USER_AGENT_VALUE: &str = concat!("deploytrack/", env!("CARGO_PKG_VERSION"));

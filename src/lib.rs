@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod deliver;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
+use crate::clock::now_ms;
 use crate::deployment::{Deployment, DeploymentKey};
 use crate::engine::events::EventCursor;
 use crate::telemetry::Telemetry;
@@ -60,13 +61,6 @@ pub enum OutboxError {
     Locked(PathBuf),
     #[error("{0}")]
     Unwritable(String),
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A report waiting for delivery. `version` tells a resend of this report from a newer one.

@@ -84,7 +84,7 @@ fuzz_target!(
                     assert!(matches!(url.scheme(), "http" | "https"), "{url}");
                 }
                 assert!(deploytrack::deployment::validate_environment(&config.environment).is_ok());
-                assert!(deploytrack::engine::validate_host(&config.docker_host).is_ok());
+                assert!(deploytrack::config::validate_host(&config.docker_host).is_ok());
                 assert!((1..=256).contains(&config.concurrency));
                 assert!(config.queue_max_entries > 0);
                 assert!(!config.retry.initial.is_zero() && config.retry.max >= config.retry.initial);
