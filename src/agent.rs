@@ -10,7 +10,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::deliver::{Dispatcher, Sink};
 use crate::deployment::Selection;
-use crate::engine::events::{EngineEvent, EventReader, EVENT_BUFFER};
+use crate::engine::events::{EngineEvent, EventCursor, EventReader, EVENT_BUFFER};
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
 use crate::observe::{Observer, View};
@@ -144,7 +144,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         reader: EventReader {
             engine,
             label_filters,
-            cursor: restored.cursor,
+            cursor: restored.cursor.as_deref().and_then(EventCursor::decode),
             telemetry: telemetry.clone(),
             resync: config.resync_interval,
         },

@@ -10,7 +10,7 @@ use crate::deliver::{backoff, HttpSink, Outcome, Sink};
 use crate::deployment::{Deployment, DeploymentKey, Platform};
 use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
-use crate::outbox::{self, admin, DB_FILE};
+use crate::outbox::{self, operator, DB_FILE};
 use crate::reference::ImageRef;
 
 /// `report`: one deployment from a pipeline, retried on transient failures until `--timeout`.
@@ -462,7 +462,7 @@ fn queue_to(
     };
     match action {
         QueueAction::List => {
-            let pending = admin::list_pending(&conn).map_err(db_err)?;
+            let pending = operator::list_pending(&conn).map_err(db_err)?;
             writeln!(out, "{} pending", pending.len())?;
             for p in pending {
                 let next = if p.next_attempt_ms <= now {
@@ -488,8 +488,8 @@ fn queue_to(
             }
         }
         QueueAction::Dead => {
-            let dead = admin::list_dead(&conn).map_err(db_err)?;
-            let superseded = admin::count_superseded(&conn).map_err(db_err)?;
+            let dead = operator::list_dead(&conn).map_err(db_err)?;
+            let superseded = operator::count_superseded(&conn).map_err(db_err)?;
             if superseded > 0 {
                 writeln!(
                     out,
@@ -512,7 +512,7 @@ fn queue_to(
             }
         }
         QueueAction::Sent => {
-            let sent = admin::list_sent(&conn).map_err(db_err)?;
+            let sent = operator::list_sent(&conn).map_err(db_err)?;
             writeln!(out, "{} sent (the last report of each key)", sent.len())?;
             for s in sent {
                 let at =
@@ -529,7 +529,7 @@ fn queue_to(
             }
         }
         QueueAction::Retry => {
-            let (moved, superseded) = admin::retry_dead(&mut conn).map_err(db_err)?;
+            let (moved, superseded) = operator::retry_dead(&mut conn).map_err(db_err)?;
             if superseded > 0 {
                 writeln!(
                     out,
@@ -547,7 +547,7 @@ fn queue_to(
                 )
                 .into());
             }
-            let (pending, dead) = admin::purge(&mut conn).map_err(db_err)?;
+            let (pending, dead) = operator::purge(&mut conn).map_err(db_err)?;
             writeln!(
                 out,
                 "purged {pending} pending reports and {dead} dead letters"

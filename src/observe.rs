@@ -277,21 +277,21 @@ impl Observer {
                         }
                     }
                     self.started(&ev.id, result, ev.time_nano, &mut batch);
-                    batch.cursor = Some(ev.cursor());
+                    batch.cursor = Some(ev.cursor().encode());
                 }
                 Outcome::Stopped(ev) => {
                     self.stopped(&ev.id, ev.exit_code, ev.time_nano, &mut batch);
-                    batch.cursor = Some(ev.cursor());
+                    batch.cursor = Some(ev.cursor().encode());
                 }
                 Outcome::StillRunning(ev) => {
                     tracing::debug!(container = %ev.id, "container died and is restarting");
-                    batch.cursor = Some(ev.cursor());
+                    batch.cursor = Some(ev.cursor().encode());
                 }
                 Outcome::Renamed(ev, result) => {
                     if self.view.contains(&ev.id) {
                         self.started(&ev.id, result, ev.time_nano, &mut batch);
                     }
-                    batch.cursor = Some(ev.cursor());
+                    batch.cursor = Some(ev.cursor().encode());
                 }
                 // Logged, and tried again, by `run`.
                 Outcome::Snapshot(Err(_)) => {}

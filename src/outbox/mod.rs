@@ -1,0 +1,261 @@
+//! The persistent queue between resolving a deployment and delivering it.
+//!
+//! SQLite (bundled) in WAL mode with `synchronous=FULL`: a report is on disk before the agent
+//! treats it as queued, operators can read the file with the stock `sqlite3` tool, and the
+//! crash semantics are the best documented of the embedded stores.
+//!
+//! One thread owns the connection and applies commands in order. Writes are group-committed:
+//! an isolated change commits at once, but while changes keep arriving the thread commits
+//! once per `COMMIT_WINDOW`, per `COMMIT_BATCH` changes, or when they stop for `COMMIT_IDLE`,
+//! so a burst of hundreds of starts costs a handful of syncs.
+//! A write's reply is sent only after its commit; reads answer at once and see every
+//! earlier command, committed or not. So the dispatcher may send a report before its commit:
+//! that costs nothing in safety, because the event cursor commits in the same transaction
+//! as the report, and after a crash the engine replays and reconciles whatever the disk lacks.
+//!
+//! This file is the handle the agent talks to. The rest, one job a file: `file` (the state
+//! dir, its lock, file modes and owners, a damaged file moved aside), `schema` (tables and
+//! migrations), `store` (the queue thread: group commit, savepoints, SQL) and `operator`
+//! (the `deploytrack queue` commands, on their own connection).
+
+mod file;
+pub mod operator;
+mod schema;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::deployment::{Deployment, DeploymentKey};
+use crate::telemetry::Telemetry;
+
+pub use file::open_file;
+use store::{Command, Reply, Store};
+
+pub const DB_FILE: &str = "deploytrack.db";
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("queue database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("the queue is closed")]
+    Closed,
+    #[error("another deploytrack process is using the state directory {0}")]
+    Locked(PathBuf),
+    #[error("{0}")]
+    Unwritable(String),
+}
+
+/// A report waiting for delivery. `version` tells a resend of this report from a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub version: i64,
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
+    pub enqueued_ms: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub status: u16,
+    pub response: String,
+    pub failed_ms: i64,
+}
+
+/// One step of the observer: new reports, changes to the view of running containers, and the
+/// event cursor, committed together so a restart resumes exactly where the disk says.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub reports: Vec<Deployment>,
+    pub running: Vec<(String, Deployment)>,
+    pub gone: Vec<String>,
+    /// Where the event source stands, in its own encoding: the queue stores it as it is.
+    pub cursor: Option<String>,
+    /// Re-send even what the endpoint already has (`sync --force`).
+    pub force: bool,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+            && self.running.is_empty()
+            && self.gone.is_empty()
+            && self.cursor.is_none()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    pub queued: usize,
+    pub unchanged: usize,
+    pub dropped: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub pending: i64,
+    /// Dead letters not superseded by a later delivery of their key.
+    pub dead: i64,
+    pub oldest_pending_ms: Option<i64>,
+    /// The most recent failure recorded on a pending report.
+    pub last_error: Option<String>,
+}
+
+/// The last report delivered for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub key: DeploymentKey,
+    pub body: String,
+    pub delivered_ms: i64,
+    /// The endpoint's status; none for reports delivered before it was recorded.
+    pub status: Option<u16>,
+}
+
+/// What a delivery attempt came to, as the queue records it.
+#[derive(Debug)]
+pub enum Settle {
+    Delivered { status: u16 },
+    RetryAt { next_attempt_ms: i64, error: String },
+    Dead { status: u16, response: String },
+}
+
+/// What was found on disk when the queue opened.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The event source's position, as it was handed over in a `Batch`.
+    pub cursor: Option<String>,
+    pub running: Vec<(String, DeploymentKey, String)>,
+    /// Set when a damaged file was moved aside: (damaged, moved to).
+    pub moved_aside: Option<(PathBuf, PathBuf)>,
+}
+
+/// Handle to the queue thread; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: std_mpsc::Sender<Command>,
+    /// Signalled whenever a command added work for the dispatcher.
+    pub work: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Open `state_dir/deploytrack.db` (or an in-memory queue for `None`). A damaged file is
+    /// moved aside and a fresh queue started, so a bad disk block never becomes a crash loop.
+    pub fn open(
+        state_dir: Option<&Path>,
+        max_entries: u64,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<(Outbox, Restored), OutboxError> {
+        let opened = match state_dir {
+            None => file::Opened::memory()?,
+            Some(dir) => file::Opened::state_dir(dir)?,
+        };
+        let label = opened.label.clone();
+        let sql_err = |source| OutboxError::Sqlite {
+            path: label.clone(),
+            source,
+        };
+        let restored = Restored {
+            cursor: schema::read_meta(&opened.conn, "cursor").map_err(sql_err)?,
+            running: schema::read_running(&opened.conn).map_err(sql_err)?,
+            moved_aside: opened.moved_aside,
+        };
+        let mut store = Store::new(opened.conn, max_entries, telemetry).map_err(sql_err)?;
+        let (tx, rx) = std_mpsc::channel();
+        let work = Arc::new(Notify::new());
+        let notify = work.clone();
+        let lock = opened.lock;
+        std::thread::Builder::new()
+            .name("deploytrack-outbox".into())
+            .spawn(move || {
+                // The state dir stays locked for as long as the queue thread runs.
+                let _lock = lock;
+                store.serve(rx, &notify)
+            })
+            .map_err(|source| OutboxError::StateDir {
+                path: PathBuf::from(&label),
+                source,
+            })?;
+        Ok((Outbox { tx, work }, restored))
+    }
+
+    /// Send a command now (so commands reach the queue thread in the order they are made)
+    /// and return the wait for its reply.
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(make(reply)).is_ok();
+        async move {
+            if !sent {
+                return Err(OutboxError::Closed.to_string());
+            }
+            rx.await.map_err(|_| OutboxError::Closed.to_string())?
+        }
+    }
+
+    /// Queue a batch. The batch is handed to the queue thread at once; the returned future
+    /// completes when it is on disk.
+    pub fn enqueue(
+        &self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = Result<EnqueueOutcome, String>> + Send + 'static {
+        self.ask(|r| Command::Enqueue(batch, r))
+    }
+
+    /// Record a delivery attempt's result. Not awaited: a crash before the commit only means
+    /// the report is sent once more, which the API tolerates.
+    pub fn settle(&self, key: DeploymentKey, version: i64, settle: Settle) {
+        let _ = self.tx.send(Command::Settle(key, version, settle));
+    }
+
+    /// Up to `limit` reports, the most overdue first, and the time the next one falls due.
+    /// With `due_only` false, reports not yet due count too (a probe while the endpoint is down).
+    pub async fn due(
+        &self,
+        limit: usize,
+        due_only: bool,
+    ) -> Result<(Vec<Pending>, Option<i64>), String> {
+        self.ask(|reply| Command::Due {
+            limit,
+            due_only,
+            reply,
+        })
+        .await
+    }
+
+    /// Everything waiting becomes due now (the endpoint is back), but for reports that
+    /// failed repeatedly on their own.
+    pub fn reset_backoff(&self) {
+        let _ = self.tx.send(Command::ResetBackoff);
+    }
+
+    pub async fn stats(&self) -> Result<Stats, String> {
+        self.ask(Command::Stats).await
+    }
+
+    /// Returns once every earlier command is committed.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.ask(Command::Flush).await
+    }
+}

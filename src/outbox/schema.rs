@@ -1,0 +1,127 @@
+//! The queue file's tables, and the migrations from earlier releases' files.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::Pending;
+use crate::deployment::DeploymentKey;
+
+/// 1: the first release. 2: `delivered.status`, the endpoint's answer (null in rows
+/// written before it).
+pub(super) const SCHEMA_VERSION: i64 = 2;
+/// A dead letter is superseded once its key was delivered after it failed: the endpoint has
+/// a newer state of that key, so the dead letter is no longer pending work.
+pub(super) const NOT_SUPERSEDED: &str = "NOT EXISTS (SELECT 1 FROM delivered
+    WHERE delivered.environment = dead.environment AND delivered.name = dead.name
+      AND delivered.delivered_ms >= dead.failed_ms)";
+
+pub(super) fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "the queue was written by a newer deploytrack (schema {version}, this one knows {SCHEMA_VERSION})"
+            )),
+        ));
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS pending (
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            enqueued_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (environment, name)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS pending_due ON pending (next_attempt_ms, version);
+        CREATE INDEX IF NOT EXISTS pending_age ON pending (version);
+        CREATE TABLE IF NOT EXISTS delivered (
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            delivered_ms INTEGER NOT NULL,
+            status INTEGER,
+            PRIMARY KEY (environment, name)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS dead (
+            id INTEGER PRIMARY KEY,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            response TEXT NOT NULL,
+            failed_ms INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS running (
+            container_id TEXT PRIMARY KEY,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+    )?;
+    // Schema 1 to 2: a queue written by an earlier release gains the status column.
+    let has_status = conn
+        .prepare("SELECT 1 FROM pragma_table_info('delivered') WHERE name = 'status'")?
+        .exists([])?;
+    if !has_status {
+        conn.execute_batch("ALTER TABLE delivered ADD COLUMN status INTEGER")?;
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+pub(super) fn read_running(
+    conn: &Connection,
+) -> rusqlite::Result<Vec<(String, DeploymentKey, String)>> {
+    let mut stmt = conn.prepare("SELECT container_id, environment, name, body FROM running")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            DeploymentKey {
+                environment: r.get(1)?,
+                name: r.get(2)?,
+            },
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+/// The next report version: past every version in the file and past the shared sequence.
+pub(super) fn next_version(conn: &Connection) -> rusqlite::Result<i64> {
+    let in_pending: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) + 1 FROM pending",
+        [],
+        |r| r.get(0),
+    )?;
+    let sequence: i64 = read_meta(conn, "next_version")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(in_pending.max(sequence))
+}
+
+pub(super) fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
+    Ok(Pending {
+        key: DeploymentKey {
+            environment: r.get(0)?,
+            name: r.get(1)?,
+        },
+        body: r.get(2)?,
+        version: r.get(3)?,
+        attempts: r.get(4)?,
+        next_attempt_ms: r.get(5)?,
+        enqueued_ms: r.get(6)?,
+        last_error: r.get(7)?,
+    })
+}
