@@ -137,7 +137,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             reconciled: reconciled_rx,
             sink: Arc::new(sink),
             concurrency: config.concurrency,
-            retry: config.retry.clone(),
+            retry: config.retry,
             telemetry: telemetry.clone(),
             reminder,
         },

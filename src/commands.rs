@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError};
-use crate::deliver::{backoff, HttpSink, Outcome, Sink};
+use crate::deliver::{HttpSink, Outcome, Sink};
 use crate::deployment::{Deployment, DeploymentKey, Platform};
 use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
@@ -162,7 +162,7 @@ pub async fn report(
             }
             Outcome::Misconfigured { reason } => return Err(Fatal(reason)),
             Outcome::Transient { reason, retry_after } => {
-                let delay = backoff(&config.retry, failures).max(retry_after.unwrap_or_default());
+                let delay = config.retry.delay_at_least(failures, retry_after);
                 failures += 1;
                 let now = tokio::time::Instant::now();
                 if now >= deadline {

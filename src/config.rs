@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backoff::Backoff;
 use crate::cli::RunArgs;
 use crate::deployment::{LabelSelector, NameTemplate};
 
@@ -279,12 +280,6 @@ impl fmt::Debug for Token {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
 /// Everything the agent and its commands need, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -313,7 +308,8 @@ pub struct Config {
     pub report_stops: bool,
     pub report_unverified: bool,
     pub concurrency: usize,
-    pub retry: RetryPolicy,
+    /// Delivery's backoff (`--retry-initial`, `--retry-max`), jittered.
+    pub retry: Backoff,
     pub queue_max_entries: u64,
     pub shutdown_timeout: Duration,
     pub request_timeout: Duration,
@@ -545,10 +541,10 @@ impl Config {
             args.retry_max.clone(),
             file.retry_max.clone(),
         );
-        let retry = RetryPolicy {
-            initial: duration(initial_origin.clone(), retry_initial, "1s")?,
-            max: duration(max_origin.clone(), retry_max, "5m")?,
-        };
+        let retry = Backoff::jittered(
+            duration(initial_origin.clone(), retry_initial, "1s")?,
+            duration(max_origin.clone(), retry_max, "5m")?,
+        );
         if retry.initial.is_zero() {
             return Err(ConfigError::new(initial_origin, "must be longer than zero"));
         }

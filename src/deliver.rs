@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::config::{RetryPolicy, Token};
+use crate::config::Token;
 use crate::deployment::DeploymentKey;
 use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
@@ -323,16 +324,6 @@ fn describe_error(e: &reqwest::Error) -> String {
     format!("{kind}: {cause}")
 }
 
-/// Full-jitter exponential backoff: a random delay up to `initial * 2^n`, capped at `max`.
-pub fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
-    let cap = policy
-        .initial
-        .saturating_mul(2u32.saturating_pow(failures.min(30)))
-        .min(policy.max);
-    let millis = cap.as_millis().max(1) as u64;
-    Duration::from_millis(fastrand::u64(millis / 10..=millis))
-}
-
 /// The endpoint-wide state: while the endpoint fails, everything waits and one probe at a
 /// time tests it, so an outage of hours costs a bounded number of attempts.
 #[derive(Debug, Default)]
@@ -370,7 +361,7 @@ pub struct Dispatcher {
     pub reconciled: watch::Receiver<bool>,
     pub sink: Arc<Sink>,
     pub concurrency: usize,
-    pub retry: RetryPolicy,
+    pub retry: Backoff,
     pub telemetry: Arc<Telemetry>,
     /// The first reminder while the queue is held (`REMINDER_FIRST` for the agent).
     pub reminder: Duration,
@@ -536,12 +527,10 @@ impl Dispatcher {
                 retry_after,
             } => {
                 self.telemetry.delivery_failed("transient");
-                let delay =
-                    backoff(&self.retry, hold.failures).max(retry_after.unwrap_or_default());
+                let delay = self.retry.delay_at_least(hold.failures, retry_after);
                 // A report that keeps failing on its own (while others succeed) backs off by
                 // its own attempts, so it cannot keep the queue in a loop of short holds.
-                let own_delay =
-                    delay.max(backoff(&self.retry, pending.attempts.clamp(0, 30) as u32));
+                let own_delay = delay.max(self.retry.delay(pending.attempts.clamp(0, 30) as u32));
                 if hold.until.is_none() {
                     tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
                 } else {
@@ -559,7 +548,7 @@ impl Dispatcher {
             }
             Outcome::Misconfigured { reason } => {
                 self.telemetry.delivery_failed("misconfigured");
-                let delay = backoff(&self.retry, hold.failures);
+                let delay = self.retry.delay(hold.failures);
                 if !hold.misconfigured {
                     tracing::error!(reason = %reason, retry_in = ?delay, "the endpoint cannot take reports until the configuration is fixed; every report stays queued and is retried");
                 }
@@ -576,7 +565,7 @@ impl Dispatcher {
             }
             Outcome::Unauthorized { status } => {
                 self.telemetry.delivery_failed("unauthorized");
-                let delay = backoff(&self.retry, hold.failures);
+                let delay = self.retry.delay(hold.failures);
                 if !hold.unauthorized {
                     tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
                 }
@@ -755,18 +744,5 @@ mod tests {
         let gaps: Vec<Duration> = day.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.iter().all(|g| *g <= REMINDER_MAX));
         assert_eq!(gaps.last(), Some(&REMINDER_MAX));
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let p = RetryPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        };
-        for n in 0..40 {
-            let d = backoff(&p, n);
-            assert!(d <= Duration::from_secs(300), "{n}: {d:?}");
-        }
-        assert!(backoff(&p, 0) <= Duration::from_secs(1));
     }
 }

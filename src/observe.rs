@@ -3,15 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::backoff::Backoff;
 use crate::deployment::{time_from_nanos, Deployment, DeploymentKey};
-use crate::engine::events::{Action, ContainerEvent, EngineEvent};
+use crate::engine::events::{Action, ContainerEvent, EngineEvent, RECONNECT_RETRY};
 use crate::engine::resolve::{Resolution, Resolver};
 use crate::engine::EngineError;
 use crate::outbox::{Batch, Outbox};
@@ -19,10 +19,9 @@ use crate::telemetry::Telemetry;
 
 /// Inspections in flight at once; enough to hide the engine's latency, few enough to be polite.
 const INSPECT_CONCURRENCY: usize = 16;
-/// A failed listing of the running containers is tried again after this, doubling up to
-/// the max: the event reader's reconnect backoff.
-const SNAPSHOT_RETRY: Duration = Duration::from_millis(250);
-const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A failed listing of the running containers is tried again after 0.25 s, doubling up to
+/// 30 s: the event reader's reconnect backoff.
+const SNAPSHOT_RETRY: Backoff = RECONNECT_RETRY;
 
 /// What the agent believes runs now: container id -> deployment. Shared with `/deployments`.
 #[derive(Default)]
@@ -122,7 +121,7 @@ impl Observer {
         retry: mpsc::WeakSender<EngineEvent>,
         fatal: mpsc::UnboundedSender<String>,
     ) {
-        let mut snapshot_failures = 0u32;
+        let mut snapshot_retries = SNAPSHOT_RETRY.retries();
         let me = self.clone();
         let mut outcomes = ReceiverStream::new(rx)
             .map(move |event| me.clone().process(event))
@@ -137,12 +136,9 @@ impl Observer {
                 _ => None,
             });
             match (listed, failed) {
-                (true, _) => snapshot_failures = 0,
+                (true, _) => snapshot_retries.reset(),
                 (false, Some(error)) => {
-                    let delay = SNAPSHOT_RETRY
-                        .saturating_mul(2u32.saturating_pow(snapshot_failures.min(16)))
-                        .min(SNAPSHOT_RETRY_MAX);
-                    snapshot_failures += 1;
+                    let delay = snapshot_retries.next_delay();
                     tracing::warn!(error = %error, retry_in = ?delay, "cannot list the running containers; trying again");
                     let retry = retry.clone();
                     tokio::spawn(async move {

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
 use super::resolve::EventHint;
-use super::Engine;
+use super::{Engine, EngineError};
+use crate::backoff::Backoff;
 use crate::telemetry::Telemetry;
 
 /// How long the stream may be silent before the engine is pinged to prove the link is alive.
@@ -22,7 +23,10 @@ const STREAM_RECYCLE: Duration = Duration::from_secs(300);
 const DEBT_CHECK: Duration = Duration::from_millis(50);
 /// A recurring oddity is logged at most this often (the metric counts every one).
 const WARN_EVERY: Duration = Duration::from_secs(60);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reconnecting the event stream: 0.25 s doubling to 30 s; a stream that stayed up longer
+/// than the max starts again from 0.25 s.
+pub const RECONNECT_RETRY: Backoff =
+    Backoff::steady(Duration::from_millis(250), Duration::from_secs(30));
 /// How far before the cursor a resumed stream starts.
 const REPLAY_MARGIN: Duration = Duration::from_secs(2);
 /// Identities of recent events remembered to drop the replayed ones.
@@ -435,14 +439,11 @@ impl EventReader {
         }
     }
 
-    /// Read until shutdown, reconnecting with capped exponential backoff. Returns when the
-    /// receiver is gone or shutdown is signalled.
+    /// Read until shutdown, reconnecting with `RECONNECT_RETRY`. Returns when the receiver is
+    /// gone or shutdown is signalled.
     pub async fn run(mut self, tx: mpsc::Sender<EngineEvent>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(250);
-        let mut recent = Recent::default();
-        let mut floor: Option<i64> = None;
-        let mut undecodable = 0u64;
-        let mut last_warned: Option<tokio::time::Instant> = None;
+        let mut retries = RECONNECT_RETRY.retries();
+        let mut progress = Progress::default();
         let mut forward = Forward {
             tx,
             owes_reconcile: false,
@@ -450,7 +451,7 @@ impl EventReader {
         };
         if let Some(c) = &self.cursor {
             if let Some(action) = Action::parse(&c.action) {
-                recent.insert(&c.id, action.name(), c.time_nano);
+                progress.recent.insert(&c.id, action.name(), c.time_nano);
             }
         }
         loop {
@@ -458,131 +459,195 @@ impl EventReader {
                 return;
             }
             self.telemetry.heartbeat_reader();
-            // Every (re)connection negotiates the API version anew: the engine may have been
-            // upgraded or replaced while the stream was down.
-            let ping = tokio::time::timeout(PING_TIMEOUT, self.engine.handshake()).await;
-            match ping.unwrap_or_else(|_| {
-                Err(super::EngineError::Unreachable {
-                    host: self.engine.host.clone(),
-                    reason: "ping timed out".into(),
-                })
-            }) {
+            let delay = match self.handshake().await {
                 Ok(()) => {
                     self.telemetry.engine_connected(true);
-                    let mut stream = self.engine.stream.events(Some(self.options(floor)));
-                    if !forward.send(EngineEvent::Connected, &self.telemetry) {
-                        return;
-                    }
                     let connected_at = tokio::time::Instant::now();
-                    let mut last_read = tokio::time::Instant::now();
-                    let mut last_event = last_read;
-                    let mut recycled = false;
-                    let mut next_resync = connected_at + self.resync;
-                    let reason = loop {
-                        // While a reconciliation is owed, look for room for it often.
-                        let wait = if forward.owes_reconcile {
-                            DEBT_CHECK
-                        } else {
-                            IDLE_CHECK
-                        };
-                        let next = tokio::select! {
-                            next = tokio::time::timeout(wait, stream.next()) => next,
-                            _ = tokio::time::sleep_until(next_resync) => {
-                                next_resync = tokio::time::Instant::now() + self.resync;
-                                if !forward.send(EngineEvent::Connected, &self.telemetry) {
-                                    return;
-                                }
-                                continue;
-                            }
-                            _ = shutdown.changed() => return,
-                        };
-                        self.telemetry.heartbeat_reader();
-                        match next {
-                            Ok(Some(Ok(msg))) => {
-                                last_read = tokio::time::Instant::now();
-                                last_event = last_read;
-                                if let Some(event) = ContainerEvent::from_message(msg) {
-                                    if !self.accept(event, &mut recent, &mut forward) {
-                                        return;
-                                    }
-                                }
-                            }
-                            // The engine sent an event bollard's model rejects. The decoder
-                            // cannot step over it, so read it field by field, act on it, and
-                            // resume the stream just after it.
-                            Ok(Some(Err(bollard::errors::Error::JsonDataError {
-                                message,
-                                contents,
-                                ..
-                            }))) => {
-                                self.telemetry.engine_answer_unexpected("event");
-                                let lenient = decode_lenient(contents.as_bytes());
-                                undecodable += 1;
-                                if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                                    last_warned = Some(tokio::time::Instant::now());
-                                    tracing::warn!(error = %message, count = undecodable, "the engine sent an event that does not match the API model; read it field by field and resuming after it");
-                                }
-                                floor = Some(lenient.time_nano.unwrap_or_else(now_nanos));
-                                if let Some(event) = lenient.event {
-                                    if !self.accept(event, &mut recent, &mut forward) {
-                                        return;
-                                    }
-                                }
-                                recycled = true;
-                                break "resuming after an undecodable event".to_string();
-                            }
-                            Ok(Some(Err(e))) => {
-                                break super::EngineError::from_bollard(&self.engine.host, e)
-                                    .to_string()
-                            }
-                            Ok(None) => break "the engine closed the event stream".to_string(),
-                            Err(_idle) => {
-                                forward.settle_debt();
-                                if last_read.elapsed() < IDLE_CHECK {
-                                    continue;
-                                }
-                                last_read = tokio::time::Instant::now();
-                                match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
-                                    // A ping proves the engine, not this connection: over the
-                                    // network a NAT or proxy can drop an idle stream silently.
-                                    Ok(Ok(()))
-                                        if !self.engine.host.starts_with("unix://")
-                                            && last_event.elapsed() >= STREAM_RECYCLE =>
-                                    {
-                                        recycled = true;
-                                        break "renewing a long-idle stream".to_string();
-                                    }
-                                    Ok(Ok(())) => continue,
-                                    Ok(Err(e)) => break format!("idle check failed: {e}"),
-                                    Err(_) => break "idle check timed out".to_string(),
-                                }
-                            }
+                    match self
+                        .follow(&mut progress, &mut forward, &mut shutdown)
+                        .await
+                    {
+                        StreamEnd::Stop => return,
+                        StreamEnd::Renew(reason) => {
+                            // Resumed from the cursor and reconciled, like any reconnect.
+                            tracing::debug!(reason = %reason, "reconnecting the event stream");
+                            continue;
                         }
-                    };
-                    if recycled {
-                        // Resumed from the cursor and reconciled, like any reconnect.
-                        tracing::debug!(reason = %reason, "reconnecting the event stream");
-                        continue;
-                    }
-                    self.telemetry.engine_connected(false);
-                    self.telemetry.engine_reconnect();
-                    tracing::warn!(reason = %reason, "lost the engine's event stream; reconnecting");
-                    if connected_at.elapsed() > BACKOFF_MAX {
-                        backoff = Duration::from_millis(250);
+                        StreamEnd::Lost(reason) => {
+                            self.telemetry.engine_connected(false);
+                            self.telemetry.engine_reconnect();
+                            tracing::warn!(reason = %reason, "lost the engine's event stream; reconnecting");
+                            if connected_at.elapsed() > RECONNECT_RETRY.max {
+                                retries.reset();
+                            }
+                            retries.next_delay()
+                        }
                     }
                 }
                 Err(e) => {
                     self.telemetry.engine_connected(false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "engine unreachable");
+                    let delay = retries.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "engine unreachable");
+                    delay
                 }
-            }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+
+    /// Every (re)connection negotiates the API version anew: the engine may have been
+    /// upgraded or replaced while the stream was down.
+    async fn handshake(&self) -> Result<(), EngineError> {
+        tokio::time::timeout(PING_TIMEOUT, self.engine.handshake())
+            .await
+            .unwrap_or_else(|_| {
+                Err(EngineError::Unreachable {
+                    host: self.engine.host.clone(),
+                    reason: "ping timed out".into(),
+                })
+            })
+    }
+
+    /// Follow one connection of the stream: tell the observer to reconcile, forward events,
+    /// reconcile again every `resync`, check an idle stream. Returns why it ended.
+    async fn follow(
+        &mut self,
+        progress: &mut Progress,
+        forward: &mut Forward,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> StreamEnd {
+        let mut stream = self
+            .engine
+            .stream
+            .events(Some(self.options(progress.floor)));
+        if !forward.send(EngineEvent::Connected, &self.telemetry) {
+            return StreamEnd::Stop;
+        }
+        let mut last_read = tokio::time::Instant::now();
+        let mut last_event = last_read;
+        let mut next_resync = last_read + self.resync;
+        loop {
+            // While a reconciliation is owed, look for room for it often.
+            let wait = if forward.owes_reconcile {
+                DEBT_CHECK
+            } else {
+                IDLE_CHECK
+            };
+            let next = tokio::select! {
+                next = tokio::time::timeout(wait, stream.next()) => next,
+                _ = tokio::time::sleep_until(next_resync) => {
+                    next_resync = tokio::time::Instant::now() + self.resync;
+                    if !forward.send(EngineEvent::Connected, &self.telemetry) {
+                        return StreamEnd::Stop;
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => return StreamEnd::Stop,
+            };
+            self.telemetry.heartbeat_reader();
+            let end = match next {
+                Ok(Some(Ok(msg))) => {
+                    last_read = tokio::time::Instant::now();
+                    last_event = last_read;
+                    let event = ContainerEvent::from_message(msg);
+                    let gone =
+                        event.is_some_and(|e| !self.accept(e, &mut progress.recent, forward));
+                    gone.then_some(StreamEnd::Stop)
+                }
+                Ok(Some(Err(bollard::errors::Error::JsonDataError {
+                    message, contents, ..
+                }))) => Some(self.step_over(&message, &contents, progress, forward)),
+                Ok(Some(Err(e))) => Some(StreamEnd::Lost(
+                    EngineError::from_bollard(&self.engine.host, e).to_string(),
+                )),
+                Ok(None) => Some(StreamEnd::Lost(
+                    "the engine closed the event stream".to_string(),
+                )),
+                Err(_idle) => {
+                    forward.settle_debt();
+                    if last_read.elapsed() < IDLE_CHECK {
+                        None
+                    } else {
+                        last_read = tokio::time::Instant::now();
+                        self.check_idle(last_event).await
+                    }
+                }
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// The engine sent an event bollard's model rejects. The decoder cannot step over it, so
+    /// read it field by field, act on it, and resume the stream just after it.
+    fn step_over(
+        &mut self,
+        message: &str,
+        contents: &str,
+        progress: &mut Progress,
+        forward: &mut Forward,
+    ) -> StreamEnd {
+        self.telemetry.engine_answer_unexpected("event");
+        let lenient = decode_lenient(contents.as_bytes());
+        progress.undecodable += 1;
+        if progress
+            .last_warned
+            .is_none_or(|t| t.elapsed() >= WARN_EVERY)
+        {
+            progress.last_warned = Some(tokio::time::Instant::now());
+            tracing::warn!(error = %message, count = progress.undecodable, "the engine sent an event that does not match the API model; read it field by field and resuming after it");
+        }
+        progress.floor = Some(lenient.time_nano.unwrap_or_else(now_nanos));
+        if let Some(event) = lenient.event {
+            if !self.accept(event, &mut progress.recent, forward) {
+                return StreamEnd::Stop;
+            }
+        }
+        StreamEnd::Renew("resuming after an undecodable event".to_string())
+    }
+
+    /// The stream was silent for `IDLE_CHECK`: ping the engine. None while all is well.
+    async fn check_idle(&self, last_event: tokio::time::Instant) -> Option<StreamEnd> {
+        match tokio::time::timeout(PING_TIMEOUT, self.engine.ping()).await {
+            // A ping proves the engine, not this connection: over the network a NAT or proxy
+            // can drop an idle stream silently.
+            Ok(Ok(()))
+                if !self.engine.host.starts_with("unix://")
+                    && last_event.elapsed() >= STREAM_RECYCLE =>
+            {
+                Some(StreamEnd::Renew("renewing a long-idle stream".to_string()))
+            }
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(StreamEnd::Lost(format!("idle check failed: {e}"))),
+            Err(_) => Some(StreamEnd::Lost("idle check timed out".to_string())),
+        }
+    }
+}
+
+/// What the reader carries from one connection of the stream to the next.
+#[derive(Default)]
+struct Progress {
+    /// Identities of recent events, to drop those a resumed stream replays.
+    recent: Recent,
+    /// The time of the last event line that could not be decoded; the stream resumes after
+    /// it, so a line that fails every time is read once, not forever.
+    floor: Option<i64>,
+    undecodable: u64,
+    last_warned: Option<tokio::time::Instant>,
+}
+
+/// Why one connection of the stream ended.
+enum StreamEnd {
+    /// Shutdown, or the observer is gone.
+    Stop,
+    /// Reconnect at once (resuming from the cursor): not a fault.
+    Renew(String),
+    /// The stream failed: reconnect after the backoff.
+    Lost(String),
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 
+use crate::backoff::Backoff;
+
 use transport::{ApiVersion, Transport};
 
 /// Requests other than the event stream must answer within this.
@@ -147,6 +149,9 @@ fn one_line(message: &str) -> String {
 fn socket_path(host: &str) -> Option<&str> {
     host.strip_prefix("unix://")
 }
+
+/// Waiting for the engine at start: 0.2 s doubling to 2 s, within the caller's patience.
+const CONNECT_RETRY: Backoff = Backoff::steady(Duration::from_millis(200), Duration::from_secs(2));
 
 /// The two clients the agent uses: one for requests, one for the long-lived event stream.
 /// Both go through one transport, which carries the negotiated API version.
@@ -338,24 +343,23 @@ impl Engine {
     /// Connect and ping, retrying for `patience` before giving up with the last error.
     pub async fn connect(host: &str, patience: Duration) -> Result<Self, EngineError> {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut delay = Duration::from_millis(200);
+        let mut retries = CONNECT_RETRY.retries();
         loop {
             let attempt = async {
                 let engine = Engine::new(host)?;
                 engine.handshake().await?;
                 Ok::<_, EngineError>(engine)
             };
-            match attempt.await {
+            let e = match attempt.await {
                 Ok(engine) => return Ok(engine),
-                Err(e) if e.is_permanent() || tokio::time::Instant::now() + delay > deadline => {
-                    return Err(e)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "engine not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+                Err(e) => e,
+            };
+            let delay = retries.next_delay();
+            if e.is_permanent() || tokio::time::Instant::now() + delay > deadline {
+                return Err(e);
             }
+            tracing::debug!(error = %e, "engine not reachable yet; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 }

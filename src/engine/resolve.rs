@@ -10,6 +10,7 @@ use super::evidence::{ImageStore, Registries};
 use super::lenient::{ContainerFacts, ImageFields, ManifestFacts};
 use super::transport::ApiVersion;
 use super::{Engine, EngineError};
+use crate::backoff::Backoff;
 use crate::deployment::{
     default_name, time_from_engine, ContainerState, ContainerStatus, Deployment, DeploymentKey,
     NameFacts, NameTemplate, Platform, Selection, SkipReason, LABEL_ENVIRONMENT, LABEL_NAME,
@@ -511,9 +512,12 @@ impl Resolver {
     }
 }
 
-/// Delays between tries of an engine request that failed for a reason that may pass (the
-/// engine busy or restarting). Short: events wait behind the inspection.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+/// Tries again of an engine request that failed for a reason that may pass (the engine busy
+/// or restarting): two, within about a second (0.4 s, then 0.8 s). Short: events wait behind
+/// the inspection.
+const INSPECT_RETRY: Backoff =
+    Backoff::steady(Duration::from_millis(400), Duration::from_millis(800));
+const INSPECT_RETRIES: u32 = 2;
 
 async fn retry_briefly<T, F, Fut>(mut call: F) -> Result<T, bollard::errors::Error>
 where
@@ -521,7 +525,7 @@ where
     Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
 {
     use bollard::errors::Error as B;
-    let mut delays = RETRY_DELAYS.iter();
+    let mut retries = INSPECT_RETRY.retries();
     loop {
         match call().await {
             Err(e) => {
@@ -531,10 +535,10 @@ where
                     B::SocketNotFoundError(_) => false,
                     _ => true,
                 };
-                match delays.next() {
-                    Some(delay) if passing => tokio::time::sleep(*delay).await,
-                    _ => return Err(e),
+                if !passing || retries.failures() >= INSPECT_RETRIES {
+                    return Err(e);
                 }
+                tokio::time::sleep(retries.next_delay()).await;
             }
             ok => return ok,
         }
