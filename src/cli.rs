@@ -1,4 +1,4 @@
-//! The command line. Every run setting is optional here: `config.rs` merges it with the
+//! The command line. Every run setting is optional here: `config` merges it with the
 //! environment (clap reads `DEPLOYTRACK_*`), the config file and the defaults.
 
 use std::path::PathBuf;

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+mod file;
+
+pub use file::FileConfig;
 
 use crate::backoff::Backoff;
 use crate::cli::RunArgs;
@@ -40,227 +42,6 @@ impl ConfigError {
             setting: setting.into(),
             reason: reason.into(),
         }
-    }
-}
-
-/// The config file: the long flag names in snake_case. A typo is an error, not a silent default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub url: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub environment: Option<String>,
-    pub state_dir: Option<PathBuf>,
-    pub docker_host: Option<String>,
-    pub dry_run: Option<bool>,
-    pub name_template: Option<String>,
-    pub host_name: Option<String>,
-    pub require_label: Option<bool>,
-    pub label_selector: Option<Vec<String>>,
-    pub report_stops: Option<bool>,
-    pub report_unverified: Option<bool>,
-    pub concurrency: Option<i64>,
-    pub retry_initial: Option<String>,
-    pub retry_max: Option<String>,
-    pub queue_max_entries: Option<i64>,
-    pub shutdown_timeout: Option<String>,
-    pub request_timeout: Option<String>,
-    pub resync_interval: Option<String>,
-    pub listen: Option<String>,
-    pub log_level: Option<String>,
-    pub log_format: Option<String>,
-    /// The file's path, to name it in errors; none without `--config`.
-    #[serde(skip)]
-    pub origin: Option<String>,
-}
-
-/// The kind of value a key of the config file takes, in the words an error uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Bool,
-    Integer,
-    TextList,
-}
-
-/// Every key of the config file (the `FileConfig` fields) and the kind of its value.
-const FILE_KEYS: &[(&str, Kind)] = &[
-    ("url", Kind::Text),
-    ("token_file", Kind::Text),
-    ("ca_file", Kind::Text),
-    ("environment", Kind::Text),
-    ("state_dir", Kind::Text),
-    ("docker_host", Kind::Text),
-    ("dry_run", Kind::Bool),
-    ("name_template", Kind::Text),
-    ("host_name", Kind::Text),
-    ("require_label", Kind::Bool),
-    ("label_selector", Kind::TextList),
-    ("report_stops", Kind::Bool),
-    ("report_unverified", Kind::Bool),
-    ("concurrency", Kind::Integer),
-    ("retry_initial", Kind::Text),
-    ("retry_max", Kind::Text),
-    ("queue_max_entries", Kind::Integer),
-    ("shutdown_timeout", Kind::Text),
-    ("request_timeout", Kind::Text),
-    ("resync_interval", Kind::Text),
-    ("listen", Kind::Text),
-    ("log_level", Kind::Text),
-    ("log_format", Kind::Text),
-];
-
-impl Kind {
-    fn accepts(self, value: &toml::Value) -> bool {
-        match (self, value) {
-            (Kind::Text, toml::Value::String(_))
-            | (Kind::Bool, toml::Value::Boolean(_))
-            | (Kind::Integer, toml::Value::Integer(_)) => true,
-            (Kind::TextList, toml::Value::Array(items)) => items.iter().all(toml::Value::is_str),
-            _ => false,
-        }
-    }
-
-    fn expected(self) -> &'static str {
-        match self {
-            Kind::Text => "a string in quotes",
-            Kind::Bool => "true or false, without quotes",
-            Kind::Integer => "a whole number, without quotes",
-            Kind::TextList => "a list of strings in quotes, like [\"team=payments\"]",
-        }
-    }
-}
-
-/// A TOML value as an error names it.
-fn describe_value(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => format!("the string {s:?}"),
-        toml::Value::Integer(i) => format!("the number {i}"),
-        toml::Value::Float(f) => format!("the number {f}"),
-        toml::Value::Boolean(b) => format!("{b}"),
-        toml::Value::Datetime(d) => format!("the date {d}"),
-        toml::Value::Array(items) => match items.iter().find(|v| !v.is_str()) {
-            Some(odd) => format!("a list holding {}", describe_value(odd)),
-            None => "a list".into(),
-        },
-        toml::Value::Table(_) => "a table".into(),
-    }
-}
-
-/// The known key closest to a misspelt one, if any is close.
-fn closest_key(key: &str) -> Option<&'static str> {
-    let distance = |a: &str, b: &str| {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut previous = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let current = row[j + 1];
-                row[j + 1] = (previous + usize::from(ca != *cb))
-                    .min(row[j] + 1)
-                    .min(current + 1);
-                previous = current;
-            }
-        }
-        row[b.len()]
-    };
-    FILE_KEYS
-        .iter()
-        .map(|(k, _)| (distance(key, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| k)
-}
-
-impl FileConfig {
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
-        })?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// The file's text, `origin` naming it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            // toml's message spans several lines (it quotes the file); keep the first.
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("parse error")
-                .to_string();
-            let at = e
-                .span()
-                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            ConfigError::new("--config", format!("{origin}{at}: {msg}"))
-        })?;
-        for (key, value) in &table {
-            let setting = format!("{origin}: key {key}");
-            let Some((_, kind)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
-                let hint = closest_key(key)
-                    .map(|k| format!("; did you mean {k}?"))
-                    .unwrap_or_default();
-                return Err(ConfigError::new(
-                    setting,
-                    format!("there is no such setting (the keys are the long flag names in snake_case){hint}"),
-                ));
-            };
-            if !kind.accepts(value) {
-                return Err(ConfigError::new(
-                    setting,
-                    format!(
-                        "expected {}, found {}",
-                        kind.expected(),
-                        describe_value(value)
-                    ),
-                ));
-            }
-        }
-        let mut config: FileConfig = toml::Value::Table(table).try_into().map_err(|e| {
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("parse error")
-                .to_string();
-            ConfigError::new("--config", format!("{origin}: {msg}"))
-        })?;
-        config.origin = Some(origin.to_string());
-        Ok(config)
-    }
-
-    /// How an error names one of this file's keys: `<file>: key <name>`.
-    pub fn key_source(&self, key: &str) -> String {
-        match &self.origin {
-            Some(origin) => format!("{origin}: key {key}"),
-            None => format!("--{}", key.replace('_', "-")),
-        }
-    }
-}
-
-/// A setting's value, with where it came from: the flag, its environment variable, or the
-/// config file's key (flag and environment beat the file).
-fn pick<T>(
-    args: &RunArgs,
-    file: &FileConfig,
-    flag: &'static str,
-    from_args: Option<T>,
-    from_file: Option<T>,
-) -> (Option<T>, String) {
-    match (from_args, from_file) {
-        (Some(v), _) => (Some(v), args.env_source(flag).unwrap_or(flag).to_string()),
-        (None, Some(v)) => (
-            Some(v),
-            file.key_source(&flag.trim_start_matches("--").replace('-', "_")),
-        ),
-        (None, None) => (None, flag.to_string()),
     }
 }
 
@@ -351,7 +132,6 @@ pub fn duration(
     Ok(parsed)
 }
 
-/// `--host-name`: a name others cannot mistake for a path or a log line.
 /// A Docker host URL in a scheme the engine client can speak.
 pub fn validate_host(host: &str) -> Result<(), String> {
     let ok = ["unix://", "tcp://", "http://", "https://"]
@@ -369,6 +149,7 @@ pub fn validate_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// `--host-name`: a name others cannot mistake for a path or a log line.
 pub fn validate_host_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         Err("the host name is empty".into())
@@ -425,240 +206,37 @@ impl Config {
 
     /// Merge `args` (flags and environment) over `file`, then validate everything. Errors
     /// name where the bad value came from: the flag, the environment variable, or the file.
+    /// Settings are checked in the order of the table in the README, so the first bad one is
+    /// the one named.
     pub fn build(args: &RunArgs, file: &FileConfig) -> Result<Self, ConfigError> {
-        let (url, origin) = pick(args, file, "--url", args.url.clone(), file.url.clone());
-        let url = match url {
-            None => None,
-            Some(text) => Some(parse_url(&text).map_err(|e| e.from(origin))?),
-        };
+        let s = Sources { args, file };
+        let url = s.url()?;
         let explicit_dry_run = args.dry_run.or(file.dry_run).unwrap_or(false);
         let dry_run = explicit_dry_run || url.is_none();
-
-        let (environment, origin) = pick(
-            args,
-            file,
-            "--environment",
-            args.environment.clone(),
-            file.environment.clone(),
-        );
-        let environment = environment.unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
-        crate::deployment::validate_environment(&environment)
-            .map_err(|reason| ConfigError::new(origin, reason))?;
-
-        let (state_dir, origin) = pick(
-            args,
-            file,
-            "--state-dir",
-            args.state_dir.clone(),
-            file.state_dir.clone(),
-        );
-        let explicit_state_dir =
-            state_dir.or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)));
-        let state_dir = match explicit_state_dir {
-            Some(dir) if dir.as_os_str().is_empty() => {
-                return Err(ConfigError::new(origin, "the path is empty"))
-            }
-            Some(dir) => Some(dir),
-            None if dry_run => None,
-            None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
-        };
-
-        let (docker_host, docker_host_source) = pick(
-            args,
-            file,
-            "--docker-host",
-            args.docker_host.clone(),
-            file.docker_host.clone(),
-        );
-        let (docker_host, docker_host_source) = match docker_host {
-            Some(host) => (host, docker_host_source),
-            None => (DEFAULT_DOCKER_HOST.to_string(), "the default".to_string()),
-        };
-        validate_host(&docker_host).map_err(|r| ConfigError::new(docker_host_source.clone(), r))?;
-
-        // Unset: the built-in, Swarm-aware default (`deployment::default_name`).
-        let name_template = match pick(
-            args,
-            file,
-            "--name-template",
-            args.name_template.clone(),
-            file.name_template.clone(),
-        ) {
-            (None, _) => None,
-            (Some(text), origin) => {
-                Some(NameTemplate::parse(&text).map_err(|r| ConfigError::new(origin, r))?)
-            }
-        };
-        let host_name = match pick(
-            args,
-            file,
-            "--host-name",
-            args.host_name.clone(),
-            file.host_name.clone(),
-        ) {
-            (None, _) => None,
-            (Some(name), origin) => {
-                validate_host_name(&name).map_err(|r| ConfigError::new(origin, r))?;
-                Some(name)
-            }
-        };
-
-        let (selectors, origin) = pick(
-            args,
-            file,
-            "--label-selector",
-            Some(args.label_selector.clone()).filter(|s| !s.is_empty()),
-            file.label_selector.clone(),
-        );
-        let label_selector = LabelSelector::parse(&selectors.unwrap_or_default())
-            .map_err(|r| ConfigError::new(origin, r))?;
-
-        let (concurrency, origin) = pick(
-            args,
-            file,
-            "--concurrency",
-            args.concurrency.clone(),
-            file.concurrency.map(|n| n.to_string()),
-        );
-        let concurrency = positive(&origin, concurrency, 4usize)?;
-        if concurrency > 256 {
-            return Err(ConfigError::new(
-                origin,
-                format!("{concurrency} is more than 256"),
-            ));
-        }
-        let (retry_initial, initial_origin) = pick(
-            args,
-            file,
-            "--retry-initial",
-            args.retry_initial.clone(),
-            file.retry_initial.clone(),
-        );
-        let (retry_max, max_origin) = pick(
-            args,
-            file,
-            "--retry-max",
-            args.retry_max.clone(),
-            file.retry_max.clone(),
-        );
-        let retry = Backoff::jittered(
-            duration(initial_origin.clone(), retry_initial, "1s")?,
-            duration(max_origin.clone(), retry_max, "5m")?,
-        );
-        if retry.initial.is_zero() {
-            return Err(ConfigError::new(initial_origin, "must be longer than zero"));
-        }
-        if retry.max < retry.initial {
-            return Err(ConfigError::new(
-                max_origin,
-                format!("must not be shorter than {initial_origin}"),
-            ));
-        }
-        let (queue_max_entries, origin) = pick(
-            args,
-            file,
-            "--queue-max-entries",
-            args.queue_max_entries.clone(),
-            file.queue_max_entries.map(|n| n.to_string()),
-        );
-        let queue_max_entries = positive(&origin, queue_max_entries, 100_000u64)?;
-        if queue_max_entries > QUEUE_MAX_ENTRIES_LIMIT {
-            return Err(ConfigError::new(
-                origin,
-                format!("{queue_max_entries} is more than {QUEUE_MAX_ENTRIES_LIMIT}"),
-            ));
-        }
-        let (shutdown_timeout, origin) = pick(
-            args,
-            file,
-            "--shutdown-timeout",
-            args.shutdown_timeout.clone(),
-            file.shutdown_timeout.clone(),
-        );
-        let shutdown_timeout = duration(origin, shutdown_timeout, "10s")?;
-        let (request_timeout, origin) = pick(
-            args,
-            file,
-            "--request-timeout",
-            args.request_timeout.clone(),
-            file.request_timeout.clone(),
-        );
-        let request_timeout = duration(origin.clone(), request_timeout, "15s")?;
-        if request_timeout.is_zero() {
-            return Err(ConfigError::new(origin, "must be longer than zero"));
-        }
-        let (resync_interval, origin) = pick(
-            args,
-            file,
-            "--resync-interval",
-            args.resync_interval.clone(),
-            file.resync_interval.clone(),
-        );
-        let resync_interval = duration(origin.clone(), resync_interval, "10m")?;
-        if resync_interval < Duration::from_secs(1) {
-            return Err(ConfigError::new(origin, "must be 1s or longer"));
-        }
-        let (listen, origin) = pick(
-            args,
-            file,
-            "--listen",
-            args.listen.clone(),
-            file.listen.clone(),
-        );
-        let listen = match listen {
-            None => None,
-            Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(
-                    origin,
-                    format!("{text:?} is not an address like 127.0.0.1:9464"),
-                )
-            })?),
-        };
-
-        let mut warnings = Vec::new();
-        if let Some(url) = &url {
-            if url.scheme() == "http" && !is_loopback(url) {
-                warnings.push(format!(
-                    "the endpoint {} is plain http:// to a host that is not loopback: the token and the reports cross the network unencrypted",
-                    redact_url(url.as_str())
-                ));
-            }
-        }
-        let (ca_file, origin) = pick(
-            args,
-            file,
-            "--ca-file",
-            args.ca_file.clone(),
-            file.ca_file.clone(),
-        );
-        let ca_certificates = match ca_file {
-            None => Vec::new(),
-            Some(path) => load_ca_file(&path, &origin)?,
-        };
-
-        let (token_file, origin) = pick(
-            args,
-            file,
-            "--token-file",
-            args.token_file.clone(),
-            file.token_file.clone(),
-        );
-        if let Some(path) = &token_file {
-            if let Some(warning) = token_file_warning(path) {
-                warnings.push(warning);
-            }
-        }
-        let (token, token_source) = match load_token(token_file.as_deref(), &origin)? {
-            Some((token, source)) => (Some(token), Some(source)),
-            None => (None, None),
-        };
+        let environment = s.environment()?;
+        let state_dir = s.state_dir(dry_run)?;
+        let (docker_host, docker_host_source) = s.docker_host()?;
+        let name_template = s.name_template()?;
+        let host_name = s.host_name()?;
+        let label_selector = s.label_selector()?;
+        let concurrency = s.concurrency()?;
+        let retry = s.retry()?;
+        let queue_max_entries = s.queue_max_entries()?;
+        let (shutdown_timeout, request_timeout, resync_interval) = s.timeouts()?;
+        let listen = s.listen()?;
+        let mut warnings: Vec<String> = url
+            .as_ref()
+            .and_then(plain_http_warning)
+            .into_iter()
+            .collect();
+        let ca_certificates = s.ca_certificates()?;
+        let (token, token_source) = s.token(&mut warnings)?;
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
                 "token",
                 "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
             ));
         }
-
         Ok(Config {
             url,
             token,
@@ -690,6 +268,234 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// `pick` for a setting whose flag field and file key share a name.
+macro_rules! pick {
+    ($sources:expr, $flag:literal, $field:ident) => {
+        $sources.pick(
+            $flag,
+            $sources.args.$field.clone(),
+            $sources.file.$field.clone(),
+        )
+    };
+}
+
+/// Where settings come from, flag and environment over file; one method per setting, each
+/// merging and validating it.
+struct Sources<'a> {
+    args: &'a RunArgs,
+    file: &'a FileConfig,
+}
+
+impl Sources<'_> {
+    /// A setting's value, with where it came from: the flag, its environment variable, or the
+    /// config file's key (flag and environment beat the file).
+    fn pick<T>(
+        &self,
+        flag: &'static str,
+        from_args: Option<T>,
+        from_file: Option<T>,
+    ) -> (Option<T>, String) {
+        match (from_args, from_file) {
+            (Some(v), _) => (
+                Some(v),
+                self.args.env_source(flag).unwrap_or(flag).to_string(),
+            ),
+            (None, Some(v)) => (
+                Some(v),
+                self.file
+                    .key_source(&flag.trim_start_matches("--").replace('-', "_")),
+            ),
+            (None, None) => (None, flag.to_string()),
+        }
+    }
+
+    fn url(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+        match pick!(self, "--url", url) {
+            (None, _) => Ok(None),
+            (Some(text), origin) => Ok(Some(parse_url(&text).map_err(|e| e.from(origin))?)),
+        }
+    }
+
+    fn environment(&self) -> Result<String, ConfigError> {
+        let (environment, origin) = pick!(self, "--environment", environment);
+        let environment = environment.unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+        crate::deployment::validate_environment(&environment)
+            .map_err(|reason| ConfigError::new(origin, reason))?;
+        Ok(environment)
+    }
+
+    /// The flag, else `$STATE_DIRECTORY` (systemd's), else the default; none for a dry run
+    /// that names none.
+    fn state_dir(&self, dry_run: bool) -> Result<Option<PathBuf>, ConfigError> {
+        let (state_dir, origin) = pick!(self, "--state-dir", state_dir);
+        let explicit =
+            state_dir.or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| first_path(&s)));
+        match explicit {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                Err(ConfigError::new(origin, "the path is empty"))
+            }
+            Some(dir) => Ok(Some(dir)),
+            None if dry_run => Ok(None),
+            None => Ok(Some(PathBuf::from(DEFAULT_STATE_DIR))),
+        }
+    }
+
+    /// The host, and where it came from (for `check`).
+    fn docker_host(&self) -> Result<(String, String), ConfigError> {
+        let (host, source) = match pick!(self, "--docker-host", docker_host) {
+            (Some(host), source) => (host, source),
+            (None, _) => (DEFAULT_DOCKER_HOST.to_string(), "the default".to_string()),
+        };
+        validate_host(&host).map_err(|r| ConfigError::new(source.clone(), r))?;
+        Ok((host, source))
+    }
+
+    /// Unset: the built-in, Swarm-aware default (`deployment::default_name`).
+    fn name_template(&self) -> Result<Option<NameTemplate>, ConfigError> {
+        match pick!(self, "--name-template", name_template) {
+            (None, _) => Ok(None),
+            (Some(text), origin) => Ok(Some(
+                NameTemplate::parse(&text).map_err(|r| ConfigError::new(origin, r))?,
+            )),
+        }
+    }
+
+    fn host_name(&self) -> Result<Option<String>, ConfigError> {
+        match pick!(self, "--host-name", host_name) {
+            (None, _) => Ok(None),
+            (Some(name), origin) => {
+                validate_host_name(&name).map_err(|r| ConfigError::new(origin, r))?;
+                Ok(Some(name))
+            }
+        }
+    }
+
+    fn label_selector(&self) -> Result<LabelSelector, ConfigError> {
+        let (selectors, origin) = self.pick(
+            "--label-selector",
+            Some(self.args.label_selector.clone()).filter(|s| !s.is_empty()),
+            self.file.label_selector.clone(),
+        );
+        LabelSelector::parse(&selectors.unwrap_or_default())
+            .map_err(|r| ConfigError::new(origin, r))
+    }
+
+    fn concurrency(&self) -> Result<usize, ConfigError> {
+        let (concurrency, origin) = self.pick(
+            "--concurrency",
+            self.args.concurrency.clone(),
+            self.file.concurrency.map(|n| n.to_string()),
+        );
+        let concurrency = positive(&origin, concurrency, 4usize)?;
+        if concurrency > 256 {
+            return Err(ConfigError::new(
+                origin,
+                format!("{concurrency} is more than 256"),
+            ));
+        }
+        Ok(concurrency)
+    }
+
+    /// Delivery's backoff: `--retry-initial` above zero, `--retry-max` not below it.
+    fn retry(&self) -> Result<Backoff, ConfigError> {
+        let (initial, initial_origin) = pick!(self, "--retry-initial", retry_initial);
+        let (max, max_origin) = pick!(self, "--retry-max", retry_max);
+        let retry = Backoff::jittered(
+            duration(initial_origin.clone(), initial, "1s")?,
+            duration(max_origin.clone(), max, "5m")?,
+        );
+        if retry.initial.is_zero() {
+            return Err(ConfigError::new(initial_origin, "must be longer than zero"));
+        }
+        if retry.max < retry.initial {
+            return Err(ConfigError::new(
+                max_origin,
+                format!("must not be shorter than {initial_origin}"),
+            ));
+        }
+        Ok(retry)
+    }
+
+    fn queue_max_entries(&self) -> Result<u64, ConfigError> {
+        let (entries, origin) = self.pick(
+            "--queue-max-entries",
+            self.args.queue_max_entries.clone(),
+            self.file.queue_max_entries.map(|n| n.to_string()),
+        );
+        let entries = positive(&origin, entries, 100_000u64)?;
+        if entries > QUEUE_MAX_ENTRIES_LIMIT {
+            return Err(ConfigError::new(
+                origin,
+                format!("{entries} is more than {QUEUE_MAX_ENTRIES_LIMIT}"),
+            ));
+        }
+        Ok(entries)
+    }
+
+    /// Shutdown, request and resync: a request timeout above zero, a resync of 1s or more.
+    fn timeouts(&self) -> Result<(Duration, Duration, Duration), ConfigError> {
+        let (shutdown, origin) = pick!(self, "--shutdown-timeout", shutdown_timeout);
+        let shutdown = duration(origin, shutdown, "10s")?;
+        let (request, origin) = pick!(self, "--request-timeout", request_timeout);
+        let request = duration(origin.clone(), request, "15s")?;
+        if request.is_zero() {
+            return Err(ConfigError::new(origin, "must be longer than zero"));
+        }
+        let (resync, origin) = pick!(self, "--resync-interval", resync_interval);
+        let resync = duration(origin.clone(), resync, "10m")?;
+        if resync < Duration::from_secs(1) {
+            return Err(ConfigError::new(origin, "must be 1s or longer"));
+        }
+        Ok((shutdown, request, resync))
+    }
+
+    fn listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let (listen, origin) = pick!(self, "--listen", listen);
+        let Some(text) = listen else {
+            return Ok(None);
+        };
+        let addr = text.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                origin,
+                format!("{text:?} is not an address like 127.0.0.1:9464"),
+            )
+        })?;
+        Ok(Some(addr))
+    }
+
+    fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        match pick!(self, "--ca-file", ca_file) {
+            (None, _) => Ok(Vec::new()),
+            (Some(path), origin) => load_ca_file(&path, &origin),
+        }
+    }
+
+    /// The token and where it came from; a token file others can read draws a warning.
+    fn token(
+        &self,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Option<Token>, Option<String>), ConfigError> {
+        let (token_file, origin) = pick!(self, "--token-file", token_file);
+        if let Some(warning) = token_file.as_deref().and_then(token_file_warning) {
+            warnings.push(warning);
+        }
+        Ok(match load_token(token_file.as_deref(), &origin)? {
+            Some((token, source)) => (Some(token), Some(source)),
+            None => (None, None),
+        })
+    }
+}
+
+/// An endpoint reached over plain http:// beyond this host.
+fn plain_http_warning(url: &reqwest::Url) -> Option<String> {
+    (url.scheme() == "http" && !is_loopback(url)).then(|| {
+        format!(
+            "the endpoint {} is plain http:// to a host that is not loopback: the token and the reports cross the network unencrypted",
+            redact_url(url.as_str())
+        )
+    })
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -822,6 +628,7 @@ fn load_token(file: Option<&Path>, setting: &str) -> Result<Option<(Token, Strin
 
 #[cfg(test)]
 mod tests {
+    use super::file::{Kind, FILE_KEYS};
     use super::*;
 
     fn args() -> RunArgs {
