@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::deliver::{Dispatcher, Sink};
 use crate::deployment::Selection;
 use crate::engine::events::{EngineEvent, EventCursor, EventReader, EVENT_BUFFER};
+use crate::engine::evidence::ImageStore;
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
 use crate::observe::{Observer, View};
@@ -59,47 +60,12 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             "moved the damaged queue database aside and started a fresh one; deployments are reconciled from the engine"
         );
     }
-    let connect = Engine::connect(&config.docker_host, ENGINE_PATIENCE);
-    tokio::pin!(connect);
-    let engine = tokio::select! {
-        engine = &mut connect => engine,
-        _ = tokio::time::sleep(ENGINE_QUIET) => {
-            tracing::warn!(
-                engine = %config.docker_host,
-                "the Docker Engine does not answer yet; retrying for up to {}",
-                humantime::format_duration(ENGINE_PATIENCE - ENGINE_QUIET)
-            );
-            connect.await
-        }
-    }
-    .map_err(|e| Fatal(e.to_string()))?;
+    let engine = wait_for_engine(config).await?;
     let (host, store) = engine
         .host_facts()
         .await
         .map_err(|e| Fatal(e.to_string()))?;
-    match (&config.url, config.dry_run) {
-        (None, _) => tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent"),
-        (Some(url), true) => tracing::warn!(
-            "--dry-run is set: this is a dry run, reports are printed on stdout and not sent to {}",
-            crate::config::redact_url(url.as_str())
-        ),
-        (Some(_), false) => {}
-    }
-    if let (true, Some(dir)) = (config.dry_run, &config.state_dir) {
-        tracing::info!(
-            "the dry run keeps its queue in memory and leaves the state dir {} alone, so a later real run sends everything",
-            dir.display()
-        );
-    }
-    tracing::info!(
-        engine = %config.docker_host, host = %config.host_name.as_deref().unwrap_or(&host), image_store = store.as_str(), environment = %config.environment,
-        endpoint = %match (&config.url, config.dry_run) {
-            (Some(url), false) => crate::config::redact_url(url.as_str()),
-            _ => "stdout (dry run)".to_string(),
-        },
-        state = %config.queue_dir().map_or("memory".to_string(), |d| d.display().to_string()),
-        "{}", if config.dry_run { "deploytrack started: dry run" } else { "deploytrack started" }
-    );
+    log_start(config, &host, store);
     let selection = Selection {
         require_label: config.require_label,
         selector: config.label_selector.clone(),
@@ -151,6 +117,51 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         telemetry,
         outbox,
     })
+}
+
+/// Connect to the engine within `ENGINE_PATIENCE`, saying so when it is slow to answer.
+async fn wait_for_engine(config: &Config) -> Result<Engine, Fatal> {
+    let connect = Engine::connect(&config.docker_host, ENGINE_PATIENCE);
+    tokio::pin!(connect);
+    tokio::select! {
+        engine = &mut connect => engine,
+        _ = tokio::time::sleep(ENGINE_QUIET) => {
+            tracing::warn!(
+                engine = %config.docker_host,
+                "the Docker Engine does not answer yet; retrying for up to {}",
+                humantime::format_duration(ENGINE_PATIENCE - ENGINE_QUIET)
+            );
+            connect.await
+        }
+    }
+    .map_err(|e| Fatal(e.to_string()))
+}
+
+/// What the agent runs against, in one line, after a word on a dry run.
+fn log_start(config: &Config, host: &str, store: ImageStore) {
+    match (&config.url, config.dry_run) {
+        (None, _) => tracing::warn!("no endpoint (--url) is set: this is a dry run, reports are printed on stdout and not sent"),
+        (Some(url), true) => tracing::warn!(
+            "--dry-run is set: this is a dry run, reports are printed on stdout and not sent to {}",
+            crate::config::redact_url(url.as_str())
+        ),
+        (Some(_), false) => {}
+    }
+    if let (true, Some(dir)) = (config.dry_run, &config.state_dir) {
+        tracing::info!(
+            "the dry run keeps its queue in memory and leaves the state dir {} alone, so a later real run sends everything",
+            dir.display()
+        );
+    }
+    tracing::info!(
+        engine = %config.docker_host, host = %config.host_name.as_deref().unwrap_or(host), image_store = store.as_str(), environment = %config.environment,
+        endpoint = %match (&config.url, config.dry_run) {
+            (Some(url), false) => crate::config::redact_url(url.as_str()),
+            _ => "stdout (dry run)".to_string(),
+        },
+        state = %config.queue_dir().map_or("memory".to_string(), |d| d.display().to_string()),
+        "{}", if config.dry_run { "deploytrack started: dry run" } else { "deploytrack started" }
+    );
 }
 
 /// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).

@@ -181,11 +181,7 @@ pub async fn report(
 /// `check`: one line per check, OK or FAIL with the fix; non-zero if anything failed. Each
 /// line names what it used: the config file, the token's source, the engine's address.
 pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
-    let mut failed = 0;
-    let mut line = |ok: bool, what: &str, detail: String| {
-        println!("{} {what}: {detail}", if ok { "OK  " } else { "FAIL" });
-        failed += usize::from(!ok);
-    };
+    let mut list = Checklist::default();
     let config = match config {
         Ok(c) => {
             let detail = match &c.config_file {
@@ -194,67 +190,95 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                     "no config file (--config not given): flags, environment and defaults".into()
                 }
             };
-            line(true, "config", detail);
+            list.line(true, "config", detail);
             c
         }
         Err(e) => {
-            line(false, "config", e.to_string());
+            list.line(false, "config", e.to_string());
             return Err(Fatal(checks_failed(1)));
         }
     };
     match (&config.token_source, config.dry_run) {
-        (Some(source), _) => line(true, "token", format!("from {source}")),
-        (None, true) => line(true, "token", "not needed for a dry run".into()),
-        (None, false) => line(false, "token", "missing".into()),
+        (Some(source), _) => list.line(true, "token", format!("from {source}")),
+        (None, true) => list.line(true, "token", "not needed for a dry run".into()),
+        (None, false) => list.line(false, "token", "missing".into()),
     }
-    match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
-        Ok(engine) => {
-            line(
-                true,
+    check_engine(&config, &mut list).await;
+    check_state_dir_of(&config, &mut list);
+    check_endpoint(&config, &mut list).await;
+    if list.failed > 0 {
+        return Err(Fatal(checks_failed(list.failed)));
+    }
+    Ok(())
+}
+
+/// The lines `check` prints, and how many failed.
+#[derive(Default)]
+struct Checklist {
+    failed: usize,
+}
+
+impl Checklist {
+    fn line(&mut self, ok: bool, what: &str, detail: String) {
+        println!("{} {what}: {detail}", if ok { "OK  " } else { "FAIL" });
+        self.failed += usize::from(!ok);
+    }
+}
+
+/// The engine: reachable, its API version, its host name.
+async fn check_engine(config: &Config, list: &mut Checklist) {
+    let engine = match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            return list.line(
+                false,
                 "engine",
+                format!("{e} (the address is from {})", config.docker_host_source),
+            )
+        }
+    };
+    list.line(
+        true,
+        "engine",
+        format!(
+            "reachable at {} (from {})",
+            config.docker_host, config.docker_host_source
+        ),
+    );
+    match engine.api_version().await {
+        Ok(v) => {
+            let ok = v.using >= ApiVersion(1, 24);
+            list.line(
+                ok,
+                "engine API",
                 format!(
-                    "reachable at {} (from {})",
-                    config.docker_host, config.docker_host_source
+                    "version {v}{}",
+                    if ok { "" } else { " (1.24 or newer needed)" }
                 ),
             );
-            match engine.api_version().await {
-                Ok(v) => {
-                    let ok = v.using >= ApiVersion(1, 24);
-                    line(
-                        ok,
-                        "engine API",
-                        format!(
-                            "version {v}{}",
-                            if ok { "" } else { " (1.24 or newer needed)" }
-                        ),
-                    );
-                }
-                Err(e) => line(false, "engine API", e.to_string()),
-            }
-            match engine.host_name().await {
-                Ok(name) => match &config.host_name {
-                    Some(set) => line(
-                        true,
-                        "host name",
-                        format!("{set} (set; the engine's is {name:?})"),
-                    ),
-                    // A warning, not a failure: names still work, they may just collide.
-                    None if looks_like_a_default_host_name(&name) => println!(
-                        "WARN host name: the engine's host name {name:?} looks like a default that other hosts may share, and their containers would report under the same names: set --host-name (DEPLOYTRACK_HOST_NAME, host_name) to a name unique to this host"
-                    ),
-                    None => line(true, "host name", format!("{name:?} (the engine's)")),
-                },
-                Err(e) => line(false, "host name", e.to_string()),
-            }
         }
-        Err(e) => line(
-            false,
-            "engine",
-            format!("{e} (the address is from {})", config.docker_host_source),
-        ),
+        Err(e) => list.line(false, "engine API", e.to_string()),
     }
+    match engine.host_name().await {
+        Ok(name) => match &config.host_name {
+            Some(set) => list.line(
+                true,
+                "host name",
+                format!("{set} (set; the engine's is {name:?})"),
+            ),
+            // A warning, not a failure: names still work, they may just collide.
+            None if looks_like_a_default_host_name(&name) => println!(
+                "WARN host name: the engine's host name {name:?} looks like a default that other hosts may share, and their containers would report under the same names: set --host-name (DEPLOYTRACK_HOST_NAME, host_name) to a name unique to this host"
+            ),
+            None => list.line(true, "host name", format!("{name:?} (the engine's)")),
+        },
+        Err(e) => list.line(false, "host name", e.to_string()),
+    }
+}
+
+fn check_state_dir_of(config: &Config, list: &mut Checklist) {
     match (config.queue_dir(), &config.state_dir) {
-        (None, Some(dir)) => line(
+        (None, Some(dir)) => list.line(
             true,
             "state dir",
             format!(
@@ -262,74 +286,77 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
                 dir.display()
             ),
         ),
-        (None, None) => line(
+        (None, None) => list.line(
             true,
             "state dir",
             "none (a dry run keeps its queue in memory)".into(),
         ),
         (Some(dir), _) => match check_state_dir(dir) {
-            Ok(detail) => line(true, "state dir", detail),
-            Err(e) => line(false, "state dir", e),
+            Ok(detail) => list.line(true, "state dir", detail),
+            Err(e) => list.line(false, "state dir", e),
         },
     }
-    match (&config.url, &config.token, config.dry_run) {
-        (Some(url), Some(token), false) => {
-            let shown = crate::config::redact_url(url.as_str());
-            let probe = match HttpSink::new(
-                url.clone(),
-                token,
-                config.request_timeout,
-                &config.ca_certificates,
-            ) {
-                Ok(sink) => sink.probe().await,
-                Err(e) => Err(e),
-            };
-            match probe {
-                Ok((401 | 403, _)) => {
-                    line(false, "endpoint", format!("{shown} rejected the API token"))
-                }
-                // A GET answered 405 is normal for an endpoint that takes only POSTs.
-                Ok((status @ (404 | 410), _)) => line(
-                    false,
-                    "endpoint",
-                    format!("{shown}: {}", crate::deliver::wrong_endpoint(status)),
+}
+
+/// The endpoint: a GET with the token, unless this is a dry run.
+async fn check_endpoint(config: &Config, list: &mut Checklist) {
+    let (url, token) = match (&config.url, &config.token, config.dry_run) {
+        (Some(url), Some(token), false) => (url, token),
+        (Some(url), _, true) => {
+            return list.line(
+                true,
+                "endpoint",
+                format!(
+                    "{} not contacted: --dry-run prints reports instead of sending them",
+                    crate::config::redact_url(url.as_str())
                 ),
-                // Delivery does not follow redirects (a POST would become a GET), so neither
-                // does the check.
-                Ok((status @ 300..=399, location)) => line(
-                    false,
-                    "endpoint",
-                    format!(
-                        "{shown} answered {status} (a redirect) to {}: set --url to where it points",
-                        location.as_deref().unwrap_or("nowhere")
-                    ),
-                ),
-                Ok((status, _)) => line(
-                    true,
-                    "endpoint",
-                    format!("{shown} reachable (answered {status} to GET)"),
-                ),
-                Err(e) => line(false, "endpoint", format!("{shown}: {e}")),
-            }
+            )
         }
-        (Some(url), _, true) => line(
-            true,
+        _ => {
+            return list.line(
+                true,
+                "endpoint",
+                "none configured: this is a dry run, reports are printed and not sent (give --url, or --config with a file that sets url)".into(),
+            )
+        }
+    };
+    let shown = crate::config::redact_url(url.as_str());
+    let probe = match HttpSink::new(
+        url.clone(),
+        token,
+        config.request_timeout,
+        &config.ca_certificates,
+    ) {
+        Ok(sink) => sink.probe().await,
+        Err(e) => Err(e),
+    };
+    match probe {
+        Ok((401 | 403, _)) => {
+            list.line(false, "endpoint", format!("{shown} rejected the API token"))
+        }
+        // A GET answered 405 is normal for an endpoint that takes only POSTs.
+        Ok((status @ (404 | 410), _)) => list.line(
+            false,
+            "endpoint",
+            format!("{shown}: {}", crate::deliver::wrong_endpoint(status)),
+        ),
+        // Delivery does not follow redirects (a POST would become a GET), so neither does
+        // the check.
+        Ok((status @ 300..=399, location)) => list.line(
+            false,
             "endpoint",
             format!(
-                "{} not contacted: --dry-run prints reports instead of sending them",
-                crate::config::redact_url(url.as_str())
+                "{shown} answered {status} (a redirect) to {}: set --url to where it points",
+                location.as_deref().unwrap_or("nowhere")
             ),
         ),
-        _ => line(
+        Ok((status, _)) => list.line(
             true,
             "endpoint",
-            "none configured: this is a dry run, reports are printed and not sent (give --url, or --config with a file that sets url)".into(),
+            format!("{shown} reachable (answered {status} to GET)"),
         ),
+        Err(e) => list.line(false, "endpoint", format!("{shown}: {e}")),
     }
-    if failed > 0 {
-        return Err(Fatal(checks_failed(failed)));
-    }
-    Ok(())
 }
 
 fn checks_failed(n: usize) -> String {
@@ -432,102 +459,19 @@ fn queue_to(
     out: &mut impl std::io::Write,
 ) -> Result<(), QueueError> {
     let path = state_dir.join(DB_FILE);
-    let denied = || {
-        Fatal(format!(
-            "permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root",
-            path.display()
-        ))
-    };
-    match std::fs::File::open(&path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Fatal(format!("no queue at {}", path.display())).into())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied().into()),
-        Err(e) => return Err(Fatal(format!("cannot open {}: {e}", path.display())).into()),
-    }
-    let db_err = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(
-            rusqlite::ErrorCode::CannotOpen
-            | rusqlite::ErrorCode::PermissionDenied
-            | rusqlite::ErrorCode::ReadOnly,
-        ) => Fatal(format!("{} ({e})", denied().0)),
-        _ => Fatal(format!("{}: {e}", path.display())),
-    };
-    let mut conn = outbox::open_file(&path).map_err(db_err)?;
+    let mut conn = open_queue(&path)?;
+    let db_err = |e: rusqlite::Error| QueueError::Fatal(queue_db_error(&path, e));
     let now = crate::clock::now_ms();
-    let ago = |ms: i64| {
-        humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64))
-            .to_string()
-    };
     match action {
         QueueAction::List => {
-            let pending = operator::list_pending(&conn).map_err(db_err)?;
-            writeln!(out, "{} pending", pending.len())?;
-            for p in pending {
-                let next = if p.next_attempt_ms <= now {
-                    "now".to_string()
-                } else {
-                    format!(
-                        "in {}",
-                        humantime::format_duration(Duration::from_secs(
-                            ((p.next_attempt_ms - now) / 1000) as u64
-                        ))
-                    )
-                };
-                writeln!(
-                    out,
-                    "{}\tattempts={}\tnext={}\tqueued={} ago\tlast_error={}\t{}",
-                    p.key,
-                    p.attempts,
-                    next,
-                    ago(p.enqueued_ms),
-                    p.last_error.as_deref().unwrap_or("-"),
-                    p.body
-                )?;
-            }
+            write_pending(&operator::list_pending(&conn).map_err(db_err)?, now, out)?;
         }
         QueueAction::Dead => {
             let dead = operator::list_dead(&conn).map_err(db_err)?;
             let superseded = operator::count_superseded(&conn).map_err(db_err)?;
-            if superseded > 0 {
-                writeln!(
-                    out,
-                    "{} dead letters ({superseded} superseded by a later delivery of their key, not shown)",
-                    dead.len()
-                )?;
-            } else {
-                writeln!(out, "{} dead letters", dead.len())?;
-            }
-            for d in dead {
-                writeln!(
-                    out,
-                    "{}\tstatus={}\tfailed={} ago\tresponse={}\t{}",
-                    d.key,
-                    d.status,
-                    ago(d.failed_ms),
-                    d.response,
-                    d.body
-                )?;
-            }
+            write_dead(&dead, superseded, now, out)?;
         }
-        QueueAction::Sent => {
-            let sent = operator::list_sent(&conn).map_err(db_err)?;
-            writeln!(out, "{} sent (the last report of each key)", sent.len())?;
-            for s in sent {
-                let at =
-                    std::time::UNIX_EPOCH + Duration::from_millis(s.delivered_ms.max(0) as u64);
-                writeln!(
-                    out,
-                    "{}\tstatus={}\tdelivered={} ago ({})\t{}",
-                    s.key,
-                    s.status.map_or("-".to_string(), |c| c.to_string()),
-                    ago(s.delivered_ms),
-                    humantime::format_rfc3339_seconds(at),
-                    s.body
-                )?;
-            }
-        }
+        QueueAction::Sent => write_sent(&operator::list_sent(&conn).map_err(db_err)?, now, out)?,
         QueueAction::Retry => {
             let (moved, superseded) = operator::retry_dead(&mut conn).map_err(db_err)?;
             if superseded > 0 {
@@ -553,6 +497,126 @@ fn queue_to(
                 "purged {pending} pending reports and {dead} dead letters"
             )?;
         }
+    }
+    Ok(())
+}
+
+/// The queue file for an operator command: it must exist, and this user must be able to read
+/// it (else one sentence says as whom to run the command).
+fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueError> {
+    match std::fs::File::open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Fatal(format!("no queue at {}", path.display())).into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(queue_denied(path).into())
+        }
+        Err(e) => return Err(Fatal(format!("cannot open {}: {e}", path.display())).into()),
+    }
+    Ok(outbox::open_file(path).map_err(|e| queue_db_error(path, e))?)
+}
+
+fn queue_denied(path: &Path) -> Fatal {
+    Fatal(format!(
+        "permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root",
+        path.display()
+    ))
+}
+
+fn queue_db_error(path: &Path, e: rusqlite::Error) -> Fatal {
+    match e.sqlite_error_code() {
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied
+            | rusqlite::ErrorCode::ReadOnly,
+        ) => Fatal(format!("{} ({e})", queue_denied(path).0)),
+        _ => Fatal(format!("{}: {e}", path.display())),
+    }
+}
+
+/// How long before `now` a time in Unix milliseconds was, in words.
+fn ago(now: i64, ms: i64) -> String {
+    humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64)).to_string()
+}
+
+fn write_pending(
+    pending: &[outbox::Pending],
+    now: i64,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    writeln!(out, "{} pending", pending.len())?;
+    for p in pending {
+        let next = if p.next_attempt_ms <= now {
+            "now".to_string()
+        } else {
+            format!(
+                "in {}",
+                humantime::format_duration(Duration::from_secs(
+                    ((p.next_attempt_ms - now) / 1000) as u64
+                ))
+            )
+        };
+        writeln!(
+            out,
+            "{}\tattempts={}\tnext={}\tqueued={} ago\tlast_error={}\t{}",
+            p.key,
+            p.attempts,
+            next,
+            ago(now, p.enqueued_ms),
+            p.last_error.as_deref().unwrap_or("-"),
+            p.body
+        )?;
+    }
+    Ok(())
+}
+
+fn write_dead(
+    dead: &[outbox::DeadLetter],
+    superseded: i64,
+    now: i64,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    if superseded > 0 {
+        writeln!(
+            out,
+            "{} dead letters ({superseded} superseded by a later delivery of their key, not shown)",
+            dead.len()
+        )?;
+    } else {
+        writeln!(out, "{} dead letters", dead.len())?;
+    }
+    for d in dead {
+        writeln!(
+            out,
+            "{}\tstatus={}\tfailed={} ago\tresponse={}\t{}",
+            d.key,
+            d.status,
+            ago(now, d.failed_ms),
+            d.response,
+            d.body
+        )?;
+    }
+    Ok(())
+}
+
+fn write_sent(
+    sent: &[outbox::Sent],
+    now: i64,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    writeln!(out, "{} sent (the last report of each key)", sent.len())?;
+    for s in sent {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(s.delivered_ms.max(0) as u64);
+        writeln!(
+            out,
+            "{}\tstatus={}\tdelivered={} ago ({})\t{}",
+            s.key,
+            s.status.map_or("-".to_string(), |c| c.to_string()),
+            ago(now, s.delivered_ms),
+            humantime::format_rfc3339_seconds(at),
+            s.body
+        )?;
     }
     Ok(())
 }

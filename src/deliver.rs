@@ -354,6 +354,51 @@ fn next_reminder_interval(every: Duration) -> Duration {
     (every * 2).min(REMINDER_MAX)
 }
 
+/// The dispatcher's requests: in flight, fetched and waiting, and the hold over them.
+#[derive(Default)]
+struct Flights {
+    inflight: JoinSet<(Pending, Outcome, bool)>,
+    inflight_keys: HashSet<DeploymentKey>,
+    buffer: VecDeque<Pending>,
+    hold: Hold,
+    /// Set at shutdown: the time the requests in flight must end by.
+    stopping: Option<Instant>,
+    /// When the next report not yet due falls due (Unix milliseconds).
+    next_due: Option<i64>,
+}
+
+impl Flights {
+    /// Nothing in flight, waiting, due later or held.
+    fn is_idle(&self) -> bool {
+        self.inflight.is_empty()
+            && self.buffer.is_empty()
+            && self.next_due.is_none()
+            && self.hold.until.is_none()
+    }
+
+    /// When the loop must look again, at the latest.
+    fn wake_at(&self) -> Instant {
+        let wake = match (self.stopping, self.hold.until) {
+            (Some(deadline), _) => deadline,
+            (None, Some(until)) if !self.hold.probing => until,
+            _ => {
+                let poll = Instant::now() + IDLE_POLL;
+                match self.next_due {
+                    Some(ms) if self.buffer.is_empty() => {
+                        let wait = Duration::from_millis((ms - now_ms()).max(0) as u64);
+                        poll.min(Instant::now() + wait)
+                    }
+                    _ => poll,
+                }
+            }
+        };
+        match self.hold.remind_at {
+            Some(at) if self.stopping.is_none() => wake.min(at),
+            _ => wake,
+        }
+    }
+}
+
 pub struct Dispatcher {
     pub outbox: Outbox,
     /// True once the observer's first reconciliation is queued; delivery waits for it
@@ -376,12 +421,7 @@ impl Dispatcher {
         grace: Duration,
         until_empty: bool,
     ) -> Result<(), String> {
-        let mut inflight: JoinSet<(Pending, Outcome, bool)> = JoinSet::new();
-        let mut inflight_keys: HashSet<DeploymentKey> = HashSet::new();
-        let mut buffer: VecDeque<Pending> = VecDeque::new();
-        let mut hold = Hold::default();
-        let mut stopping: Option<Instant> = None;
-        let mut next_due: Option<i64> = None;
+        let mut f = Flights::default();
         let mut reconciled = self.reconciled.clone();
         tokio::select! {
             _ = tokio::time::timeout(RECONCILE_GRACE, reconciled.wait_for(|done| *done)) => {}
@@ -389,60 +429,11 @@ impl Dispatcher {
         }
         loop {
             self.telemetry.heartbeat_dispatcher();
-            if let Some(at) = hold.remind_at.filter(|at| *at <= Instant::now()) {
-                let stats = self.outbox.stats().await?;
-                let oldest = stats.oldest_pending_ms.map_or(Duration::ZERO, |ms| {
-                    Duration::from_secs(((now_ms() - ms).max(0) / 1000) as u64)
-                });
-                tracing::warn!(
-                    queued = stats.pending,
-                    oldest = %humantime::format_duration(oldest),
-                    last_error = %stats.last_error.as_deref().unwrap_or("-"),
-                    "the endpoint still does not accept reports; they stay queued and are retried"
-                );
-                hold.remind_every = next_reminder_interval(hold.remind_every);
-                hold.remind_at = Some(at.max(Instant::now()) + hold.remind_every);
+            self.remind(&mut f.hold).await?;
+            if f.stopping.is_none() {
+                self.send_more(&mut f).await?;
             }
-            if stopping.is_none() {
-                let now = Instant::now();
-                let held = hold.until.is_some_and(|u| u > now);
-                let capacity = if hold.until.is_some() {
-                    usize::from(!held && !hold.probing && inflight.is_empty())
-                } else {
-                    self.concurrency.saturating_sub(inflight.len())
-                };
-                if capacity > 0 && buffer.is_empty() {
-                    let probe = hold.until.is_some();
-                    let (items, next) = self.outbox.due(64 + inflight.len(), !probe).await?;
-                    next_due = next;
-                    buffer.extend(
-                        items
-                            .into_iter()
-                            .filter(|p| !inflight_keys.contains(&p.key)),
-                    );
-                }
-                for _ in 0..capacity {
-                    let Some(pending) = buffer.pop_front() else {
-                        break;
-                    };
-                    if !inflight_keys.insert(pending.key.clone()) {
-                        continue;
-                    }
-                    let probe = hold.until.is_some();
-                    hold.probing |= probe;
-                    let sink = self.sink.clone();
-                    inflight.spawn(async move {
-                        let outcome = sink.send(&pending.body).await;
-                        (pending, outcome, probe)
-                    });
-                }
-            }
-            if until_empty
-                && inflight.is_empty()
-                && buffer.is_empty()
-                && next_due.is_none()
-                && hold.until.is_none()
-            {
+            if until_empty && f.is_idle() {
                 // Make sure the acknowledgements are on disk and nothing else arrived.
                 self.outbox.flush().await?;
                 if self.outbox.due(1, false).await?.0.is_empty() {
@@ -450,52 +441,95 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if let Some(deadline) = stopping {
-                if inflight.is_empty() {
+            if let Some(deadline) = f.stopping {
+                if f.inflight.is_empty() {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(in_flight = inflight.len(), "shutdown grace period over; abandoning requests in flight (they stay queued)");
-                    inflight.abort_all();
+                    tracing::warn!(in_flight = f.inflight.len(), "shutdown grace period over; abandoning requests in flight (they stay queued)");
+                    f.inflight.abort_all();
                     break;
                 }
             }
-            let wake = match (stopping, hold.until) {
-                (Some(deadline), _) => deadline,
-                (None, Some(until)) if !hold.probing => until,
-                _ => {
-                    let poll = Instant::now() + IDLE_POLL;
-                    match next_due {
-                        Some(ms) if buffer.is_empty() => {
-                            let wait = Duration::from_millis((ms - now_ms()).max(0) as u64);
-                            poll.min(Instant::now() + wait)
-                        }
-                        _ => poll,
-                    }
-                }
-            };
-            let wake = match hold.remind_at {
-                Some(at) if stopping.is_none() => wake.min(at),
-                _ => wake,
-            };
-            let busy = !buffer.is_empty() && inflight.len() >= self.concurrency;
+            let wake = f.wake_at();
+            let busy = !f.buffer.is_empty() && f.inflight.len() >= self.concurrency;
             tokio::select! {
-                Some(joined) = inflight.join_next() => {
+                Some(joined) = f.inflight.join_next() => {
                     if let Ok((pending, outcome, probe)) = joined {
-                        inflight_keys.remove(&pending.key);
-                        self.settle(pending, outcome, probe, &mut hold);
+                        f.inflight_keys.remove(&pending.key);
+                        self.settle(pending, outcome, probe, &mut f.hold);
                     }
                 }
                 _ = self.outbox.work.notified(), if !busy => {}
-                _ = tokio::time::sleep_until(wake), if !busy || stopping.is_some() => {}
-                changed = shutdown.changed(), if stopping.is_none() => {
+                _ = tokio::time::sleep_until(wake), if !busy || f.stopping.is_some() => {}
+                changed = shutdown.changed(), if f.stopping.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        stopping = Some(Instant::now() + grace);
+                        f.stopping = Some(Instant::now() + grace);
                     }
                 }
             }
         }
         self.outbox.flush().await
+    }
+
+    /// While the queue is held, a reminder with the queue depth, the oldest report's age and
+    /// the last error, at growing intervals.
+    async fn remind(&self, hold: &mut Hold) -> Result<(), String> {
+        let Some(at) = hold.remind_at.filter(|at| *at <= Instant::now()) else {
+            return Ok(());
+        };
+        let stats = self.outbox.stats().await?;
+        let oldest = stats.oldest_pending_ms.map_or(Duration::ZERO, |ms| {
+            Duration::from_secs(((now_ms() - ms).max(0) / 1000) as u64)
+        });
+        tracing::warn!(
+            queued = stats.pending,
+            oldest = %humantime::format_duration(oldest),
+            last_error = %stats.last_error.as_deref().unwrap_or("-"),
+            "the endpoint still does not accept reports; they stay queued and are retried"
+        );
+        hold.remind_every = next_reminder_interval(hold.remind_every);
+        hold.remind_at = Some(at.max(Instant::now()) + hold.remind_every);
+        Ok(())
+    }
+
+    /// Start as many requests as there is room for: `concurrency` at a time, one probe at a
+    /// time while held, never two of one key at once.
+    async fn send_more(&self, f: &mut Flights) -> Result<(), String> {
+        let now = Instant::now();
+        let held = f.hold.until.is_some_and(|u| u > now);
+        let capacity = if f.hold.until.is_some() {
+            usize::from(!held && !f.hold.probing && f.inflight.is_empty())
+        } else {
+            self.concurrency.saturating_sub(f.inflight.len())
+        };
+        if capacity > 0 && f.buffer.is_empty() {
+            let probe = f.hold.until.is_some();
+            let (items, next) = self.outbox.due(64 + f.inflight.len(), !probe).await?;
+            f.next_due = next;
+            let inflight_keys = &f.inflight_keys;
+            f.buffer.extend(
+                items
+                    .into_iter()
+                    .filter(|p| !inflight_keys.contains(&p.key)),
+            );
+        }
+        for _ in 0..capacity {
+            let Some(pending) = f.buffer.pop_front() else {
+                break;
+            };
+            if !f.inflight_keys.insert(pending.key.clone()) {
+                continue;
+            }
+            let probe = f.hold.until.is_some();
+            f.hold.probing |= probe;
+            let sink = self.sink.clone();
+            f.inflight.spawn(async move {
+                let outcome = sink.send(&pending.body).await;
+                (pending, outcome, probe)
+            });
+        }
+        Ok(())
     }
 
     fn settle(&self, pending: Pending, outcome: Outcome, probe: bool, hold: &mut Hold) {
@@ -536,14 +570,13 @@ impl Dispatcher {
                 } else {
                     tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
                 }
-                self.hold(hold, delay, probe);
-                self.outbox.settle(
-                    key,
-                    pending.version,
-                    Settle::RetryAt {
-                        next_attempt_ms: now_ms() + own_delay.as_millis() as i64,
-                        error: reason,
-                    },
+                self.retry_later(
+                    hold,
+                    probe,
+                    (key, pending.version),
+                    delay,
+                    own_delay,
+                    reason,
                 );
             }
             Outcome::Misconfigured { reason } => {
@@ -553,15 +586,7 @@ impl Dispatcher {
                     tracing::error!(reason = %reason, retry_in = ?delay, "the endpoint cannot take reports until the configuration is fixed; every report stays queued and is retried");
                 }
                 hold.misconfigured = true;
-                self.hold(hold, delay, probe);
-                self.outbox.settle(
-                    key,
-                    pending.version,
-                    Settle::RetryAt {
-                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
-                        error: reason,
-                    },
-                );
+                self.retry_later(hold, probe, (key, pending.version), delay, delay, reason);
             }
             Outcome::Unauthorized { status } => {
                 self.telemetry.delivery_failed("unauthorized");
@@ -570,18 +595,32 @@ impl Dispatcher {
                     tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
                 }
                 hold.unauthorized = true;
-                self.hold(hold, delay, probe);
                 let error = format!("the endpoint answered {status}: credentials rejected");
-                self.outbox.settle(
-                    key,
-                    pending.version,
-                    Settle::RetryAt {
-                        next_attempt_ms: now_ms() + delay.as_millis() as i64,
-                        error,
-                    },
-                );
+                self.retry_later(hold, probe, (key, pending.version), delay, delay, error);
             }
         }
+    }
+
+    /// A failed attempt: hold the queue for `hold_for`, and try this report again after
+    /// `retry_in`.
+    fn retry_later(
+        &self,
+        hold: &mut Hold,
+        probe: bool,
+        (key, version): (DeploymentKey, i64),
+        hold_for: Duration,
+        retry_in: Duration,
+        error: String,
+    ) {
+        self.hold(hold, hold_for, probe);
+        self.outbox.settle(
+            key,
+            version,
+            Settle::RetryAt {
+                next_attempt_ms: now_ms() + retry_in.as_millis() as i64,
+                error,
+            },
+        );
     }
 
     fn hold(&self, hold: &mut Hold, delay: Duration, probe: bool) {

@@ -14,23 +14,60 @@ use deploytrack::{agent, commands, telemetry};
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = match Cli::parse_with_sources() {
+    let cli = match parse_command_line() {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            return fail(&command_line_error(&e), EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
-    match &cli.command {
+    if let Some(code) = print_generated(&cli.command) {
+        return code;
+    }
+    let file = match FileConfig::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return usage(&e),
+    };
+    if let Err(e) = init_logging(&cli, &file) {
+        return usage(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    let result = match run_command(&cli, &file, &runtime) {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
+    // Don't wait for blocking tasks (a stuck engine call) at exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.0, 1),
+    }
+}
+
+/// The command line, or the exit: 0 after help or the version, 64 for a mistake.
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    Cli::parse_with_sources().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        fail(&command_line_error(&e), EXIT_USAGE)
+    })
+}
+
+/// `completions` and `man` print what is generated from the command line and need nothing
+/// else: no config file, no logging.
+fn print_generated(command: &Command) -> Option<ExitCode> {
+    match command {
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -38,22 +75,19 @@ fn main() -> ExitCode {
                 "deploytrack",
                 &mut std::io::stdout(),
             );
-            return ExitCode::SUCCESS;
+            Some(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            return match man_page(&mut std::io::stdout().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&format!("cannot write the man page: {e}"), 1),
-            };
-        }
-        _ => {}
+        Command::Man => Some(match man_page(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("cannot write the man page: {e}"), 1),
+        }),
+        _ => None,
     }
-    let file = match FileConfig::load(cli.config.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return usage(&e),
-    };
-    // Flag, then DEPLOYTRACK_LOG_LEVEL, then RUST_LOG, then the file: the environment beats
-    // the file, and our own variable beats the generic one.
+}
+
+/// Flag, then DEPLOYTRACK_LOG_LEVEL, then RUST_LOG, then the file: the environment beats
+/// the file, and our own variable beats the generic one.
+fn init_logging(cli: &Cli, file: &FileConfig) -> Result<(), ConfigError> {
     let level = match (&cli.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => Some((level.clone(), cli.source_of("--log-level"))),
         (None, Ok(level)) => Some((level, "RUST_LOG".to_string())),
@@ -69,77 +103,69 @@ fn main() -> ExitCode {
             .clone()
             .map(|format| (format, file.key_source("log_format"))),
     };
-    if let Err(e) = telemetry::init_logging(level, format) {
-        return usage(&e);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
-    };
-    let result = match &cli.command {
-        Command::Run(args) => match build_config(args, &file) {
-            Ok(config) => runtime.block_on(agent::run(config)),
-            Err(e) => return usage(&e),
-        },
+    telemetry::init_logging(level, format)
+}
+
+/// Run the command; a bad setting ends it at once with exit code 64.
+fn run_command(
+    cli: &Cli,
+    file: &FileConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Result<(), agent::Fatal>, ExitCode> {
+    Ok(match &cli.command {
+        Command::Run(args) => {
+            let config = build_config(args, file).map_err(|e| usage(&e))?;
+            runtime.block_on(agent::run(config))
+        }
         Command::Sync {
             run,
             once,
             force,
             timeout,
         } => {
-            if !once {
-                return usage(&ConfigError::new(
-                    "sync",
-                    "pass --once (the continuous form is `deploytrack run`)",
-                ));
-            }
-            let timeout = match config::duration("--timeout", timeout.clone(), "2m") {
-                Ok(t) if t.is_zero() => {
-                    return usage(&ConfigError::new("--timeout", "must be longer than zero"))
-                }
-                Ok(t) => t,
-                Err(e) => return usage(&e),
-            };
-            match build_config(run, &file) {
-                Ok(config) => runtime.block_on(agent::sync_once(config, *force, timeout)),
-                Err(e) => return usage(&e),
-            }
+            let timeout = sync_timeout(*once, timeout).map_err(|e| usage(&e))?;
+            let config = build_config(run, file).map_err(|e| usage(&e))?;
+            runtime.block_on(agent::sync_once(config, *force, timeout))
         }
         Command::Report(args) => {
-            let request = build_config(&args.run, &file).and_then(|config| {
-                commands::report_request(args, &config).map(|request| (request, config))
-            });
-            match request {
-                Ok(((deployment, timeout), config)) => {
-                    runtime.block_on(commands::report(deployment, timeout, config))
-                }
-                Err(e) => return usage(&e),
-            }
+            let (request, config) = build_config(&args.run, file)
+                .and_then(|config| {
+                    commands::report_request(args, &config).map(|request| (request, config))
+                })
+                .map_err(|e| usage(&e))?;
+            let (deployment, timeout) = request;
+            runtime.block_on(commands::report(deployment, timeout, config))
         }
-        Command::Check(args) => runtime.block_on(commands::check(build_config(args, &file))),
+        Command::Check(args) => runtime.block_on(commands::check(build_config(args, file))),
         Command::Queue {
             action: QueueAction::Purge { yes: false },
             ..
         } => {
-            return fail(
+            return Err(fail(
                 "queue purge deletes every pending report and dead letter: confirm with --yes",
                 EXIT_USAGE,
-            )
+            ))
         }
         Command::Queue { state_dir, action } => {
-            commands::queue(action, &config::state_dir(state_dir.as_deref(), &file))
+            commands::queue(action, &config::state_dir(state_dir.as_deref(), file))
         }
         Command::Completions { .. } | Command::Man => Ok(()),
-    };
-    // Don't wait for blocking tasks (a stuck engine call) at exit.
-    runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.0, 1),
+    })
+}
+
+/// `sync` needs `--once`, and a `--timeout` above zero.
+fn sync_timeout(once: bool, timeout: &Option<String>) -> Result<Duration, ConfigError> {
+    if !once {
+        return Err(ConfigError::new(
+            "sync",
+            "pass --once (the continuous form is `deploytrack run`)",
+        ));
     }
+    let timeout = config::duration("--timeout", timeout.clone(), "2m")?;
+    if timeout.is_zero() {
+        return Err(ConfigError::new("--timeout", "must be longer than zero"));
+    }
+    Ok(timeout)
 }
 
 /// A command-line error in one line, keeping what clap says in several: the missing

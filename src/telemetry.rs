@@ -55,7 +55,6 @@ impl Default for Telemetry {
 
 impl Telemetry {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("deploytrack");
         let t = Telemetry {
             events: Family::default(),
             events_dropped: Counter::default(),
@@ -81,6 +80,16 @@ impl Telemetry {
             dispatcher_beat: AtomicI64::new(now_ms()),
             registry: Registry::default(),
         };
+        let mut registry = Registry::with_prefix("deploytrack");
+        t.register_reports(&mut registry);
+        t.register_queue(&mut registry);
+        t.register_engine(&mut registry);
+        Telemetry { registry, ..t }
+    }
+
+    /// Along the flow: events, reports queued, delivered, refused, dropped, skipped.
+    fn register_reports(&self, registry: &mut Registry) {
+        let t = self;
         registry.register(
             "events_dropped",
             "Events dropped because inspection fell behind (a reconciliation follows)",
@@ -126,6 +135,10 @@ impl Telemetry {
             "Containers not reported, by reason",
             t.skipped.clone(),
         );
+    }
+
+    fn register_queue(&self, registry: &mut Registry) {
+        let t = self;
         registry.register(
             "queue_depth",
             "Reports waiting for delivery",
@@ -146,6 +159,11 @@ impl Telemetry {
             "Transactions committed (each one sync) to the queue file",
             t.queue_commits.clone(),
         );
+    }
+
+    /// The engine's stream, and the endpoint's last delivery.
+    fn register_engine(&self, registry: &mut Registry) {
+        let t = self;
         registry.register(
             "engine_connected",
             "1 while the engine's event stream is connected",
@@ -166,7 +184,6 @@ impl Telemetry {
             "Unix time of the last successful delivery",
             t.last_delivery.clone(),
         );
-        Telemetry { registry, ..t }
     }
 
     pub fn event_received(&self, action: &str) {

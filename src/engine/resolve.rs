@@ -148,16 +148,53 @@ impl Resolver {
                 return Ok(Resolution::Skip(reason));
             }
         }
-        let inspected = self.inspect_container(id).await;
-        let (mut name, reference, image_id, labels, manifest, started_at) = match inspected {
-            Ok(c) => (
-                c.name,
-                c.reference,
-                c.image_id,
-                c.labels,
-                c.manifest,
-                c.started_at,
-            ),
+        let container = self.inspect_or_recall(id, hint).await?;
+        if hint.is_none() {
+            if let Err(reason) = self.selection.check(&container.labels) {
+                return Ok(Resolution::Skip(reason));
+            }
+        }
+        let image_id = &container.image_id;
+        if image_id.is_empty() {
+            self.warn_once(&format!("no image {id}"), || {
+                tracing::warn!(
+                    container = id,
+                    "the engine's answer names no image for the container; it cannot be reported"
+                );
+            });
+            return Ok(Resolution::Skip(SkipReason::Unresolvable));
+        }
+        let facts = match self.image_facts(image_id).await {
+            Ok(facts) => facts,
+            // Removed (`docker rmi -f`) between the event and the inspection.
+            Err(e) if e.is_not_found() => {
+                self.warn_once(image_id, || {
+                    tracing::warn!(container = id, image = %container.reference, image_id = %image_id, "the container's image is gone from the engine, so its digest cannot be read; skipped");
+                });
+                return Ok(Resolution::Skip(SkipReason::ImageGone));
+            }
+            Err(e) => return Err(e),
+        };
+        let image_url = match self.image_url(&container.reference, image_id, &facts).await {
+            Ok(url) => url,
+            Err(reason) => return Ok(Resolution::Skip(reason)),
+        };
+        let platform = self
+            .platform(image_id, container.manifest.clone(), &facts)
+            .await;
+        Ok(Resolution::Report(
+            self.deployment(id, hint, &container, image_url, platform),
+        ))
+    }
+
+    /// The container's inspection; for a container already gone, what its event said.
+    async fn inspect_or_recall(
+        &self,
+        id: &str,
+        hint: Option<&EventHint>,
+    ) -> Result<ContainerFacts, EngineError> {
+        match self.inspect_container(id).await {
+            Ok(c) => Ok(c),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -168,78 +205,60 @@ impl Resolver {
                         container = id,
                         "container gone before inspection; resolving from its event"
                     );
-                    (
-                        name.clone(),
-                        image.clone(),
-                        image.clone(),
-                        labels.clone(),
-                        None,
-                        None,
-                    )
+                    Ok(ContainerFacts {
+                        name: name.clone(),
+                        reference: image.clone(),
+                        image_id: image.clone(),
+                        labels: labels.clone(),
+                        manifest: None,
+                        alive: None,
+                        started_at: None,
+                    })
                 }
-                _ => return Err(e),
+                _ => Err(e),
             },
-            Err(e) => return Err(e),
-        };
-        if hint.is_none() {
-            if let Err(reason) = self.selection.check(&labels) {
-                return Ok(Resolution::Skip(reason));
-            }
+            Err(e) => Err(e),
         }
-        if name.is_empty() {
-            // An answer without a name: the event's, else the short id.
-            name = hint
-                .and_then(|h| h.name.clone())
-                .unwrap_or_else(|| id.chars().take(12).collect());
-        }
-        if image_id.is_empty() {
-            self.warn_once(&format!("no image {id}"), || {
-                tracing::warn!(
-                    container = id,
-                    "the engine's answer names no image for the container; it cannot be reported"
-                );
-            });
-            return Ok(Resolution::Skip(SkipReason::Unresolvable));
-        }
-        let facts = match self.image_facts(&image_id).await {
-            Ok(facts) => facts,
-            // Removed (`docker rmi -f`) between the event and the inspection.
-            Err(e) if e.is_not_found() => {
-                self.warn_once(&image_id, || {
-                    tracing::warn!(container = id, image = %reference, image_id = %image_id, "the container's image is gone from the engine, so its digest cannot be read; skipped");
-                });
-                return Ok(Resolution::Skip(SkipReason::ImageGone));
-            }
-            Err(e) => return Err(e),
-        };
-        let image_url = match self.image_url(&reference, &image_id, &facts).await {
-            Ok(url) => url,
-            Err(reason) => return Ok(Resolution::Skip(reason)),
-        };
-        let platform = self.platform(&image_id, manifest, &facts).await;
+    }
+
+    /// The report: the environment and name from the labels or the template, and with
+    /// `--report-stops` the container's state.
+    fn deployment(
+        &self,
+        id: &str,
+        hint: Option<&EventHint>,
+        container: &ContainerFacts,
+        image_url: String,
+        platform: Platform,
+    ) -> Deployment {
+        let labels = &container.labels;
         let environment = labels
             .get(LABEL_ENVIRONMENT)
             .filter(|e| crate::deployment::validate_environment(e).is_ok())
             .cloned()
             .unwrap_or_else(|| self.default_environment.clone());
-        let deployment_name = match labels.get(LABEL_NAME).filter(|n| !n.trim().is_empty()) {
+        let name = match labels.get(LABEL_NAME).filter(|n| !n.trim().is_empty()) {
             Some(n) => n.clone(),
-            None => self.name(id, &name, &labels),
+            // An answer without a name: the event's, else the short id.
+            None if container.name.is_empty() => {
+                let name = hint
+                    .and_then(|h| h.name.clone())
+                    .unwrap_or_else(|| id.chars().take(12).collect());
+                self.name(id, &name, labels)
+            }
+            None => self.name(id, &container.name, labels),
         };
-        Ok(Resolution::Report(Deployment {
-            key: DeploymentKey {
-                environment,
-                name: deployment_name,
-            },
+        Deployment {
+            key: DeploymentKey { environment, name },
             image_url,
             platform,
             container: self.report_stops.then(|| ContainerStatus {
                 id: id.to_string(),
                 state: ContainerState::Running,
                 exit_code: None,
-                since: started_at.as_deref().and_then(time_from_engine),
+                since: container.started_at.as_deref().and_then(time_from_engine),
             }),
-        }))
+        }
     }
 
     /// `image.url`: a repo digest of the image in a repository shown to hold it, else why
