@@ -10,14 +10,14 @@
 
 #[path = "suite/real.rs"]
 mod real;
-#[path = "suite/receiver.rs"]
-mod receiver;
 #[path = "suite/report.rs"]
 mod report;
 #[path = "suite/sim.rs"]
 mod sim;
 #[path = "suite/simulated.rs"]
 mod simulated;
+#[path = "../tests/support/mod.rs"]
+mod support;
 #[path = "suite/util.rs"]
 mod util;
 

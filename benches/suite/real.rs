@@ -14,8 +14,8 @@ use bollard::Docker;
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
-use crate::receiver::Receiver;
 use crate::report::{row, Section, Verdict};
+use crate::support::receiver::Receiver;
 use crate::util::*;
 use crate::Ctx;
 
@@ -197,7 +197,7 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
         PAUSE.as_millis()
     );
     let dir = scratch(&ctx.root, "b1");
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::first_arrivals().await;
     let mut agent = Agent::spawn(
         &dir,
         AgentArgs {
@@ -364,7 +364,7 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
         for k in 0..B2_REPEATS {
             say(format!("B2: reconciling {n} containers, run {}", k + 1));
             let dir = scratch(&ctx.root, &format!("b2-{n}-{k}"));
-            let receiver = Receiver::start().await;
+            let receiver = Receiver::first_arrivals().await;
             let mut agent = Agent::spawn(
                 &dir,
                 AgentArgs {

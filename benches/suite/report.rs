@@ -162,30 +162,11 @@ impl Machine {
             },
         )
         .unwrap_or_else(|| "not reachable".into());
-        let manifest = env!("CARGO_MANIFEST_DIR");
-        let source = match run("git", &["-C", manifest, "rev-parse", "--short", "HEAD"]) {
-            Some(rev) => {
-                let dirty = run(
-                    "git",
-                    &[
-                        "-C",
-                        manifest,
-                        "status",
-                        "--porcelain",
-                        "--",
-                        "src",
-                        "Cargo.toml",
-                        "Cargo.lock",
-                    ],
-                )
-                .is_some_and(|s| !s.is_empty());
-                if dirty {
-                    format!("{rev} with uncommitted changes in src/ or Cargo.*")
-                } else {
-                    rev
-                }
-            }
-            None => "unknown".into(),
+        let revision = crate::support::git::revision();
+        let source = match (revision.head, revision.dirty) {
+            (Some(rev), true) => format!("{rev} with uncommitted changes in src/ or Cargo.*"),
+            (Some(rev), false) => rev,
+            (None, _) => "unknown".into(),
         };
         let rustc = run(
             &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),

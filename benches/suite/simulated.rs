@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::receiver::Receiver;
 use crate::report::{row, Section, Verdict};
 use crate::sim::{Plan, Sim};
+use crate::support::receiver::Receiver;
 use crate::util::*;
 use crate::Ctx;
 
@@ -230,7 +230,7 @@ async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, St
     let dir = scratch(&ctx.root, if deliver { "b3-deliver" } else { "b3-queue" });
     let sim = Sim::start(&dir, vec![], None);
     let receiver = if deliver {
-        Some(Receiver::start().await)
+        Some(Receiver::first_arrivals().await)
     } else {
         None
     };
@@ -470,7 +470,8 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
         names
     };
     // The endpoint is back; the agent restarts; the containers still run.
-    let receiver = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let receiver =
+        Receiver::first_arrivals_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
     let p2 = scratch(&dir, "engine2");
     let sim = Sim::start(&p2, (0..n).collect(), None);
     let mut agent = Agent::spawn(
@@ -792,7 +793,7 @@ struct Footprint {
 async fn footprint(ctx: &Ctx, n: usize, idle: Duration) -> Result<Footprint, String> {
     let dir = scratch(&ctx.root, &format!("b6-{n}"));
     let sim = Sim::start(&dir, (0..n).collect(), None);
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::first_arrivals().await;
     let mut agent = agent_on(ctx, &dir, &sim, receiver.url()).await?;
     receiver.wait_distinct(n, PATIENCE).await?;
     poll_metrics(

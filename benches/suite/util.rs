@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "bench-token-0123456789";
 
@@ -26,13 +26,6 @@ pub fn say(text: impl AsRef<str>) {
         start.elapsed().as_secs_f64(),
         text.as_ref()
     );
-}
-
-pub fn wall_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
 }
 
 /// A loopback port nothing listens on (an endpoint that is down refuses connections).
@@ -120,18 +113,7 @@ impl Agent {
         let stderr = dir.join("agent.err");
         let mut cmd = Command::new(agent_bin());
         cmd.args(&args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DEPLOYTRACK_")
-                || k.starts_with("DOCKER_")
-                || k == "STATE_DIRECTORY"
-                || k == "CREDENTIALS_DIRECTORY"
-                || k == "RUST_LOG"
-                || k == "NOTIFY_SOCKET"
-                || k == "WATCHDOG_USEC"
-            {
-                cmd.env_remove(k);
-            }
-        }
+        crate::support::agent::scrub_environment(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("agent stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("agent stderr file"));

@@ -1,6 +1,9 @@
 //! Integration tests: the real agent binary against a real Docker Engine and a real HTTP
 //! receiver. `scripts/test-env.sh` (run by the harness) installs and starts what they need.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod common;
 
 mod agent;

@@ -943,30 +943,17 @@ fn machine() -> String {
 
 /// HEAD when the run starts (the binary was built just before it), and the binary's build time.
 fn revision() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let head = first_line("git", &["-C", dir, "rev-parse", "--short=12", "HEAD"]);
-    let dirty = first_line(
-        "git",
-        &[
-            "-C",
-            dir,
-            "status",
-            "--porcelain",
-            "--",
-            "src",
-            "Cargo.toml",
-            "Cargo.lock",
-        ],
-    );
+    let revision = crate::support::git::revision();
+    let head = revision.head.unwrap_or_default();
     let built = std::fs::metadata(env!("CARGO_BIN_EXE_deploytrack"))
         .and_then(|m| m.modified())
         .map_or("?".into(), |t| {
             humantime::format_rfc3339_seconds(t).to_string()
         });
-    if dirty.is_empty() {
-        format!("{head} (the binary tested was built {built})")
-    } else {
+    if revision.dirty {
         format!("{head} with uncommitted changes under src/ or to Cargo.* (the binary tested, built {built}, is the working tree's)")
+    } else {
+        format!("{head} (the binary tested was built {built})")
     }
 }
 

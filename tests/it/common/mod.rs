@@ -2,17 +2,17 @@
 //! scopes every container, the real agent binary as a child process, and patience.
 
 pub mod proxy;
-pub mod receiver;
+
+pub use crate::support::receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use crate::support::PATIENCE;
 pub use receiver::{Answer, Receiver};
 
-/// One patience setting for every "eventually".
-pub const PATIENCE: Duration = Duration::from_secs(45);
 pub const APP1: &str = "localhost:5000/deploytrack-test/app:1";
 pub const APP2: &str = "localhost:5000/deploytrack-test/app:2";
 pub const MIRROR1: &str = "localhost:5000/deploytrack-test/mirror:1";
@@ -356,17 +356,7 @@ pub fn agent_command_as(uid: u32, gid: u32, args: &[&str]) -> Command {
 }
 
 fn scrub(mut cmd: Command) -> Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DEPLOYTRACK_")
-            || k.starts_with("DOCKER_")
-            || k == "STATE_DIRECTORY"
-            || k == "CREDENTIALS_DIRECTORY"
-            || k == "RUST_LOG"
-            || k.to_ascii_lowercase().ends_with("_proxy")
-        {
-            cmd.env_remove(k);
-        }
-    }
+    crate::support::agent::scrub_environment(&mut cmd);
     if test_engine() != TestEngine::Classic {
         cmd.env("DOCKER_HOST", test_engine().host());
     }
