@@ -6,7 +6,7 @@
 #   scripts/soak.sh --report FILE      write the figures to FILE instead of SOAK.md
 #
 # Steps: scripts/test-env.sh (Docker Engine, registry, test images), then the ignored test
-# tests/it/soak.rs in the release profile. It runs a Docker Engine of its own in a private
+# tests/it/soak/ in the release profile. It runs a Docker Engine of its own in a private
 # network namespace (restarted twice during the run; the shared engine is never touched),
 # and removes everything it made at the end, also when it fails. If the run is
 # interrupted before the test cleans up, this script does (see cleanup below).
