@@ -12,8 +12,6 @@
 mod real;
 #[path = "suite/report.rs"]
 mod report;
-#[path = "suite/sim.rs"]
-mod sim;
 #[path = "suite/simulated.rs"]
 mod simulated;
 #[path = "../tests/support/mod.rs"]

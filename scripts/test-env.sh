@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare the local Docker test environment for deploytrack's tests.
 #
-#   - installs docker.io, docker-registry and busybox-static from Debian if missing
+#   - installs docker.io, docker-registry and busybox-static from Debian if missing, and
+#     systemd for systemd-analyze (the unit's exposure check)
 #   - starts dockerd (socket /var/run/docker.sock) if `docker version` does not answer
 #   - starts a registry on 127.0.0.1:5000 (data in /tmp/deploytrack-registry-data)
 #   - builds the test images (busybox rootfs, `docker import`, no internet needed):
@@ -119,15 +120,16 @@ fi
 # ---------------------------------------------------------------- packages
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 \
     || [ ! -x /bin/busybox ] || ! command -v podman >/dev/null 2>&1 \
-    || ! command -v openssl >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+    || ! command -v openssl >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
+    || ! command -v systemd-analyze >/dev/null 2>&1; then
     if ! can_root; then
-        die "dockerd, docker-registry, podman, openssl, ip or /bin/busybox is missing and installing them needs root or sudo."
+        die "dockerd, docker-registry, podman, openssl, ip, systemd-analyze or /bin/busybox is missing and installing them needs root or sudo."
     fi
-    log "installing docker.io docker-registry busybox-static podman openssl iproute2 (apt-get)"
+    log "installing docker.io docker-registry busybox-static podman openssl iproute2 systemd (apt-get)"
     apt_log=$(mktemp /tmp/deploytrack-apt.XXXXXX)
     if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >"$apt_log" 2>&1 \
         || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            docker.io docker-registry busybox-static podman openssl iproute2 >>"$apt_log" 2>&1; then
+            docker.io docker-registry busybox-static podman openssl iproute2 systemd >>"$apt_log" 2>&1; then
         tail -n 30 "$apt_log" >&2
         die "apt-get failed (full log: $apt_log)"
     fi

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::report::{row, Section, Verdict};
-use crate::sim::{Plan, Sim};
 use crate::support::receiver::Receiver;
+use crate::support::sim::{Plan, Sim};
 use crate::util::*;
 use crate::Ctx;
 
@@ -222,7 +222,7 @@ fn queue_order(db: &Path) -> Result<(usize, Option<usize>), String> {
             r.get(0)
         })
         .ok();
-    let at = cursor.and_then(|c| crate::sim::index_of(c.split(' ').nth(1)?));
+    let at = cursor.and_then(|c| crate::support::sim::index_of(c.split(' ').nth(1)?));
     Ok((out_of_order, at))
 }
 

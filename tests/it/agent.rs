@@ -1,7 +1,5 @@
 //! The agent end to end: engine events to deployment reports.
 
-use std::time::Duration;
-
 use crate::common::*;
 
 fn by_name<'a>(received: &'a [receiver::Received], name: &str) -> Vec<&'a receiver::Received> {
@@ -187,7 +185,11 @@ async fn labels_override_and_select() {
 async fn require_label_reports_only_opted_in() {
     let scope = Scope::new("optin");
     let receiver = Receiver::start().await;
-    let _agent = scope.agent(&receiver.url(), &["--require-label"]);
+    let listen = unused_addr();
+    let _agent = scope.agent(
+        &receiver.url(),
+        &["--require-label", "--listen", &listen.to_string()],
+    );
     let host = engine_host_name();
     let plain = scope.name("plain");
     scope.run(&["--name", &plain], APP1);
@@ -199,7 +201,16 @@ async fn require_label_reports_only_opted_in() {
     receiver
         .accepted_report("the opted-in container", &format!("{host}/{opted}"))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The plain container was decided on: skipped, never to be reported.
+    eventually_async("the plain container skipped", || async {
+        metric(
+            listen,
+            "deploytrack_containers_skipped_total{reason=\"not_opted_in\"}",
+        )
+        .await
+        .filter(|n| *n >= 1.0)
+    })
+    .await;
     assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
 }
 
@@ -395,7 +406,13 @@ async fn token_never_appears_in_output_at_any_level() {
         (!receiver.received().is_empty()).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the rejection in the log", || {
+        agent
+            .stderr()
+            .contains("rejected the API token")
+            .then_some(())
+    })
+    .await;
     agent.stop().await;
     let output = format!("{}{}", agent.stdout(), agent.stderr());
     assert!(output.contains("rejected the API token"), "{output}");

@@ -229,7 +229,7 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
         agent
             .stderr()
             .lines()
-            .find(|l| l.contains("301"))
+            .find(|l| l.contains("the endpoint answered 301") && l.contains("points to"))
             .map(str::to_string)
     })
     .await;

@@ -2,8 +2,6 @@
 //! through a recording proxy in front of the real engine, which can also play an engine
 //! whose answers are odd, incomplete or newer than the API model.
 
-use std::time::Duration;
-
 use crate::common::proxy::{allowed, unversioned, EngineProxy, Rule};
 use crate::common::*;
 
@@ -340,7 +338,15 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
         repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     assert_eq!(got.environment(), "staging-ü");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The log has the delivery too: everything the agent wrote about this container.
+    eventually("the delivery in the log", || {
+        agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("deployment reported") && l.contains("staging-ü/prod/"))
+            .then_some(())
+    })
+    .await;
     agent.stop().await;
     let output = format!("{}{}", agent.stdout(), agent.stderr());
     assert!(!output.contains("panicked"), "{output}");

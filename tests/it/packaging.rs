@@ -1042,7 +1042,14 @@ systemctl daemon-reload",
 
     // Activating until the engine answers, active after READY=1, without a restart.
     machine.sh("systemctl start --no-block deploytrack");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The agent runs and says it waits for the engine (after 2 s without an answer).
+    eventually("the agent waiting for the engine", || {
+        machine
+            .sh("journalctl -u deploytrack -o cat --no-pager _COMM=deploytrack")
+            .contains("does not answer yet")
+            .then_some(())
+    })
+    .await;
     assert_eq!(machine.show("ActiveState"), "activating");
     let first_pid = machine.show("MainPID");
     machine.sh(&format!(

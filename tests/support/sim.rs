@@ -1,6 +1,7 @@
-//! A simulated Docker Engine on a unix socket: the few Engine API calls the agent makes
-//! (GET /_ping, /info, /version, /containers/json, /containers/{id}/json, /images/{id}/json
-//! and the /events stream), answered at once. Container `i` has a fixed id, the name
+//! A simulated Docker Engine on a unix socket, for the benchmarks and for tests that set the
+//! pace of events themselves: the few Engine API calls the agent makes (GET /_ping, /info,
+//! /version, /containers/json, /containers/{id}/json, /images/{id}/json and the /events
+//! stream), answered at once. Container `i` has a fixed id, the name
 //! `sim-i` and one image with a repo digest. Start events are sent as fast as the agent
 //! reads them, or spread evenly over a given time.
 
