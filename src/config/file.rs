@@ -96,6 +96,11 @@ impl Kind {
     }
 }
 
+/// toml's message spans several lines (it quotes the file); an error keeps the first.
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or("parse error")
+}
+
 /// A TOML value as an error names it.
 fn describe_value(value: &toml::Value) -> String {
     match value {
@@ -152,13 +157,7 @@ impl FileConfig {
     /// The file's text, `origin` naming it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            // toml's message spans several lines (it quotes the file); keep the first.
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("parse error")
-                .to_string();
+            let msg = first_line(e.message());
             let at = e
                 .span()
                 .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
@@ -187,15 +186,12 @@ impl FileConfig {
                 ));
             }
         }
-        let mut config: FileConfig = toml::Value::Table(table).try_into().map_err(|e| {
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("parse error")
-                .to_string();
-            ConfigError::new("--config", format!("{origin}: {msg}"))
-        })?;
+        let mut config: FileConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::new("--config", format!("{origin}: {}", first_line(e.message())))
+                })?;
         config.origin = Some(origin.to_string());
         Ok(config)
     }

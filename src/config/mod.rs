@@ -383,19 +383,8 @@ impl Sources<'_> {
     }
 
     fn concurrency(&self) -> Result<usize, ConfigError> {
-        let (concurrency, origin) = self.pick(
-            "--concurrency",
-            self.args.concurrency.clone(),
-            self.file.concurrency.map(|n| n.to_string()),
-        );
-        let concurrency = positive(&origin, concurrency, 4usize)?;
-        if concurrency > 256 {
-            return Err(ConfigError::new(
-                origin,
-                format!("{concurrency} is more than 256"),
-            ));
-        }
-        Ok(concurrency)
+        let (args, file) = (self.args.concurrency.clone(), self.file.concurrency);
+        self.count("--concurrency", args, file, 4, 256)
     }
 
     /// Delivery's backoff: `--retry-initial` above zero, `--retry-max` not below it.
@@ -419,19 +408,37 @@ impl Sources<'_> {
     }
 
     fn queue_max_entries(&self) -> Result<u64, ConfigError> {
-        let (entries, origin) = self.pick(
-            "--queue-max-entries",
+        let (args, file) = (
             self.args.queue_max_entries.clone(),
-            self.file.queue_max_entries.map(|n| n.to_string()),
+            self.file.queue_max_entries,
         );
-        let entries = positive(&origin, entries, 100_000u64)?;
-        if entries > QUEUE_MAX_ENTRIES_LIMIT {
-            return Err(ConfigError::new(
-                origin,
-                format!("{entries} is more than {QUEUE_MAX_ENTRIES_LIMIT}"),
-            ));
+        self.count(
+            "--queue-max-entries",
+            args,
+            file,
+            100_000,
+            QUEUE_MAX_ENTRIES_LIMIT,
+        )
+    }
+
+    /// A whole number from 1 to `max` (the file holds an integer), else `default`.
+    fn count<T>(
+        &self,
+        flag: &'static str,
+        from_args: Option<String>,
+        from_file: Option<i64>,
+        default: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default + fmt::Display,
+    {
+        let (value, origin) = self.pick(flag, from_args, from_file.map(|n| n.to_string()));
+        let n = positive(&origin, value, default)?;
+        if n > max {
+            return Err(ConfigError::new(origin, format!("{n} is more than {max}")));
         }
-        Ok(entries)
+        Ok(n)
     }
 
     /// Shutdown, request and resync: a request timeout above zero, a resync of 1s or more.

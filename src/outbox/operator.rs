@@ -4,9 +4,8 @@
 
 use rusqlite::Connection;
 
-use super::schema::{next_version, pending_row, NOT_SUPERSEDED};
+use super::schema::{key_at, next_version, pending_row, NOT_SUPERSEDED};
 use super::{DeadLetter, Pending, Sent};
-use crate::deployment::DeploymentKey;
 
 pub fn list_pending(conn: &Connection) -> rusqlite::Result<Vec<Pending>> {
     let mut stmt = conn.prepare(
@@ -26,10 +25,7 @@ pub fn list_dead(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
     ))?;
     let rows = stmt.query_map([], |r| {
         Ok(DeadLetter {
-            key: DeploymentKey {
-                environment: r.get(0)?,
-                name: r.get(1)?,
-            },
+            key: key_at(r)?,
             body: r.get(2)?,
             status: r.get(3)?,
             response: r.get(4)?,
@@ -56,10 +52,7 @@ pub fn list_sent(conn: &Connection) -> rusqlite::Result<Vec<Sent>> {
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(Sent {
-            key: DeploymentKey {
-                environment: r.get(0)?,
-                name: r.get(1)?,
-            },
+            key: key_at(r)?,
             body: r.get(2)?,
             delivered_ms: r.get(3)?,
             status: r.get(4)?,

@@ -111,12 +111,17 @@ pub(super) fn next_version(conn: &Connection) -> rusqlite::Result<i64> {
     Ok(in_pending.max(sequence))
 }
 
+/// The key of a row whose first two columns are `environment, name`.
+pub(super) fn key_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentKey> {
+    Ok(DeploymentKey {
+        environment: r.get(0)?,
+        name: r.get(1)?,
+    })
+}
+
 pub(super) fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
     Ok(Pending {
-        key: DeploymentKey {
-            environment: r.get(0)?,
-            name: r.get(1)?,
-        },
+        key: key_at(r)?,
         body: r.get(2)?,
         version: r.get(3)?,
         attempts: r.get(4)?,

@@ -468,15 +468,7 @@ impl Store {
         self.changes += 1;
         match settle {
             Settle::Delivered { status } => {
-                let body: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM pending WHERE environment = ?1 AND name = ?2 AND version = ?3 RETURNING body",
-                    )?
-                    .query_row(params![key.environment, key.name, version], |r| r.get(0))
-                    .optional()?;
-                if let Some(body) = body {
-                    self.pending -= 1;
+                if let Some(body) = self.take_pending(key, version)? {
                     self.conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO delivered (environment, name, body, delivered_ms, status) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -496,15 +488,7 @@ impl Store {
                     .execute(params![key.environment, key.name, version, next_attempt_ms, error])?;
             }
             Settle::Dead { status, response } => {
-                let body: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "DELETE FROM pending WHERE environment = ?1 AND name = ?2 AND version = ?3 RETURNING body",
-                    )?
-                    .query_row(params![key.environment, key.name, version], |r| r.get(0))
-                    .optional()?;
-                if let Some(body) = body {
-                    self.pending -= 1;
+                if let Some(body) = self.take_pending(key, version)? {
                     self.conn
                         .prepare_cached(
                             "INSERT INTO dead (environment, name, body, status, response, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -514,6 +498,26 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Remove this version of the key's report from `pending`; its body, unless a newer
+    /// report replaced it meanwhile.
+    fn take_pending(
+        &mut self,
+        key: &DeploymentKey,
+        version: i64,
+    ) -> rusqlite::Result<Option<String>> {
+        let body: Option<String> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM pending WHERE environment = ?1 AND name = ?2 AND version = ?3 RETURNING body",
+            )?
+            .query_row(params![key.environment, key.name, version], |r| r.get(0))
+            .optional()?;
+        if body.is_some() {
+            self.pending -= 1;
+        }
+        Ok(body)
     }
 
     fn due(

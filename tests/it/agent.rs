@@ -406,13 +406,11 @@ async fn token_never_appears_in_output_at_any_level() {
         (!receiver.received().is_empty()).then_some(())
     })
     .await;
-    eventually("the rejection in the log", || {
-        agent
-            .stderr()
-            .contains("rejected the API token")
-            .then_some(())
-    })
-    .await;
+    agent
+        .logged("the rejection in the log", |l| {
+            l.contains("rejected the API token")
+        })
+        .await;
     agent.stop().await;
     let output = format!("{}{}", agent.stdout(), agent.stderr());
     assert!(output.contains("rejected the API token"), "{output}");

@@ -84,14 +84,11 @@ async fn outage_crash_and_restart_lose_nothing_and_replay_nothing() {
     let mut agent = scope.agent(&url, &[]);
     agent.ready().await;
     // The reconciliation found everything delivered already (it says so once queued)...
-    eventually("the restart's reconciliation queued nothing", || {
-        agent
-            .stderr()
-            .lines()
-            .any(|l| l.contains("reconciled with the engine") && l.contains("queued=0"))
-            .then_some(())
-    })
-    .await;
+    agent
+        .logged("the restart's reconciliation queued nothing", |l| {
+            l.contains("reconciled with the engine") && l.contains("queued=0")
+        })
+        .await;
     // ...and the queue the dispatcher sends from is empty.
     assert_eq!(pending_count(&scope), 0);
     agent.stop().await;

@@ -225,14 +225,11 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
     let name = scope.name("moved");
     scope.run(&["--name", &name], APP1);
     let host = engine_host_name();
-    let line = eventually("the redirect in the log", || {
-        agent
-            .stderr()
-            .lines()
-            .find(|l| l.contains("the endpoint answered 301") && l.contains("points to"))
-            .map(str::to_string)
-    })
-    .await;
+    let line = agent
+        .logged("the redirect in the log", |l| {
+            l.contains("the endpoint answered 301") && l.contains("points to")
+        })
+        .await;
     assert!(
         line.contains("elsewhere.example/atomist/resource/new"),
         "{line}"

@@ -339,14 +339,11 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
     );
     assert_eq!(got.environment(), "staging-ü");
     // The log has the delivery too: everything the agent wrote about this container.
-    eventually("the delivery in the log", || {
-        agent
-            .stderr()
-            .lines()
-            .any(|l| l.contains("deployment reported") && l.contains("staging-ü/prod/"))
-            .then_some(())
-    })
-    .await;
+    agent
+        .logged("the delivery in the log", |l| {
+            l.contains("deployment reported") && l.contains("staging-ü/prod/")
+        })
+        .await;
     agent.stop().await;
     let output = format!("{}{}", agent.stdout(), agent.stderr());
     assert!(!output.contains("panicked"), "{output}");

@@ -406,12 +406,18 @@ impl Agent {
 
     /// Wait until the agent has reconciled (it logs that once connected).
     pub async fn ready(&self) {
-        eventually("the agent to reconcile", || {
-            self.stderr()
-                .contains("reconciled with the engine")
-                .then_some(())
+        self.logged("the agent to reconcile", |l| {
+            l.contains("reconciled with the engine")
         })
         .await;
+    }
+
+    /// Wait until the agent's log has a line that `line` accepts; returns it.
+    pub async fn logged(&self, what: &str, line: impl Fn(&str) -> bool) -> String {
+        eventually(what, || {
+            self.stderr().lines().find(|l| line(l)).map(str::to_string)
+        })
+        .await
     }
 
     pub fn signal(&self, signal: &str) {
