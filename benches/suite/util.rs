@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "bench-token-0123456789";
 
-/// The agent binary: `DEPLOYTRACK_BIN` (scripts/bench.sh sets it to target/release/deploytrack),
+/// The agent binary: `DEPLOYTRACK_BIN` (scripts/bench.sh sets it to a copy of the release build),
 /// else the one cargo built for this bench.
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("DEPLOYTRACK_BIN")
