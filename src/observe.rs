@@ -72,6 +72,13 @@ impl View {
             .is_ok_and(|m| m.values().any(|d| d.key == *key))
     }
 
+    /// True if a container other than `id` reports under `key`.
+    fn runs_other(&self, id: &str, key: &DeploymentKey) -> bool {
+        self.0
+            .read()
+            .is_ok_and(|m| m.iter().any(|(other, d)| other != id && d.key == *key))
+    }
+
     fn ids(&self) -> Vec<String> {
         self.0
             .read()
@@ -267,7 +274,7 @@ impl Observer {
             match outcome {
                 Outcome::Started(ev, mut result) => {
                     // A container removed before its inspection has no start time but its event's.
-                    if let Ok(Resolution::Report(d)) = &mut result {
+                    if let Ok(Resolution::Report(d) | Resolution::Recalled(d)) = &mut result {
                         if let Some(c) = d.container.as_mut().filter(|c| c.since.is_none()) {
                             c.since = time_from_nanos(ev.time_nano);
                         }
@@ -318,7 +325,13 @@ impl Observer {
         batch: &mut Batch,
     ) {
         match result {
-            Ok(Resolution::Report(d)) => {
+            // A container already gone, known from its start event: when another container
+            // runs under its name, that event is older than the one running (replayed after a
+            // restart), and reporting it would undo the newer deployment.
+            Ok(Resolution::Recalled(d)) if self.view.runs_other(id, &d.key) => {
+                tracing::debug!(container = id, key = %d.key, "a gone container's start, superseded by the container running under its name; not reported");
+            }
+            Ok(Resolution::Report(d) | Resolution::Recalled(d)) => {
                 tracing::debug!(container = id, key = %d.key, image = %d.image_url, "container running");
                 let before = self.view.insert(id, d.clone());
                 // A running container under a new name (`docker rename`, or a rename a

@@ -29,6 +29,10 @@ const WARNED_MAX: usize = 4096;
 #[allow(clippy::large_enum_variant)]
 pub enum Resolution {
     Report(Deployment),
+    /// The container was gone before it could be inspected: reported from its start event.
+    /// Such an event may be an old one, replayed after a restart: its report must not undo
+    /// a container that runs under the same name now.
+    Recalled(Deployment),
     Skip(SkipReason),
 }
 
@@ -148,7 +152,7 @@ impl Resolver {
                 return Ok(Resolution::Skip(reason));
             }
         }
-        let container = self.inspect_or_recall(id, hint).await?;
+        let (container, recalled) = self.inspect_or_recall(id, hint).await?;
         if hint.is_none() {
             if let Err(reason) = self.selection.check(&container.labels) {
                 return Ok(Resolution::Skip(reason));
@@ -182,19 +186,23 @@ impl Resolver {
         let platform = self
             .platform(image_id, container.manifest.clone(), &facts)
             .await;
-        Ok(Resolution::Report(
-            self.deployment(id, hint, &container, image_url, platform),
-        ))
+        let deployment = self.deployment(id, hint, &container, image_url, platform);
+        Ok(if recalled {
+            Resolution::Recalled(deployment)
+        } else {
+            Resolution::Report(deployment)
+        })
     }
 
-    /// The container's inspection; for a container already gone, what its event said.
+    /// The container's inspection; for a container already gone, what its event said (and
+    /// `true`).
     async fn inspect_or_recall(
         &self,
         id: &str,
         hint: Option<&EventHint>,
-    ) -> Result<ContainerFacts, EngineError> {
+    ) -> Result<(ContainerFacts, bool), EngineError> {
         match self.inspect_container(id).await {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok((c, false)),
             Err(e) if e.is_not_found() => match hint {
                 Some(EventHint {
                     name: Some(name),
@@ -205,7 +213,7 @@ impl Resolver {
                         container = id,
                         "container gone before inspection; resolving from its event"
                     );
-                    Ok(ContainerFacts {
+                    let facts = ContainerFacts {
                         name: name.clone(),
                         reference: image.clone(),
                         image_id: image.clone(),
@@ -213,7 +221,8 @@ impl Resolver {
                         manifest: None,
                         alive: None,
                         started_at: None,
-                    })
+                    };
+                    Ok((facts, true))
                 }
                 _ => Err(e),
             },

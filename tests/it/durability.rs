@@ -39,8 +39,13 @@ async fn outage_crash_and_restart_lose_nothing_and_replay_nothing() {
     // b is recreated with a new image while the endpoint is down: only the latest counts.
     docker(&["rm", "-f", &b_id]);
     scope.run(&["--name", &b], APP2);
-    eventually("three reports queued", || {
-        (pending_count(&scope) == 3).then_some(())
+    // Three keys queued, b's with the recreated container's digest: a crash now must not
+    // let the start event of b's removed container, replayed at the restart, win.
+    let b_new = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let state = scope.state_dir();
+    eventually("three reports queued, b's the newest", || {
+        let list = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);
+        (pending_count(&scope) == 3 && list.stdout.contains(&b_new)).then_some(())
     })
     .await;
     agent.kill9().await;
@@ -710,5 +715,50 @@ async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary() {
             .contains("sync finished: 0 delivered, 1 unchanged"),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_start_of_a_removed_container_does_not_undo_its_replacement() {
+    let scope = Scope::new("replay");
+    let addr = unused_addr();
+    let url = endpoint_url(addr);
+    let host = engine_host_name();
+    let mut agent = scope.agent(&url, &[]);
+    agent.ready().await;
+    // Recreated at once under the same name: both starts fall within the replay margin.
+    let web = scope.name("web");
+    let old = scope.run(&["--name", &web], APP1);
+    docker(&["rm", "-f", &old]);
+    scope.run(&["--name", &web], APP2);
+    let new_digest = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let state = scope.state_dir();
+    eventually("the replacement's report queued", || {
+        let list = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);
+        list.stdout.contains(&new_digest).then_some(())
+    })
+    .await;
+    // A crash: the restart replays the removed container's start from its event.
+    agent.kill9().await;
+    let receiver = Receiver::start_on(addr).await;
+    let agent = scope.agent(&url, &[]);
+    agent.ready().await;
+    let name = format!("{host}/{web}");
+    receiver.accepted_report("the replacement", &name).await;
+    eventually("the queue to drain", || {
+        (pending_count(&scope) == 0).then_some(())
+    })
+    .await;
+    let reports: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .filter(|r| r.name() == name)
+        .map(|r| r.url().to_string())
+        .collect();
+    assert_eq!(
+        reports.last(),
+        Some(&new_digest),
+        "the removed container's image won: {reports:?}\n{}",
+        agent.stderr()
     );
 }
