@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds what the packaging tests (tests/it/packaging.rs) install, when it is missing or
+# Builds what the packaging tests (tests/host/packaging.rs) install, when it is missing or
 # older than the release binary:
 #   - the release binary and target/debian/deploytrack_<version>-1_<arch>.deb
 #     (packaging/build-deb.sh, which installs cargo-deb when it is missing);
 #   - the images deploytrack:<version> and deploytrack:latest on the classic engine
 #     (packaging/build-image.sh).
-# scripts/test.sh runs it before `cargo test`; the tests run it again (then a fast no-op),
-# so that `cargo test` alone works too. Prints `version=`, `deb=` and `image=` lines on
+# .ci/run runs it before `cargo test`; the tests run it again (then a fast no-op), so that
+# `cargo test` alone works too. Prints `version=`, `deb=` and `image=` lines on
 # stdout; progress and the build logs' tails on failure go to stderr.
 set -euo pipefail
 

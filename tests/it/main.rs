@@ -1,20 +1,9 @@
 //! Integration tests: the real agent binary against a real Docker Engine and a real HTTP
 //! receiver. `scripts/test-env.sh` (run by the harness) installs and starts what they need.
+//!
+//! This build, `it`, runs against Docker 20.10 with the classic image store; the same suite
+//! is built again as `it_containerd` (tests/it_containerd) for Docker 28.5 with the
+//! containerd image store, and `cargo test` runs the two one after the other. The tests
+//! that run once are in tests/host.
 
-#[path = "../support/mod.rs"]
-mod support;
-
-mod common;
-
-mod agent;
-mod config;
-mod durability;
-mod endpoint;
-mod engines;
-mod faults;
-mod hostile;
-mod packaging;
-mod podman;
-mod service;
-mod soak;
-mod swarm;
+include!("suite.rs");

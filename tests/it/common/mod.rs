@@ -1,5 +1,6 @@
 //! Test harness: the real engine (set up by scripts/test-env.sh), a per-test label that
 //! scopes every container, the real agent binary as a child process, and patience.
+#![allow(dead_code)] // shared by tests/it and tests/host, each uses its own part of it
 
 pub mod proxy;
 
@@ -54,6 +55,8 @@ pub fn unreportable_line() -> &'static str {
 
 pub fn test_engine() -> TestEngine {
     match std::env::var("DEPLOYTRACK_TEST_ENGINE").as_deref() {
+        // The suite's second build (Cargo.toml) is the containerd one.
+        Err(_) | Ok("") if env!("CARGO_CRATE_NAME") == "it_containerd" => TestEngine::Containerd,
         Err(_) | Ok("" | "classic") => TestEngine::Classic,
         Ok("containerd") => TestEngine::Containerd,
         Ok(other) => panic!("DEPLOYTRACK_TEST_ENGINE={other:?}: expected classic or containerd"),

@@ -6,7 +6,7 @@
 //!
 //! These tests use the classic engine (Docker 20.10, /var/run/docker.sock) only: the agents
 //! share the host's network to reach the receiver on loopback, and the other engine lives in
-//! a network namespace of its own. scripts/test.sh leaves them out of its containerd pass.
+//! a network namespace of its own. So they live in tests/host, which runs once, on 20.10.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ fn artifacts() -> &'static Artifacts {
     assert_eq!(
         test_engine(),
         TestEngine::Classic,
-        "the packaging tests use the classic engine only (scripts/test.sh runs them in its first pass)"
+        "the packaging tests use the classic engine only (tests/host runs on it)"
     );
     ensure_engine();
     let built = BUILT.get_or_init(|| {
