@@ -182,6 +182,41 @@ fn check_agent_container(host: &str, id: &str, socket_gid: u32, volume: &str) {
     assert_eq!(db.uid(), NONROOT);
 }
 
+/// A container started after the agent (in container `agent`, whose own host name is
+/// `agent_hostname`) is reported under the engine's host name, in `environment`, with the
+/// token from the secret; the agent's own container is not. Returns the engine's host name,
+/// the name of the container started, and the agent container's own name.
+async fn reports_others_not_itself(
+    scope: &Scope,
+    receiver: &Receiver,
+    agent_hostname: &str,
+    environment: &str,
+    agent: &str,
+) -> (String, String, String) {
+    let host = engine_host_name();
+    assert_ne!(host, agent_hostname);
+    let marker = scope.name("web");
+    scope.run(&["--name", &marker], APP1);
+    let report = receiver
+        .accepted_report(
+            "a container started after the agent",
+            &format!("{host}/{marker}"),
+        )
+        .await;
+    assert_eq!(report.environment(), environment);
+    assert_eq!(
+        report.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str()),
+        "the token from the secret"
+    );
+    let own_name = inspect(CLASSIC, agent)["Name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_not_reported(receiver, &own_name);
+    (host, marker, own_name)
+}
+
 /// No report names the agent's own container.
 fn assert_not_reported(receiver: &Receiver, container_name: &str) {
     let own = format!("/{}", container_name.trim_start_matches('/'));
@@ -530,27 +565,8 @@ async fn compose_runs_the_agent_as_packaged() {
     let first = project.container(None).await;
     admin_ready(listen).await;
 
-    let host = engine_host_name();
-    assert_ne!(host, agent_hostname);
-    let marker = scope.name("web");
-    scope.run(&["--name", &marker], APP1);
-    let report = receiver
-        .accepted_report(
-            "a container started after the agent",
-            &format!("{host}/{marker}"),
-        )
-        .await;
-    assert_eq!(report.environment(), "compose-test");
-    assert_eq!(
-        report.authorization.as_deref(),
-        Some(format!("Bearer {TOKEN}").as_str()),
-        "the token from the secret file"
-    );
-    let own_name = inspect(CLASSIC, &first)["Name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_not_reported(&receiver, &own_name);
+    let (host, marker, own_name) =
+        reports_others_not_itself(&scope, &receiver, &agent_hostname, "compose-test", &first).await;
     check_agent_container(CLASSIC, &first, gid, &project.volume());
 
     // A new container with the same volume: the queue remembers what was delivered.
@@ -835,28 +851,9 @@ secrets:
     .await;
     admin_ready(listen).await;
 
-    let host = engine_host_name();
-    assert_ne!(host, agent_hostname);
-    let marker = scope.name("web");
-    scope.run(&["--name", &marker], APP1);
-    let report = receiver
-        .accepted_report(
-            "a container started after the agent",
-            &format!("{host}/{marker}"),
-        )
-        .await;
-    assert_eq!(report.environment(), "swarm-test");
-    assert_eq!(
-        report.authorization.as_deref(),
-        Some(format!("Bearer {TOKEN}").as_str()),
-        "the token from the swarm secret"
-    );
-    let own_name = inspect(CLASSIC, &task)["Name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, _, own_name) =
+        reports_others_not_itself(&scope, &receiver, &agent_hostname, "swarm-test", &task).await;
     assert!(own_name.starts_with(&format!("/{service}.")), "{own_name}");
-    assert_not_reported(&receiver, &own_name);
     check_agent_container(
         CLASSIC,
         &task,

@@ -655,29 +655,11 @@ async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary() {
     let scope = Scope::new("syncsummary");
     let addr = unused_addr();
     let url = endpoint_url(addr);
-    let token = scope.token_file();
-    let state = scope.state_dir();
-    let selector = scope.selector();
     let host = engine_host_name();
     let name = scope.name("one");
     scope.run(&["--name", &name], APP1);
     scope.run(&["--label", "deploytrack.enable=false"], APP1);
-    let sync = |timeout: &str| {
-        scope.command(&[
-            "sync",
-            "--once",
-            "--url",
-            &url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--label-selector",
-            &selector,
-            "--timeout",
-            timeout,
-        ])
-    };
+    let sync = |timeout: &str| scope.sync_once(&url, &["--timeout", timeout]);
     // The endpoint down: a reminder after 10 s, then the summary at the time limit.
     let started = std::time::Instant::now();
     let out = sync("15s");

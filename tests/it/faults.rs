@@ -136,18 +136,7 @@ async fn a_queue_the_service_user_cannot_open_is_kept_and_named() {
     // A `sync --once` run as root leaves nothing the service's user cannot open.
     let first = scope.name("first");
     scope.run(&["--name", &first], APP1);
-    let sync = scope.command(&[
-        "sync",
-        "--once",
-        "--url",
-        &receiver.url(),
-        "--token-file",
-        token_text,
-        "--state-dir",
-        state_text,
-        "--label-selector",
-        &selector,
-    ]);
+    let sync = scope.sync_once(&receiver.url(), &[]);
     assert!(sync.status.success(), "{}", sync.stderr);
     receiver
         .accepted_report("the report of sync --once", &format!("{host}/{first}"))

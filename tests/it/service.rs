@@ -166,29 +166,11 @@ async fn report_command_for_pipelines() {
 async fn sync_once_delivers_and_exits() {
     let scope = Scope::new("sync");
     let receiver = Receiver::start().await;
-    let token = scope.token_file();
-    let state = scope.state_dir();
-    let selector = scope.selector();
     let url = receiver.url();
     for n in ["one", "two"] {
         scope.run(&["--name", &scope.name(n)], APP1);
     }
-    let sync = |extra: &[&str]| {
-        let mut args = vec![
-            "sync",
-            "--once",
-            "--url",
-            &url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--label-selector",
-            &selector,
-        ];
-        args.extend_from_slice(extra);
-        scope.command(&args)
-    };
+    let sync = |extra: &[&str]| scope.sync_once(&url, extra);
     let out = sync(&[]);
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(receiver.accepted().len(), 2);

@@ -55,7 +55,7 @@ pub fn unreportable_line() -> &'static str {
 
 pub fn test_engine() -> TestEngine {
     match std::env::var("DEPLOYTRACK_TEST_ENGINE").as_deref() {
-        // The suite's second build (Cargo.toml) is the containerd one.
+        // The suite built as it_containerd (tests/it_containerd) runs on the containerd engine.
         Err(_) | Ok("") if env!("CARGO_CRATE_NAME") == "it_containerd" => TestEngine::Containerd,
         Err(_) | Ok("" | "classic") => TestEngine::Classic,
         Ok("containerd") => TestEngine::Containerd,
@@ -256,6 +256,28 @@ impl Scope {
     /// The agent binary with any arguments, to completion.
     pub fn command(&self, args: &[&str]) -> Output {
         Self::command_only(args)
+    }
+
+    /// `deploytrack sync --once` to `url` for this scope's containers, with the queue in
+    /// `state_dir()`, and `extra` arguments, to completion.
+    pub fn sync_once(&self, url: &str, extra: &[&str]) -> Output {
+        let token = self.token_file();
+        let state = self.state_dir();
+        let selector = self.selector();
+        let mut args = vec![
+            "sync",
+            "--once",
+            "--url",
+            url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+        ];
+        args.extend_from_slice(extra);
+        self.command(&args)
     }
 
     /// The agent binary to completion, without an engine or a scope.
