@@ -210,13 +210,23 @@ fn is_unwritable(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The files of the queue whose database is `db`: the database, SQLite's write-ahead log and
+/// shared memory, and the agent's lock.
+fn queue_files(db: &Path) -> [PathBuf; 4] {
+    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
+    [
+        db.to_path_buf(),
+        side("-wal"),
+        side("-shm"),
+        db.with_file_name("deploytrack.lock"),
+    ]
+}
+
 /// Whether this process may write `path` and its directory (the WAL and lock files live there).
 fn writable(path: &Path) -> bool {
-    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
     let dir_ok = path.parent().is_none_or(access_write);
-    let lock = path.with_file_name("deploytrack.lock");
     dir_ok
-        && [path.to_path_buf(), side("-wal"), side("-shm"), lock]
+        && queue_files(path)
             .iter()
             .all(|f| !f.exists() || access_write(f))
 }
@@ -242,17 +252,11 @@ fn unwritable_message(dir: &Path, path: &Path, e: &str) -> String {
     let me = std::fs::metadata("/proc/self")
         .map(|m| user_name(m.uid()))
         .unwrap_or_else(|_| "this user".into());
-    let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
-    let culprit = [
-        path.to_path_buf(),
-        side("-wal"),
-        side("-shm"),
-        dir.join("deploytrack.lock"),
-        dir.to_path_buf(),
-    ]
-    .into_iter()
-    .find(|p| p.exists() && !access_write(p))
-    .unwrap_or_else(|| path.to_path_buf());
+    let culprit = queue_files(path)
+        .into_iter()
+        .chain([dir.to_path_buf()])
+        .find(|p| p.exists() && !access_write(p))
+        .unwrap_or_else(|| path.to_path_buf());
     format!(
         "the queue {} is owned by {}, and this agent runs as {me}, which cannot write it ({e}): nothing was moved aside or lost; run `chown -R {me}: {}` as root and start the agent again",
         culprit.display(),
@@ -287,9 +291,7 @@ fn take_dir_owner(dir: &Path, db: &Path) {
     if me.uid() != 0 || dir_meta.uid() == 0 {
         return;
     }
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    let shm = PathBuf::from(format!("{}-shm", db.display()));
-    for file in [db.to_path_buf(), wal, shm, dir.join("deploytrack.lock")] {
+    for file in queue_files(db) {
         if let Ok(meta) = std::fs::metadata(&file) {
             if meta.uid() != dir_meta.uid() {
                 if let Err(e) =
