@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # Prepare the local Docker test environment for deploytrack's tests.
 #
-#   - installs docker.io, docker-registry and busybox-static from Debian if missing, and
-#     systemd for systemd-analyze (the unit's exposure check)
+#   - installs docker.io, docker-registry and busybox-static from Debian if missing,
+#     systemd for systemd-analyze (the unit's exposure check) and apache2-utils for htpasswd
 #   - starts dockerd (socket /var/run/docker.sock) if `docker version` does not answer
 #   - starts a registry on 127.0.0.1:5000 (data in /tmp/deploytrack-registry-data)
+#   - starts a registry that wants credentials (HTTP basic auth, htpasswd) on 127.0.0.1:5002:
+#       user       deploytrack-test, password Pr1vate-Pa55word; also in
+#                  /tmp/deploytrack-authreg/credentials as `user:password` (mode 0600)
+#       files      /tmp/deploytrack-authreg/{config.yml,htpasswd,data/} (config, users,
+#                  storage); log /tmp/deploytrack-authreg.log, pid
+#                  /tmp/deploytrack-authreg.pid
+#       log        info level plus the access log: one line per HTTP request, e.g.
+#                    127.0.0.1 - - [...] "GET /v2/deploytrack-test/private/manifests/1 HTTP/1.1" 200 ...
+#                  so `grep -c '"GET /v2/deploytrack-test/private/manifests/' LOG` counts the
+#                  manifest GETs (each successful request also logs a `msg="response
+#                  completed"` line with http.request.method and http.request.uri)
+#       image      127.0.0.1:5002/deploytrack-test/private:1 (busybox rootfs, its own
+#                  content), pushed from the classic engine with the docker config
+#                  /tmp/deploytrack-authreg/docker-config (logged in), then removed from it:
+#                  it is in that registry only, on neither engine; tests pull it with
+#                  credentials and remove it again. Left alone while the registry serves it.
 #   - builds the test images (busybox rootfs, `docker import`, no internet needed):
 #       localhost:5000/deploytrack-test/app:1     pushed; RepoDigests for app AND mirror
 #       localhost:5000/deploytrack-test/mirror:1  same image as app:1, second repository
@@ -33,7 +49,9 @@
 #                  enter it with nsenter --net=..., not `ip netns exec`), where a second
 #                  docker-registry serves the same config and storage on 127.0.0.1:5000
 #                  (log /tmp/deploytrack-registry-d28.log), so localhost:5000 is the same
-#                  registry for both engines
+#                  registry for both engines; likewise a second registry with credentials
+#                  serves the same config and storage on 127.0.0.1:5002 (log
+#                  /tmp/deploytrack-authreg-d28.log, pid /tmp/deploytrack-authreg-d28.pid)
 #       images     app:1, mirror:1 and app:2 pulled from the registry (same digests);
 #                  deploytrack-test/local:1 imported, never pushed (it has RepoDigests all
 #                  the same on this store); localhost:5000/deploytrack-test/multi:1, an OCI
@@ -50,7 +68,8 @@
 # untagged and rebuilt, so its digests change. Digests are not stable across
 # rebuilds: tests must read them with `docker image inspect`, not hardcode them.
 # The daemons started here keep running after it exits (dockerd:
-# /var/run/docker.pid, registry: /tmp/deploytrack-registry.pid, logs in /tmp).
+# /var/run/docker.pid, registries: /tmp/deploytrack-registry.pid and
+# /tmp/deploytrack-authreg.pid, logs in /tmp).
 set -euo pipefail
 
 readonly LOCK=/tmp/deploytrack-test-env.lock
@@ -61,6 +80,20 @@ readonly REGISTRY_DATA=/tmp/deploytrack-registry-data
 readonly REGISTRY_LOG=/tmp/deploytrack-registry.log
 readonly REGISTRY_PID=/tmp/deploytrack-registry.pid
 readonly REG=localhost:5000/deploytrack-test
+
+# The registry that wants credentials (see the header).
+readonly AUTHREG_ADDR=127.0.0.1:5002
+readonly AUTHREG_DIR=/tmp/deploytrack-authreg
+readonly AUTHREG_CONF=$AUTHREG_DIR/config.yml
+readonly AUTHREG_HTPASSWD=$AUTHREG_DIR/htpasswd
+readonly AUTHREG_DATA=$AUTHREG_DIR/data
+readonly AUTHREG_CREDENTIALS=$AUTHREG_DIR/credentials
+readonly AUTHREG_DOCKER_CONFIG=$AUTHREG_DIR/docker-config
+readonly AUTHREG_LOG=/tmp/deploytrack-authreg.log
+readonly AUTHREG_PID=/tmp/deploytrack-authreg.pid
+readonly AUTHREG_USER=deploytrack-test
+readonly AUTHREG_PASSWORD=Pr1vate-Pa55word
+readonly PRIVATE1=$AUTHREG_ADDR/deploytrack-test/private:1
 
 readonly APP1=$REG/app:1
 readonly APP2=$REG/app:2
@@ -85,6 +118,8 @@ readonly D28_NETNS=deploytrack-d28
 readonly D28_NETNS_PATH=/var/run/netns/$D28_NETNS
 readonly D28_REGISTRY_LOG=/tmp/deploytrack-registry-d28.log
 readonly D28_REGISTRY_PID=/tmp/deploytrack-registry-d28.pid
+readonly D28_AUTHREG_LOG=/tmp/deploytrack-authreg-d28.log
+readonly D28_AUTHREG_PID=/tmp/deploytrack-authreg-d28.pid
 readonly CLI_PLUGINS=/usr/local/lib/docker/cli-plugins
 readonly MULTI1=$REG/multi:1
 readonly MULTI_PLATFORMS=(linux/amd64 linux/arm64 linux/arm/v7)
@@ -121,15 +156,16 @@ fi
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 \
     || [ ! -x /bin/busybox ] || ! command -v podman >/dev/null 2>&1 \
     || ! command -v openssl >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 \
-    || ! command -v systemd-analyze >/dev/null 2>&1; then
+    || ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v htpasswd >/dev/null 2>&1; then
     if ! can_root; then
-        die "dockerd, docker-registry, podman, openssl, ip, systemd-analyze or /bin/busybox is missing and installing them needs root or sudo."
+        die "dockerd, docker-registry, podman, openssl, ip, systemd-analyze, htpasswd or /bin/busybox is missing and installing them needs root or sudo."
     fi
-    log "installing docker.io docker-registry busybox-static podman openssl iproute2 systemd (apt-get)"
+    log "installing docker.io docker-registry busybox-static podman openssl iproute2 systemd apache2-utils (apt-get)"
     apt_log=$(mktemp /tmp/deploytrack-apt.XXXXXX)
     if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >"$apt_log" 2>&1 \
         || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            docker.io docker-registry busybox-static podman openssl iproute2 systemd >>"$apt_log" 2>&1; then
+            docker.io docker-registry busybox-static podman openssl iproute2 systemd apache2-utils \
+            >>"$apt_log" 2>&1; then
         tail -n 30 "$apt_log" >&2
         die "apt-get failed (full log: $apt_log)"
     fi
@@ -181,11 +217,16 @@ fi
 
 # ---------------------------------------------------------------- registry
 # Minimal HTTP/1.0 client over bash's /dev/tcp (curl is not guaranteed in CI).
-# Prints the response head (status line and headers). Arguments: ADDR METHOD PATH.
+# Prints the response head (status line and headers). Arguments: ADDR METHOD PATH
+# [BASIC], where BASIC is base64 of user:password for an Authorization header.
 # shellcheck disable=SC2016 # the script expands its own arguments
 readonly HTTP_HEAD_SCRIPT='
     exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
-    printf "%s %s HTTP/1.0\r\nHost: localhost:5000\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\nConnection: close\r\n\r\n" "$2" "$3" >&3
+    {
+        printf "%s %s HTTP/1.0\r\nHost: localhost:%s\r\n" "$2" "$3" "${1##*:}"
+        [ -z "${4:-}" ] || printf "Authorization: Basic %s\r\n" "$4"
+        printf "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\nConnection: close\r\n\r\n"
+    } >&3
     while IFS= read -r line <&3; do
         line=${line%$'\''\r'\''}
         [ -z "$line" ] && break
@@ -244,6 +285,110 @@ YML
         die "docker-registry did not answer on http://$REGISTRY_ADDR/v2/ within 30 s (log: $REGISTRY_LOG)"
     fi
 fi
+
+# ---------------------------------------------------------------- registry with credentials
+# 127.0.0.1:5002 wants HTTP basic auth (htpasswd: bcrypt, which is all the registry reads).
+# Info level and the access log: tests count the requests an engine makes in its log.
+AUTHREG_BASIC=$(printf '%s:%s' "$AUTHREG_USER" "$AUTHREG_PASSWORD" | base64 -w 0)
+readonly AUTHREG_BASIC
+
+# authreg_files: the config, the users and the credentials file for tests, each written
+# only when it is not what it should be (a running registry read the users at its start).
+authreg_files() {
+    local conf
+    mkdir -p "$AUTHREG_DIR"
+    as_root mkdir -p "$AUTHREG_DATA"
+    conf="version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $AUTHREG_DATA
+  delete:
+    enabled: true
+http:
+  addr: $AUTHREG_ADDR
+auth:
+  htpasswd:
+    realm: deploytrack-test
+    path: $AUTHREG_HTPASSWD"
+    [ "$(cat "$AUTHREG_CONF" 2>/dev/null)" = "$conf" ] || printf '%s\n' "$conf" >"$AUTHREG_CONF"
+    if ! htpasswd -vb "$AUTHREG_HTPASSWD" "$AUTHREG_USER" "$AUTHREG_PASSWORD" >/dev/null 2>&1; then
+        quiet htpasswd -Bbc "$AUTHREG_HTPASSWD" "$AUTHREG_USER" "$AUTHREG_PASSWORD"
+    fi
+}
+# The credentials file belongs to the user who runs this script (and the tests): mode 0600.
+authreg_credentials() {
+    [ "$(cat "$AUTHREG_CREDENTIALS" 2>/dev/null)" != "$AUTHREG_USER:$AUTHREG_PASSWORD" ] || return 0
+    mkdir -p "$AUTHREG_DIR"
+    printf '%s:%s\n' "$AUTHREG_USER" "$AUTHREG_PASSWORD" \
+        | as_root install -m 0600 -o "$(id -u)" -g "$(id -g)" /dev/stdin "$AUTHREG_CREDENTIALS"
+}
+
+# authreg_status BASIC [NSENTER...]: HTTP status of GET /v2/ on $AUTHREG_ADDR, with the
+# credentials BASIC (empty: none), in the network namespace NSENTER enters (none: here).
+authreg_status() {
+    local basic=$1 head code
+    shift
+    [ $# -eq 0 ] || set -- as_root "$@"
+    head=$("$@" timeout 5 bash -c "$HTTP_HEAD_SCRIPT" _ "$AUTHREG_ADDR" GET /v2/ "$basic" 2>/dev/null) \
+        || return 1
+    read -r _ code _ <<<"$head"
+    [ -n "$code" ] || return 1
+    printf '%s\n' "$code"
+}
+
+# authreg_state [NSENTER...]: "ok" when the registry there wants credentials and takes
+# ours, "down" when nothing answers, else what it answered.
+authreg_state() {
+    local anon with
+    anon=$(authreg_status "" "$@") || { echo down; return 0; }
+    with=$(authreg_status "$AUTHREG_BASIC" "$@") || { echo down; return 0; }
+    if [ "$anon" = 401 ] && [ "$with" = 200 ]; then
+        echo ok
+    else
+        echo "GET /v2/ answers $anon without and $with with credentials, not 401 and 200"
+    fi
+}
+
+# authreg_ensure WHERE LOG PIDFILE [NSENTER...]: a registry on $AUTHREG_CONF answers on
+# $AUTHREG_ADDR in that namespace, started when nothing answers there.
+authreg_ensure() {
+    local where=$1 log_file=$2 pid_file=$3 state
+    shift 3
+    state=$(authreg_state "$@")
+    case $state in
+        ok) return 0 ;;
+        down) ;;
+        *) die "the server on $AUTHREG_ADDR ($where) is not the registry with credentials of $AUTHREG_CONF: $state; stop it (pid in $pid_file if this script started it) and run $0 again" ;;
+    esac
+    authreg_files
+    log "starting docker-registry with credentials on $AUTHREG_ADDR ($where, log: $log_file)"
+    "${SUDO[@]}" setsid "$@" docker-registry serve "$AUTHREG_CONF" >"$log_file" 2>&1 </dev/null 9>&- &
+    echo $! >"$pid_file"
+    for _ in $(seq 1 60); do
+        state=$(authreg_state "$@")
+        [ "$state" != ok ] || return 0
+        sleep 0.5
+    done
+    tail -n 40 "$log_file" >&2 || true
+    die "docker-registry with credentials ($where) did not answer on http://$AUTHREG_ADDR/v2/ as it should within 30 s: $state (log: $log_file)"
+}
+
+# Digest the registry with credentials serves for private:1 (empty when none).
+private_digest() {
+    local repo=${PRIVATE1%:*} head
+    repo=${repo#"$AUTHREG_ADDR"/}
+    head=$(timeout 5 bash -c "$HTTP_HEAD_SCRIPT" _ "$AUTHREG_ADDR" HEAD "/v2/$repo/manifests/${PRIVATE1##*:}" \
+        "$AUTHREG_BASIC" 2>/dev/null) || return 0
+    [[ $(head -n 1 <<<"$head") == "HTTP/1."?" 200"* ]] || return 0
+    sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *//p' <<<"$head"
+}
+
+authreg_ensure "host network" "$AUTHREG_LOG" "$AUTHREG_PID"
+authreg_credentials
 
 # ---------------------------------------------------------------- images
 repo_digests() { dk image inspect --format '{{join .RepoDigests " "}}' "$1" 2>/dev/null; }
@@ -405,6 +550,20 @@ if ! image_ok "$ARM1" "$ARM1" || [ "$(platform_of "$ARM1")" != linux/arm64/v8 ];
         untag "$ARM1"
         log "NOTE: skipping $ARM1: could not make a linux/arm64/v8 image with this engine"
     fi
+fi
+
+# f: private:1, in the registry with credentials only. Pushed with a private docker config
+# (logged in there), then removed from this engine: tests pull it themselves.
+if [ -z "$(private_digest)" ]; then
+    log "building $PRIVATE1 (pushed to $AUTHREG_ADDR with credentials, then removed here)"
+    untag "$PRIVATE1"
+    import_image "$PRIVATE1" "$PRIVATE1"
+    (umask 077 && mkdir -p "$AUTHREG_DOCKER_CONFIG")
+    printf '%s\n' "$AUTHREG_PASSWORD" \
+        | quiet dk --config "$AUTHREG_DOCKER_CONFIG" login -u "$AUTHREG_USER" --password-stdin "$AUTHREG_ADDR"
+    quiet dk --config "$AUTHREG_DOCKER_CONFIG" push "$PRIVATE1"
+    quiet dk rmi "$PRIVATE1"
+    [ -n "$(private_digest)" ] || die "$PRIVATE1 is not in the registry with credentials after the push (log: $AUTHREG_LOG)"
 fi
 
 remove_old_images
@@ -594,6 +753,9 @@ if ! ns_registry_up; then
         die "docker-registry in namespace $D28_NETNS did not answer on http://$REGISTRY_ADDR/v2/ within 30 s (log: $D28_REGISTRY_LOG)"
     fi
 fi
+# The same for the registry with credentials: 127.0.0.1:5002 there is a second process on
+# its config and storage.
+authreg_ensure "namespace $D28_NETNS" "$D28_AUTHREG_LOG" "$D28_AUTHREG_PID" nsenter --net="$D28_NETNS_PATH"
 
 # ---------------------------------------------------------------- docker28: dockerd
 DOCKER_CLASSIC=("${DOCKER[@]}")

@@ -11,9 +11,11 @@ use crate::config::Config;
 use crate::deliver::{Dispatcher, Sink};
 use crate::deployment::Selection;
 use crate::engine::events::{EngineEvent, EventCursor, EventReader, EVENT_BUFFER};
-use crate::engine::evidence::ImageStore;
+use crate::engine::evidence::{ImageStore, Registries};
+use crate::engine::pulls::ImageEvents;
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
+use crate::evidence::Ledger;
 use crate::observe::{Observer, View};
 use crate::outbox::Outbox;
 use crate::telemetry::Telemetry;
@@ -38,6 +40,8 @@ struct Parts {
     observer: Observer,
     dispatcher: Dispatcher,
     reader: EventReader,
+    /// The container stream's cursor time after a restart: where the image events resume.
+    since_nano: Option<i64>,
 }
 
 /// How long the agent waits for the engine before it says what it is waiting for.
@@ -81,12 +85,19 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             config.report_stops,
         )
         .with_report_unverified(config.report_unverified)
+        .with_registries(Registries::new(
+            Ledger::restore(restored.evidence, restored.refusals),
+            Some(outbox.clone()),
+            config.registry_credentials.clone(),
+        ))
         .with_store(store)
         .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
     let sink = Sink::for_config(config)?;
     let view = Arc::new(View::restore(restored.running));
+    let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
+    let cursor_time = cursor.as_ref().map(|c| c.time_nano).filter(|t| *t > 0);
     let (reconciled_tx, reconciled_rx) = watch::channel(false);
     Ok(Parts {
         observer: Observer {
@@ -110,10 +121,11 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         reader: EventReader {
             engine,
             label_filters,
-            cursor: restored.cursor.as_deref().and_then(EventCursor::decode),
+            cursor,
             telemetry: telemetry.clone(),
             resync: config.resync_interval,
         },
+        since_nano: cursor_time,
         telemetry,
         outbox,
     })
@@ -183,6 +195,13 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
 
     let retry = events_tx.downgrade();
+    let images = ImageEvents {
+        engine: parts.reader.engine.clone(),
+        resolver: parts.observer.resolver.clone(),
+        since_nano: parts.since_nano,
+        reconcile: events_tx.downgrade(),
+    };
+    let image_events = tokio::spawn(images.run(shutdown_rx.clone()));
     let reader = tokio::spawn(parts.reader.run(events_tx, shutdown_rx.clone()));
     let observer = tokio::spawn(parts.observer.run(events_rx, retry, fatal_tx.clone()));
     let dispatcher = {
@@ -211,6 +230,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     watchdog.abort();
     // The reader stops, which closes the observer's input; the observer drains and queues.
     let _ = reader.await;
+    let _ = image_events.await;
     let _ = observer.await;
     let _ = dispatcher.await;
     if let Err(e) = parts.outbox.flush().await {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod deliver;
 pub mod deployment;
 pub mod engine;
+pub mod evidence;
 pub mod observe;
 pub mod outbox;
 pub mod reference;

@@ -168,7 +168,7 @@ impl Observer {
                     tracing::info!(running, queued = 0, "reconciled with the engine");
                 }
                 if reconciles {
-                    self.reconciled.send_replace(true);
+                    self.first_reconciled();
                 }
                 continue;
             }
@@ -194,11 +194,21 @@ impl Observer {
                 }
             });
             if reconciles {
-                self.reconciled.send_replace(true);
+                self.first_reconciled();
             }
             while writes.try_join_next().is_some() {}
         }
         while writes.join_next().await.is_some() {}
+    }
+
+    /// A reconciliation was handed to the queue. After the first, the log says what runs
+    /// that cannot be reported for want of evidence, and what would fix it.
+    fn first_reconciled(&self) {
+        if !self.reconciled.send_replace(true) {
+            for line in unseen_summary(&self.resolver.unseen()) {
+                tracing::warn!("{line}");
+            }
+        }
     }
 
     async fn process(self, event: EngineEvent) -> Outcome {
@@ -228,6 +238,7 @@ impl Observer {
         &self,
     ) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
         let engine = self.resolver.engine();
+        self.resolver.forget_unseen();
         if let Ok((host, store)) = engine.host_facts().await {
             self.resolver.set_host(host);
             self.resolver.set_store(store);
@@ -386,6 +397,32 @@ impl Observer {
             }
         }
     }
+}
+
+/// What runs without evidence of a repository that holds it, one line per reason: how many
+/// images, which, and what would fix it. Empty when everything can be reported.
+pub fn unseen_summary(unseen: &[(String, crate::engine::evidence::Unseen)]) -> Vec<String> {
+    let mut by_reason: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (reference, why) in unseen {
+        by_reason
+            .entry(why.advice())
+            .or_default()
+            .push(reference.as_str());
+    }
+    by_reason
+        .into_iter()
+        .map(|(advice, mut images)| {
+            images.sort_unstable();
+            images.dedup();
+            format!(
+                "{} running image{} cannot be reported for want of evidence that a registry holds {} ({}): {advice}",
+                images.len(),
+                if images.len() == 1 { "" } else { "s" },
+                if images.len() == 1 { "it" } else { "them" },
+                images.join(", ")
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

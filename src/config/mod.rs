@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod file;
@@ -14,6 +15,7 @@ pub use file::FileConfig;
 use crate::backoff::Backoff;
 use crate::cli::RunArgs;
 use crate::deployment::{LabelSelector, NameTemplate};
+use crate::engine::credentials::Credentials;
 
 pub const DEFAULT_ENVIRONMENT: &str = "deployed";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -88,6 +90,8 @@ pub struct Config {
     pub label_selector: LabelSelector,
     pub report_stops: bool,
     pub report_unverified: bool,
+    /// Registry credentials from the Docker CLI's config, and where they came from.
+    pub registry_credentials: Option<Arc<Credentials>>,
     pub concurrency: usize,
     /// Delivery's backoff (`--retry-initial`, `--retry-max`), jittered.
     pub retry: Backoff,
@@ -230,6 +234,7 @@ impl Config {
             .into_iter()
             .collect();
         let ca_certificates = s.ca_certificates()?;
+        let registry_credentials = s.registry_credentials()?;
         let (token, token_source) = s.token(&mut warnings)?;
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
@@ -257,6 +262,7 @@ impl Config {
                 .report_unverified
                 .or(file.report_unverified)
                 .unwrap_or(false),
+            registry_credentials,
             concurrency,
             retry,
             queue_max_entries,
@@ -477,6 +483,26 @@ impl Sources<'_> {
             (None, _) => Ok(Vec::new()),
             (Some(path), origin) => load_ca_file(&path, &origin),
         }
+    }
+
+    /// The Docker CLI's config: `--docker-config DIR`, else the systemd credential
+    /// `docker-config` (a config.json), else `$DOCKER_CONFIG`, else `~/.docker`. A directory
+    /// named explicitly must hold a readable config.json.
+    fn registry_credentials(&self) -> Result<Option<Arc<Credentials>>, ConfigError> {
+        let (dir, origin) = pick!(self, "--docker-config", docker_config);
+        let loaded = match dir {
+            Some(dir) => Credentials::load(&dir.join("config.json"), true),
+            None => match std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join("docker-config"))
+                .filter(|p| p.exists())
+            {
+                Some(file) => Credentials::load(&file, true),
+                None => Credentials::from_env(None),
+            },
+        };
+        loaded
+            .map(|c| c.map(Arc::new))
+            .map_err(|e| ConfigError::new(origin, e.to_string()))
     }
 
     /// The token and where it came from; a token file others can read draws a warning.

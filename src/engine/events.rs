@@ -142,14 +142,14 @@ impl EventCursor {
     }
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A Unix time in nanoseconds as the API's `since`: `seconds.nanoseconds`.
-fn nanos_param(t: i64) -> String {
+pub(crate) fn nanos_param(t: i64) -> String {
     let t = t.max(0);
     format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000)
 }

@@ -1,34 +1,38 @@
-//! Which repository holds an image: the `image.url` of a report must name a repository
-//! that really holds the digest, or the receiver records an image nobody can pull.
-//!
-//! On the classic image store RepoDigests are that evidence: the engine records one only when
-//! it pulls or pushes. On the containerd image store every local name gets a repo digest,
-//! pushed or not (`docker tag registry.example/app:1 app:prod` adds `docker.io/library/app@…`),
-//! so a candidate must be confirmed: the engine asks the registry for the manifest
-//! (`GET /distribution/{repository}@{digest}/json`). Answers are cached, and each lookup is
-//! bounded in time, so a slow or unreachable registry delays a report by at most a few
-//! seconds, once per candidate.
+//! Asking the engine which repository holds an image: the rules are `crate::evidence`'s;
+//! this side fetches the facts. On the classic image store RepoDigests are the evidence: the
+//! engine records one only when it pulls or pushes. On the containerd image store and on
+//! Podman every local name gets a repo digest, pushed or not (`docker tag
+//! registry.example/app:1 app:prod` adds `docker.io/library/app@…`), so a candidate needs
+//! evidence: a pull or push the agent saw, the engine's `Identity`, or, on Docker, the
+//! registry's confirmation through the engine (`GET /distribution/{repository}@{digest}/json`,
+//! with the Docker CLI's credentials for that registry in `X-Registry-Auth`). Each lookup is
+//! bounded in time, so a slow or unreachable registry delays a report by a few seconds at most.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use super::credentials::Credentials;
 use super::Engine;
+use crate::clock::now_ms;
+use crate::evidence::{self, Change, Ledger, Refusal, Source, Wait};
+use crate::outbox::Outbox;
 
-/// How the engine stores images, which decides what RepoDigests prove.
+/// How the engine stores images, which decides what its RepoDigests prove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImageStore {
-    /// Docker's graph drivers (overlay2 and friends), and Podman: a repo digest is recorded
-    /// by a pull or a push.
+    /// Docker's graph drivers (overlay2 and friends): a repo digest is recorded by a pull or
+    /// a push.
     #[default]
     Classic,
     /// Docker's containerd image store (`driver-type io.containerd.snapshotter.v1`): every
     /// local name has a repo digest.
     Containerd,
+    /// Podman: every local name has a repo digest, and there is no `/distribution` to ask.
+    Podman,
 }
 
 impl ImageStore {
-    /// From `/info`'s `DriverStatus` pairs.
+    /// From `/info`'s `DriverStatus` pairs (Docker).
     pub fn from_driver_status(status: &[Vec<String>]) -> Self {
         let containerd = status.iter().any(|pair| {
             pair.len() == 2
@@ -46,71 +50,282 @@ impl ImageStore {
         match self {
             ImageStore::Classic => "classic",
             ImageStore::Containerd => "containerd",
+            ImageStore::Podman => "podman",
+        }
+    }
+
+    /// Whether RepoDigests alone name a repository that holds the digest.
+    pub fn repo_digests_prove(self) -> bool {
+        self == ImageStore::Classic
+    }
+}
+
+/// One lookup's bound: a registry round trip through the engine.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why no repository can be named for an image, as far as the agent can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unseen {
+    /// No candidate, or every registry asked says it has no such manifest: built, imported
+    /// or retagged here.
+    Local,
+    /// The registry wants credentials: none are configured for it (`false`) or it refused
+    /// those sent (`true`).
+    Credentials { registry: String, had: bool },
+    /// The registry did not answer; asked again later.
+    Unreachable { registry: String },
+    /// Podman: no pull or push was seen, and there is no lookup.
+    NotSeen,
+    /// Refused before, or the registry's hourly lookup budget is spent: asked again later.
+    Later,
+}
+
+impl Unseen {
+    /// What would fix it, for the log and `check`.
+    pub fn advice(&self) -> String {
+        match self {
+            Unseen::Local => "built, imported or retagged here, and no registry holds it: push it (while the agent runs) or start it from the registry's name; --report-unverified reports it as started".to_string(),
+            Unseen::Credentials { registry, had: false } => format!("{registry} wants credentials and none are configured for it: docker login, then give the agent that config with --docker-config (or pull the image again while the agent runs)"),
+            Unseen::Credentials { registry, had: true } => format!("{registry} refused the configured credentials: docker login again (or pull the image again while the agent runs)"),
+            Unseen::Unreachable { registry } => format!("{registry} did not answer the lookup; asked again later"),
+            Unseen::NotSeen => "Podman: no pull or push of it was seen while the agent ran, and Podman cannot ask a registry: pull it again while the agent runs, or --report-unverified".to_string(),
+            Unseen::Later => "a registry refused it before or its hourly lookup budget is spent; asked again later (or pull it again while the agent runs)".to_string(),
         }
     }
 }
 
-/// A registry's answer is good for this long; a refusal or an error for much less, so that
-/// a registry that was down is asked again.
-const HELD_FOR: Duration = Duration::from_secs(24 * 3600);
-const REFUSED_FOR: Duration = Duration::from_secs(600);
-/// One lookup's bound: a registry round trip through the engine.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-const CACHE_MAX: usize = 4096;
-
-/// Candidate `repository@digest` references, checked against their registries and remembered.
-#[derive(Default)]
+/// What shows which repository holds a digest: the ledger (mirrored in the queue file), the
+/// Docker CLI's credentials, and the lookups.
 pub struct Registries {
-    checked: Mutex<HashMap<String, (bool, Instant)>>,
+    ledger: Mutex<Ledger>,
+    outbox: Option<Outbox>,
+    credentials: Option<Arc<Credentials>>,
+    warned_clear: Mutex<bool>,
+}
+
+impl Default for Registries {
+    fn default() -> Self {
+        Registries::new(Ledger::default(), None, None)
+    }
 }
 
 impl Registries {
-    /// Whether the registry of `pinned` (`repository@sha256:…`) serves that manifest.
-    pub async fn holds(&self, engine: &Engine, pinned: &str) -> bool {
-        if let Some(held) = self.cached(pinned) {
-            return held;
+    pub fn new(
+        ledger: Ledger,
+        outbox: Option<Outbox>,
+        credentials: Option<Arc<Credentials>>,
+    ) -> Self {
+        Registries {
+            ledger: Mutex::new(ledger),
+            outbox,
+            credentials,
+            warned_clear: Mutex::new(false),
         }
+    }
+
+    fn keep(&self, changes: Vec<Change>) {
+        if let Some(outbox) = &self.outbox {
+            outbox.remember(changes);
+        }
+    }
+
+    /// Remember what a pull or push proved. True if any of it is new.
+    pub fn saw(&self, proved: &[String], source: Source) -> bool {
+        let now = now_ms();
+        let mut changes = Vec::new();
+        if let Ok(mut ledger) = self.ledger.lock() {
+            for pinned in proved {
+                if let Some((repository, digest)) = evidence::split_pinned(pinned) {
+                    changes.extend(ledger.hold(repository, digest, source, now));
+                }
+            }
+        }
+        let new = changes.iter().any(|c| matches!(c, Change::Hold(_)));
+        self.keep(changes);
+        new
+    }
+
+    /// The first candidate with evidence, looking it up where the store allows; else why none.
+    pub async fn name(
+        &self,
+        engine: &Engine,
+        store: ImageStore,
+        candidates: &[String],
+        identity_pulls: &[String],
+    ) -> Result<(String, Source), Unseen> {
+        let known = self
+            .ledger
+            .lock()
+            .ok()
+            .and_then(|l| evidence::named(candidates, &l, identity_pulls));
+        if let Some((pinned, source)) = known {
+            if source == Source::Identity {
+                self.saw(std::slice::from_ref(&pinned), source);
+            }
+            return Ok((pinned, source));
+        }
+        if candidates.is_empty() {
+            return Err(Unseen::Local);
+        }
+        if store == ImageStore::Podman {
+            return Err(Unseen::NotSeen);
+        }
+        let mut why: Option<Unseen> = None;
+        for pinned in candidates {
+            let allowed = self
+                .ledger
+                .lock()
+                .map(|mut l| l.may_look_up(pinned, now_ms()))
+                .unwrap_or(Err(Wait::Budget { until_ms: 0 }));
+            let registry = evidence::registry_of(pinned);
+            let outcome = match allowed {
+                Ok(()) => self.look_up(engine, pinned, &registry).await,
+                Err(Wait::Refused(r)) => Err((r.why, false)),
+                Err(Wait::Budget { .. }) => {
+                    why.get_or_insert(Unseen::Later);
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(()) => return Ok((pinned.clone(), Source::Lookup)),
+                Err((refusal, had)) => {
+                    let this = match refusal {
+                        Refusal::Credentials => Unseen::Credentials { registry, had },
+                        Refusal::Unreachable => Unseen::Unreachable { registry },
+                        Refusal::Unknown => Unseen::Local,
+                    };
+                    // The most telling reason wins: credentials, then the network, then none.
+                    why = Some(match (why, this) {
+                        (Some(c @ Unseen::Credentials { .. }), _) => c,
+                        (_, c @ Unseen::Credentials { .. }) => c,
+                        (Some(u @ Unseen::Unreachable { .. }), _) => u,
+                        (_, other) => other,
+                    });
+                }
+            }
+        }
+        Err(why.unwrap_or(Unseen::Local))
+    }
+
+    /// Ask the engine whether `pinned`'s registry serves it, with that registry's credentials.
+    /// Remembers the answer. Err: the refusal, and whether credentials were sent.
+    async fn look_up(
+        &self,
+        engine: &Engine,
+        pinned: &str,
+        registry: &str,
+    ) -> Result<(), (Refusal, bool)> {
+        let auth = match &self.credentials {
+            Some(c) if engine.in_clear() => {
+                self.warn_clear(engine);
+                let _ = c;
+                None
+            }
+            Some(c) => c.for_registry(registry).await,
+            None => None,
+        };
+        let header = auth.as_ref().map(|a| a.header());
         let path = format!("/distribution/{pinned}/json");
-        let held = match tokio::time::timeout(LOOKUP_TIMEOUT, engine.get(&path)).await {
-            Ok(Ok((200, _))) => true,
+        let answer = tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            engine.get_with(&path, header.as_deref().map(|h| ("X-Registry-Auth", h))),
+        )
+        .await;
+        let refusal = match answer {
+            Ok(Ok((200, _))) => None,
             Ok(Ok((status, body))) => {
-                tracing::debug!(image = pinned, status, answer = %super::one_line(&String::from_utf8_lossy(&body)), "the registry does not confirm the digest");
-                false
+                let text = super::one_line(&String::from_utf8_lossy(&body));
+                tracing::debug!(image = pinned, status, answer = %text, credentials = auth.is_some(), "the registry does not confirm the digest");
+                Some(classify(status, &text))
             }
             Ok(Err(e)) => {
                 tracing::debug!(image = pinned, error = %e, "cannot ask the registry");
-                false
+                Some(Refusal::Unreachable)
             }
             Err(_) => {
                 tracing::debug!(image = pinned, "the registry lookup timed out");
-                false
+                Some(Refusal::Unreachable)
             }
         };
-        if let Ok(mut checked) = self.checked.lock() {
-            if checked.len() >= CACHE_MAX {
-                let now = Instant::now();
-                checked.retain(|_, (held, at)| now.duration_since(*at) < ttl(*held));
-                if checked.len() >= CACHE_MAX {
-                    checked.clear();
+        let now = now_ms();
+        let changes = match self.ledger.lock() {
+            Ok(mut ledger) => match (refusal, evidence::split_pinned(pinned)) {
+                (None, Some((repository, digest))) => {
+                    ledger.hold(repository, digest, Source::Lookup, now)
                 }
-            }
-            checked.insert(pinned.to_string(), (held, Instant::now()));
+                (Some(r), _) => ledger.refuse(pinned, r, now),
+                (None, None) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        self.keep(changes);
+        match refusal {
+            None => Ok(()),
+            Some(r) => Err((r, auth.is_some())),
         }
-        held
     }
 
-    fn cached(&self, pinned: &str) -> Option<bool> {
-        let checked = self.checked.lock().ok()?;
-        let (held, at) = checked.get(pinned)?;
-        (at.elapsed() < ttl(*held)).then_some(*held)
+    fn warn_clear(&self, engine: &Engine) {
+        if let Ok(mut warned) = self.warned_clear.lock() {
+            if !*warned {
+                *warned = true;
+                tracing::warn!(engine = %engine.host, "the engine is reached over plain tcp://: registry credentials are not sent to it, as they would cross the network in clear; use the Unix socket or TLS");
+            }
+        }
+    }
+
+    /// Forget what is remembered about digests no local image has any more, so the ledger
+    /// stays the size of the host's images.
+    pub async fn prune(&self, engine: &Engine) {
+        let remembered = match self.ledger.lock() {
+            Ok(l) => l.remembered(),
+            Err(_) => return,
+        };
+        let mut gone = Vec::new();
+        for pinned in remembered {
+            if let Ok((404, _)) = engine.get(&format!("/images/{pinned}/json")).await {
+                gone.push(pinned);
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let changes: Vec<Change> = match self.ledger.lock() {
+            Ok(mut l) => gone.iter().flat_map(|p| l.forget(p)).collect(),
+            Err(_) => return,
+        };
+        tracing::debug!(
+            references = gone.len(),
+            "forgot what was known of references no local image has"
+        );
+        self.keep(changes);
+    }
+
+    /// The registries credentials are configured for, and where from (for `check`).
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_deref()
     }
 }
 
-fn ttl(held: bool) -> Duration {
-    if held {
-        HELD_FOR
+/// What a `/distribution` answer other than 200 says. The engine wraps the registry's
+/// answer: 28.5 says 500 with the registry's `401 Unauthorized` in the message.
+fn classify(status: u16, message: &str) -> Refusal {
+    let m = message.to_ascii_lowercase();
+    let wants_credentials = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+        "401",
+        "403",
+    ];
+    let unknown = ["manifest unknown", "not found", "name unknown", "404"];
+    if matches!(status, 401 | 403) || wants_credentials.iter().any(|w| m.contains(w)) {
+        Refusal::Credentials
+    } else if status == 404 || unknown.iter().any(|w| m.contains(w)) {
+        Refusal::Unknown
     } else {
-        REFUSED_FOR
+        Refusal::Unreachable
     }
 }
 

@@ -138,6 +138,9 @@ pub struct ImageFields {
     pub os: Option<String>,
     pub architecture: Option<String>,
     pub variant: Option<String>,
+    /// `Identity.Pull[].Repository` (Docker 29.3, API 1.53), normalised; bollard's model has
+    /// no such field, so only `from_text` fills it.
+    pub identity_pulls: Vec<String>,
 }
 
 impl ImageFields {
@@ -147,6 +150,7 @@ impl ImageFields {
             os: i.os,
             architecture: i.architecture,
             variant: i.variant,
+            identity_pulls: Vec::new(),
         }
     }
 
@@ -169,8 +173,31 @@ impl ImageFields {
             os: text_of("Os"),
             architecture: text_of("Architecture"),
             variant: text_of("Variant"),
+            identity_pulls: identity_pulls(&i),
         })
     }
+}
+
+/// The repositories an image was pulled from, as `Identity.Pull` lists them, normalised
+/// (`busybox` is `docker.io/library/busybox`); entries that are not a repository are skipped.
+fn identity_pulls(image: &serde_json::Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = image
+        .get("Identity")
+        .and_then(|i| i.get("Pull"))
+        .and_then(Value::as_array)
+        .map(|pulls| {
+            pulls
+                .iter()
+                .filter_map(|p| p.get("Repository")?.as_str())
+                .filter_map(|r| crate::reference::ImageRef::parse(r).ok())
+                .filter(|r| r.tag.is_none() && r.digest.is_none())
+                .map(|r| r.repository)
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A JSON object of labels; values that are not strings are written as JSON text.

@@ -1,12 +1,16 @@
 //! The Docker Engine side: connecting, following events and resolving containers.
 
+pub mod credentials;
 pub mod events;
 pub mod evidence;
 pub mod lenient;
+pub mod pulls;
 pub mod resolve;
 pub mod transport;
 
 use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -161,6 +165,8 @@ pub struct Engine {
     pub api: Docker,
     pub stream: Docker,
     transport: Transport,
+    /// Set by the handshake when `/version` names Podman, whose RepoDigests prove nothing.
+    podman: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -224,7 +230,14 @@ impl Engine {
             api: transport.client(REQUEST_TIMEOUT_SECS),
             stream: transport.client(STREAM_TIMEOUT_SECS),
             transport,
+            podman: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether plain HTTP carries requests to the engine (`tcp://` without TLS): a secret in a
+    /// header would cross the network in clear.
+    pub fn in_clear(&self) -> bool {
+        self.transport.in_clear()
     }
 
     /// The API version requests carry now (`None` before the first handshake).
@@ -263,6 +276,8 @@ impl Engine {
         })?;
         let before = self.transport.version();
         self.transport.set_version(negotiated.using);
+        self.podman
+            .store(negotiated.product.contains("Podman"), Ordering::Relaxed);
         if before != Some(negotiated.using) {
             let note = if negotiated.using > transport::NEWEST_TESTED {
                 "; the engine refuses every version deploytrack is tested with, so answers may hold surprises"
@@ -310,9 +325,13 @@ impl Engine {
             .info()
             .await
             .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        let store = evidence::ImageStore::from_driver_status(
-            info.driver_status.as_deref().unwrap_or_default(),
-        );
+        let store = if self.podman.load(Ordering::Relaxed) {
+            evidence::ImageStore::Podman
+        } else {
+            evidence::ImageStore::from_driver_status(
+                info.driver_status.as_deref().unwrap_or_default(),
+            )
+        };
         let name = info
             .name
             .filter(|n| !n.is_empty())
@@ -323,9 +342,18 @@ impl Engine {
     /// `GET path` with the negotiated version: the status and the whole answer. For the few
     /// requests bollard has no call for (or no option of).
     pub async fn get(&self, path: &str) -> Result<(u16, hyper::body::Bytes), EngineError> {
+        self.get_with(path, None).await
+    }
+
+    /// `get` with one more header. The value may be a secret: it appears in no error.
+    pub async fn get_with(
+        &self,
+        path: &str,
+        header: Option<(&str, &str)>,
+    ) -> Result<(u16, hyper::body::Bytes), EngineError> {
         tokio::time::timeout(
             Duration::from_secs(REQUEST_TIMEOUT_SECS),
-            self.transport.get(path, true),
+            self.transport.get_with(path, true, header),
         )
         .await
         .map_err(|_| EngineError::Unreachable {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
 
-use super::evidence::{ImageStore, Registries};
+use super::evidence::{ImageStore, Registries, Unseen};
 use super::lenient::{ContainerFacts, ImageFields, ManifestFacts};
 use super::transport::ApiVersion;
 use super::{Engine, EngineError};
@@ -40,6 +40,9 @@ pub enum Resolution {
 struct ImageFacts {
     repo_digests: Vec<String>,
     platform: Platform,
+    /// The repositories the engine says the image was pulled from (`Identity.Pull`, Docker
+    /// 29.3 and later), normalised.
+    identity_pulls: Vec<String>,
 }
 
 /// What the resolver needs from an event when the container is already gone (`--rm`).
@@ -66,6 +69,9 @@ pub struct Resolver {
     store: RwLock<ImageStore>,
     registries: Registries,
     report_unverified: bool,
+    /// Images running now that no evidence covers, and why: for the start-up summary and
+    /// `check`. Bounded like `warned`.
+    unseen: Mutex<HashMap<String, (String, Unseen)>>,
 }
 
 /// `ImageManifestDescriptor` is in container inspect from this Engine API version on.
@@ -94,6 +100,7 @@ impl Resolver {
             store: RwLock::new(ImageStore::default()),
             registries: Registries::default(),
             report_unverified: false,
+            unseen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,6 +109,34 @@ impl Resolver {
     pub fn with_report_unverified(mut self, report_unverified: bool) -> Self {
         self.report_unverified = report_unverified;
         self
+    }
+
+    /// What shows which repository holds a digest (restored from the queue file), with the
+    /// credentials for lookups.
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
+    /// The images that run now without evidence of a repository that holds them: the
+    /// reference each was started as, and why, sorted by reference.
+    pub fn unseen(&self) -> Vec<(String, Unseen)> {
+        let mut all: Vec<(String, Unseen)> = self
+            .unseen
+            .lock()
+            .map(|u| u.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Whether some image was skipped for want of evidence (new evidence may name it).
+    pub fn has_unseen(&self) -> bool {
+        self.unseen.lock().is_ok_and(|u| !u.is_empty())
     }
 
     pub fn with_store(self, store: ImageStore) -> Self {
@@ -121,7 +156,7 @@ impl Resolver {
         }
     }
 
-    fn store(&self) -> ImageStore {
+    pub fn store(&self) -> ImageStore {
         self.store.read().map(|s| *s).unwrap_or_default()
     }
 
@@ -278,14 +313,17 @@ impl Resolver {
         image_id: &str,
         facts: &ImageFacts,
     ) -> Result<String, SkipReason> {
-        if self.store() == ImageStore::Containerd && !self.report_unverified {
+        if !self.store().repo_digests_prove() && !self.report_unverified {
             return self
                 .verified_url(reference, image_id, facts)
                 .await
                 .ok_or(SkipReason::Unverified);
         }
         match pick_repo_digest(reference, &facts.repo_digests) {
-            Some(Picked::Matching(url)) | Some(Picked::Only(url)) => Ok(url),
+            Some(Picked::Matching(url)) | Some(Picked::Only(url)) => {
+                self.seen(image_id);
+                Ok(url)
+            }
             Some(Picked::Arbitrary(url)) => {
                 self.warn_once(image_id, || {
                     tracing::info!(
@@ -293,6 +331,7 @@ impl Resolver {
                         "no repo digest of the image matches the repository it was started as; reporting the first in sorted order"
                     )
                 });
+                self.seen(image_id);
                 Ok(url)
             }
             None => {
@@ -302,32 +341,69 @@ impl Resolver {
                         "image has no repo digest (built or imported locally, never pushed or pulled): its containers cannot be reported by digest and are skipped"
                     )
                 });
+                self.not_seen(image_id, reference, Unseen::Local);
                 Err(SkipReason::NoDigest)
             }
         }
     }
 
-    /// On the containerd store: the first candidate whose registry confirms the digest, in
-    /// the order of `candidates`.
+    /// Where RepoDigests prove nothing: the first candidate with evidence (a pull or push
+    /// seen, the engine's identity, a registry's confirmation), in the order of `candidates`.
     async fn verified_url(
         &self,
         reference: &str,
         image_id: &str,
         facts: &ImageFacts,
     ) -> Option<String> {
-        let candidates = candidates(reference, &facts.repo_digests);
-        for candidate in &candidates {
-            if self.registries.holds(&self.engine, candidate).await {
-                return Some(candidate.clone());
+        let candidates = crate::evidence::candidates(reference, &facts.repo_digests);
+        let named = self
+            .registries
+            .name(
+                &self.engine,
+                self.store(),
+                &candidates,
+                &facts.identity_pulls,
+            )
+            .await;
+        let why = match named {
+            Ok((url, source)) => {
+                self.seen(image_id);
+                tracing::debug!(image = %reference, url = %url, evidence = source.as_str(), "the repository holds the image");
+                return Some(url);
             }
-        }
+            Err(why) => why,
+        };
         self.warn_once(&format!("unverified {image_id}"), || {
             tracing::warn!(
                 image = %reference, image_id = %image_id, candidates = %candidates.join(" "),
-                "no registry confirms that it holds this image (built, imported or retagged locally, or the registry refuses the lookup): its containers are skipped; --report-unverified reports them as the repository they were started as"
+                "no evidence that a registry holds this image: its containers are skipped; {}", why.advice()
             )
         });
+        self.not_seen(image_id, reference, why);
         None
+    }
+
+    /// The image is reported: no longer among those waiting for evidence.
+    fn seen(&self, image_id: &str) {
+        if let Ok(mut unseen) = self.unseen.lock() {
+            unseen.remove(image_id);
+        }
+    }
+
+    fn not_seen(&self, image_id: &str, reference: &str, why: Unseen) {
+        if let Ok(mut unseen) = self.unseen.lock() {
+            if unseen.len() >= WARNED_MAX && !unseen.contains_key(image_id) {
+                unseen.clear();
+            }
+            unseen.insert(image_id.to_string(), (reference.to_string(), why));
+        }
+    }
+
+    /// A reconciliation starts: what waits for evidence is found again among what runs.
+    pub fn forget_unseen(&self) {
+        if let Ok(mut unseen) = self.unseen.lock() {
+            unseen.clear();
+        }
     }
 
     /// The platform the container runs: its manifest's, where the engine names it (API >=
@@ -526,6 +602,7 @@ impl Resolver {
                     .unwrap_or("amd64"),
                 inspect.variant.as_deref(),
             ),
+            identity_pulls: inspect.identity_pulls,
         };
         // An image without digests may get one when pushed: only cache the reportable.
         if cacheable && !facts.repo_digests.is_empty() {
@@ -633,33 +710,6 @@ fn platform_in_manifests(
     })
 }
 
-/// The pinned references an image could be reported as, best first: the reference's own
-/// digest, then the repository it was started as, then the others in sorted order.
-pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
-    let wanted = ImageRef::parse(reference).ok();
-    let mut all: Vec<String> = repo_digests
-        .iter()
-        .filter_map(|d| ImageRef::parse(d).ok())
-        .filter_map(|r| r.pinned())
-        .collect();
-    all.sort();
-    all.dedup();
-    let mut out = Vec::with_capacity(all.len() + 1);
-    if let Some(pinned) = wanted.as_ref().and_then(ImageRef::pinned) {
-        out.push(pinned);
-    }
-    if let Some(wanted) = &wanted {
-        let prefix = format!("{}@", wanted.repository);
-        out.extend(all.iter().filter(|c| c.starts_with(&prefix)).cloned());
-    }
-    for c in all {
-        if !out.contains(&c) {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,28 +745,6 @@ mod tests {
             platform_in_manifests(&serde_json::json!({}), "sha256:arm"),
             None
         );
-    }
-
-    #[test]
-    fn candidates_best_first() {
-        let digests = vec![
-            format!("z.example/app@{A}"),
-            format!("docker.io/library/app@{A}"),
-            format!("a.example/app@{A}"),
-        ];
-        assert_eq!(
-            candidates("app:prod", &digests),
-            vec![
-                format!("docker.io/library/app@{A}"),
-                format!("a.example/app@{A}"),
-                format!("z.example/app@{A}"),
-            ]
-        );
-        assert_eq!(
-            candidates(&format!("z.example/app@{B}"), &digests)[0],
-            format!("z.example/app@{B}")
-        );
-        assert!(candidates("local/app:1", &[]).is_empty());
     }
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

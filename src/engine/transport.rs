@@ -119,6 +119,11 @@ impl Transport {
         })
     }
 
+    /// Whether requests go over plain HTTP on a network (not a Unix socket, not TLS).
+    pub fn in_clear(&self) -> bool {
+        matches!(&*self.connector, Connector::Http(..))
+    }
+
     /// The version requests carry; `None` before negotiation.
     pub fn version(&self) -> Option<ApiVersion> {
         ApiVersion::unpacked(self.version.load(Ordering::Relaxed))
@@ -198,8 +203,21 @@ impl Transport {
         path: &str,
         versioned: bool,
     ) -> Result<(u16, Bytes), bollard::errors::Error> {
-        let request = Request::get(path)
-            .header("Content-Type", "application/json")
+        self.get_with(path, versioned, None).await
+    }
+
+    /// `get` with one more header (`X-Registry-Auth` on a registry lookup).
+    pub async fn get_with(
+        &self,
+        path: &str,
+        versioned: bool,
+        header: Option<(&str, &str)>,
+    ) -> Result<(u16, Bytes), bollard::errors::Error> {
+        let mut request = Request::get(path).header("Content-Type", "application/json");
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let request = request
             .body(bollard::body_full(Bytes::new()))
             .map_err(|e| bollard::errors::Error::IOError {
                 err: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),

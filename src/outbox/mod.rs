@@ -32,6 +32,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 
 use crate::deployment::{Deployment, DeploymentKey};
+use crate::evidence::{Change, Held, Refused};
 use crate::telemetry::Telemetry;
 
 pub use file::open_file;
@@ -142,6 +143,9 @@ pub struct Restored {
     /// The event source's position, as it was handed over in a `Batch`.
     pub cursor: Option<String>,
     pub running: Vec<(String, DeploymentKey, String)>,
+    /// What shows which repository holds which digest (see `crate::evidence`).
+    pub evidence: Vec<Held>,
+    pub refusals: Vec<(String, Refused)>,
     /// Set when a damaged file was moved aside: (damaged, moved to).
     pub moved_aside: Option<(PathBuf, PathBuf)>,
 }
@@ -174,6 +178,8 @@ impl Outbox {
         let restored = Restored {
             cursor: schema::read_meta(&opened.conn, "cursor").map_err(sql_err)?,
             running: schema::read_running(&opened.conn).map_err(sql_err)?,
+            evidence: schema::read_evidence(&opened.conn).map_err(sql_err)?,
+            refusals: schema::read_refusals(&opened.conn).map_err(sql_err)?,
             moved_aside: opened.moved_aside,
         };
         let mut store = Store::new(opened.conn, max_entries, telemetry).map_err(sql_err)?;
@@ -248,6 +254,14 @@ impl Outbox {
     /// failed repeatedly on their own.
     pub fn reset_backoff(&self) {
         let _ = self.tx.send(Command::ResetBackoff);
+    }
+
+    /// Record changes to what shows which repository holds which digest. Not awaited: it
+    /// commits with the reports queued after it.
+    pub fn remember(&self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            let _ = self.tx.send(Command::Evidence(changes));
+        }
     }
 
     pub async fn stats(&self) -> Result<Stats, String> {

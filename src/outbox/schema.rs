@@ -4,9 +4,11 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::Pending;
 use crate::deployment::DeploymentKey;
+use crate::evidence::{Change, Held, Refusal, Refused, Source};
 
 /// 1: the first release. 2: `delivered.status`, the endpoint's answer (null in rows
-/// written before it).
+/// written before it). The `evidence` and `refusals` tables came later without a new
+/// version: a release that does not know them leaves them alone.
 pub(super) const SCHEMA_VERSION: i64 = 2;
 /// A dead letter is superseded once its key was delivered after it failed: the endpoint has
 /// a newer state of that key, so the dead letter is no longer pending work.
@@ -61,7 +63,20 @@ pub(super) fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
             name TEXT NOT NULL,
             body TEXT NOT NULL
         ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS evidence (
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            source TEXT NOT NULL,
+            seen_ms INTEGER NOT NULL,
+            PRIMARY KEY (repository, digest)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS refusals (
+            pinned TEXT PRIMARY KEY,
+            why TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            next_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;",
     )?;
     // Schema 1 to 2: a queue written by an earlier release gains the status column.
     let has_status = conn
@@ -96,6 +111,85 @@ pub(super) fn read_running(
         ))
     })?;
     rows.collect()
+}
+
+/// What the evidence tables remember (see `crate::evidence`); rows this release cannot read
+/// are skipped.
+pub(super) fn read_evidence(conn: &Connection) -> rusqlite::Result<Vec<Held>> {
+    let mut stmt = conn.prepare("SELECT repository, digest, source, seen_ms FROM evidence")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (repository, digest, source, seen_ms) = row?;
+        if let Some(source) = Source::parse(&source) {
+            out.push(Held {
+                repository,
+                digest,
+                source,
+                seen_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn read_refusals(conn: &Connection) -> rusqlite::Result<Vec<(String, Refused)>> {
+    let mut stmt = conn.prepare("SELECT pinned, why, failures, next_ms FROM refusals")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (pinned, why, failures, next_ms) = row?;
+        if let Some(why) = Refusal::parse(&why) {
+            out.push((
+                pinned,
+                Refused {
+                    why,
+                    failures,
+                    next_ms,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Apply changes to what the evidence tables remember.
+pub(super) fn write_evidence(conn: &Connection, changes: &[Change]) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for change in changes {
+        n += match change {
+            Change::Hold(h) => conn.execute(
+                "INSERT OR REPLACE INTO evidence (repository, digest, source, seen_ms) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![h.repository, h.digest, h.source.as_str(), h.seen_ms],
+            )?,
+            Change::Forget { repository, digest } => conn.execute(
+                "DELETE FROM evidence WHERE repository = ?1 AND digest = ?2",
+                [repository, digest],
+            )?,
+            Change::Refuse { pinned, refused } => conn.execute(
+                "INSERT OR REPLACE INTO refusals (pinned, why, failures, next_ms) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![pinned, refused.why.as_str(), refused.failures, refused.next_ms],
+            )?,
+            Change::Unrefuse { pinned } => {
+                conn.execute("DELETE FROM refusals WHERE pinned = ?1", [pinned])?
+            }
+        };
+    }
+    Ok(n)
 }
 
 /// The next report version: past every version in the file and past the shared sequence.

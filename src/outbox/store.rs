@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
-use super::schema::{next_version, pending_row, NOT_SUPERSEDED};
+use super::schema::{next_version, pending_row, write_evidence, NOT_SUPERSEDED};
 use super::{Batch, EnqueueOutcome, Pending, Settle, Stats};
 use crate::clock::now_ms;
 use crate::deployment::{Deployment, DeploymentKey};
+use crate::evidence::Change;
 use crate::telemetry::Telemetry;
 
 /// While changes keep arriving, commit (and sync) at most this often...
@@ -35,6 +36,8 @@ pub(super) enum Command {
         reply: Reply<(Vec<Pending>, Option<i64>)>,
     },
     ResetBackoff,
+    /// What the evidence tables remember changed (see `crate::evidence`).
+    Evidence(Vec<Change>),
     Stats(Reply<Stats>),
     Flush(Reply<()>),
 }
@@ -44,7 +47,10 @@ impl Command {
     fn writes(&self) -> bool {
         matches!(
             self,
-            Command::Enqueue(..) | Command::Settle(..) | Command::ResetBackoff
+            Command::Enqueue(..)
+                | Command::Settle(..)
+                | Command::ResetBackoff
+                | Command::Evidence(..)
         )
     }
 }
@@ -330,6 +336,15 @@ impl Store {
                 }
                 true
             }
+            Command::Evidence(changes) => {
+                match self.atomically(|s| write_evidence(&s.conn, &changes)) {
+                    Ok(n) => self.changes += n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record what shows which registry holds an image")
+                    }
+                }
+                false
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats().map_err(|e| e.to_string()));
                 false
@@ -587,7 +602,7 @@ fn fail(command: Command, error: &str) {
         Command::Due { reply, .. } => drop(reply.send(Err(e))),
         Command::Stats(r) => drop(r.send(Err(e))),
         Command::Flush(r) => drop(r.send(Err(e))),
-        Command::Settle(..) | Command::ResetBackoff => {}
+        Command::Settle(..) | Command::ResetBackoff | Command::Evidence(..) => {}
     }
 }
 

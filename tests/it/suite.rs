@@ -24,5 +24,7 @@ mod hostile;
 mod service;
 #[path = "../it/soak/mod.rs"]
 mod soak;
+#[path = "../it/registries.rs"]
+mod registries;
 #[path = "../it/swarm.rs"]
 mod swarm;

@@ -49,7 +49,7 @@ impl TestEngine {
 pub fn unreportable_line() -> &'static str {
     match test_engine() {
         TestEngine::Classic => "image has no repo digest",
-        TestEngine::Containerd => "no registry confirms that it holds this image",
+        TestEngine::Containerd => "no evidence that a registry holds this image",
     }
 }
 
