@@ -7,9 +7,12 @@ use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError};
 use crate::deliver::{HttpSink, Outcome, Sink};
-use crate::deployment::{Deployment, DeploymentKey, Platform};
+use crate::deployment::{Deployment, DeploymentKey, Platform, Selection};
+use crate::engine::evidence::Registries;
+use crate::engine::resolve::Resolver;
 use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
+use crate::evidence::Ledger;
 use crate::outbox::{self, operator, DB_FILE};
 use crate::reference::ImageRef;
 
@@ -204,6 +207,7 @@ pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
         (None, false) => list.line(false, "token", "missing".into()),
     }
     check_engine(&config, &mut list).await;
+    check_registries(&config, &mut list).await;
     check_state_dir_of(&config, &mut list);
     check_endpoint(&config, &mut list).await;
     if list.failed > 0 {
@@ -273,6 +277,88 @@ async fn check_engine(config: &Config, list: &mut Checklist) {
             None => list.line(true, "host name", format!("{name:?} (the engine's)")),
         },
         Err(e) => list.line(false, "host name", e.to_string()),
+    }
+}
+
+/// The registry credentials, and what runs that no evidence covers (where RepoDigests prove
+/// nothing), with what would fix it. Warnings, not failures: the agent still runs.
+async fn check_registries(config: &Config, list: &mut Checklist) {
+    let detail = match &config.registry_credentials {
+        Some(c) => {
+            let found: Vec<String> = c
+                .describe()
+                .into_iter()
+                .map(|(registry, source)| format!("{registry} ({source})"))
+                .collect();
+            if found.is_empty() {
+                format!("none in {}", c.path().display())
+            } else {
+                found.join(", ")
+            }
+        }
+        None => "none (no Docker CLI config.json found; give --docker-config DIR for registries that want credentials)".into(),
+    };
+    list.line(true, "registry credentials", detail);
+    let Ok(engine) = Engine::connect(&config.docker_host, Duration::from_secs(2)).await else {
+        return;
+    };
+    let Ok((host, store)) = engine.host_facts().await else {
+        return;
+    };
+    if store.repo_digests_prove() && !config.report_unverified {
+        return list.line(
+            true,
+            "evidence",
+            format!(
+                "the {} image store's repo digests name the repositories that hold images",
+                store.as_str()
+            ),
+        );
+    }
+    if config.registry_credentials.is_some() && engine.in_clear() {
+        println!("WARN registry credentials: the engine is reached over plain tcp://, so the agent does not send them (they would cross the network in clear)");
+    }
+    let ledger = config
+        .queue_dir()
+        .and_then(|dir| crate::outbox::evidence_in(dir).ok())
+        .map(|(held, refused)| Ledger::restore(held, refused))
+        .unwrap_or_default();
+    let resolver = Resolver::new(
+        engine.clone(),
+        host,
+        config.environment.clone(),
+        None,
+        Selection {
+            require_label: config.require_label,
+            selector: config.label_selector.clone(),
+        },
+        false,
+    )
+    .with_store(store)
+    .with_registries(Registries::new(
+        ledger,
+        None,
+        config.registry_credentials.clone(),
+    ));
+    let Ok(ids) = crate::observe::running_ids(&engine, resolver.selection()).await else {
+        return;
+    };
+    for id in &ids {
+        let _ = resolver.resolve(id, None).await;
+    }
+    let unseen = resolver.unseen();
+    if unseen.is_empty() {
+        return list.line(
+            true,
+            "evidence",
+            format!(
+                "every running image has evidence of a repository that holds it ({} containers)",
+                ids.len()
+            ),
+        );
+    }
+    for line in crate::observe::unseen_summary(&unseen) {
+        println!("WARN evidence: {line}");
     }
 }
 
@@ -638,7 +724,7 @@ mod tests {
         );
         assert_eq!(
             p("linux/aarch64").unwrap(),
-            r#"{"os":"linux","architecture":"arm64"}"#
+            r#"{"os":"linux","architecture":"arm64","variant":"v8"}"#
         );
         assert_eq!(
             p("linux/armhf").unwrap(),

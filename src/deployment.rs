@@ -67,11 +67,19 @@ impl Platform {
         }
     }
 
+    /// arm64 without a variant is `v8`: the OCI image spec's only arm64 variant, which
+    /// Docker reports for arm64 images and Podman leaves out. One form whatever the engine,
+    /// so a receiver matching an index's `linux/arm64/v8` entry finds it.
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        let variant = variant.filter(|v| !v.is_empty());
+        let variant = match (architecture, variant) {
+            ("arm64", None) => Some("v8"),
+            (_, v) => v,
+        };
         Platform {
             os: os.to_string(),
             architecture: architecture.to_string(),
-            variant: variant.filter(|v| !v.is_empty()).map(str::to_string),
+            variant: variant.map(str::to_string),
         }
     }
 }

@@ -354,7 +354,11 @@ pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
     }
     if let Some(wanted) = &wanted {
         let prefix = format!("{}@", wanted.repository);
-        out.extend(all.iter().filter(|c| c.starts_with(&prefix)).cloned());
+        for c in all.iter().filter(|c| c.starts_with(&prefix)) {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
     }
     for c in all {
         if !out.contains(&c) {
@@ -364,13 +368,69 @@ pub fn candidates(reference: &str, repo_digests: &[String]) -> Vec<String> {
     out
 }
 
+/// How many of `candidates` (as `candidates` orders them) name what the container was
+/// started as: the reference's own digest and the repository it names. They are preferred
+/// to a candidate of another repository, even one with evidence already.
+pub fn preferred(reference: &str, candidates: &[String]) -> usize {
+    let Ok(wanted) = ImageRef::parse(reference) else {
+        return 0;
+    };
+    let prefix = format!("{}@", wanted.repository);
+    candidates
+        .iter()
+        .take_while(|c| c.starts_with(&prefix))
+        .count()
+}
+
 /// The first candidate with evidence, from what is remembered or from the repositories the
 /// engine says the image was pulled from (`identity_pulls`, normalised repositories).
+///
+/// containerd records `Identity.Pull` without the registry's port (it keys its
+/// distribution-source label by the host name alone), so an image pulled from
+/// `localhost:5000/team/app` says `localhost/team/app`. An identity entry whose registry has
+/// a port names only the candidate of exactly that repository. One without a port names the
+/// candidate whose repository, its port removed, is that entry, provided no other candidate
+/// repository also is: when two candidates differ only by their port (`localhost:5000/app`
+/// and `localhost:5001/app`, or `localhost/app` and `localhost:5000/app`), the entry could
+/// stand for either, so neither is named by it (a registry lookup may still name one).
 pub fn named(
     candidates: &[String],
     ledger: &Ledger,
     identity_pulls: &[String],
 ) -> Option<(String, Source)> {
+    /// The port of a repository's registry (`5000` in `localhost:5000/app`), if any.
+    fn registry_port(repository: &str) -> Option<&str> {
+        let (registry, _) = repository.split_once('/')?;
+        let (_, port) = registry.rsplit_once(':')?;
+        (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some(port)
+    }
+    /// The repository without its registry's port (`localhost:5000/app` is `localhost/app`).
+    fn without_port(repository: &str) -> std::borrow::Cow<'_, str> {
+        match (registry_port(repository), repository.split_once('/')) {
+            (Some(port), Some((registry, path))) => {
+                let host = &registry[..registry.len() - port.len() - 1];
+                format!("{host}/{path}").into()
+            }
+            _ => repository.into(),
+        }
+    }
+    let mut repositories: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| split_pinned(c).map(|(r, _)| r))
+        .collect();
+    repositories.sort_unstable();
+    repositories.dedup();
+    let names = |pulled: &str, repository: &str| match registry_port(pulled) {
+        Some(_) => pulled == repository,
+        None => {
+            without_port(repository) == pulled
+                && repositories
+                    .iter()
+                    .filter(|r| without_port(r) == pulled)
+                    .count()
+                    == 1
+        }
+    };
     candidates.iter().find_map(|c| {
         if let Some(source) = ledger.holds(c) {
             return Some((c.clone(), source));
@@ -378,7 +438,7 @@ pub fn named(
         let (repository, _) = split_pinned(c)?;
         identity_pulls
             .iter()
-            .any(|r| r == repository)
+            .any(|pulled| names(pulled, repository))
             .then(|| (c.clone(), Source::Identity))
     })
 }
@@ -450,6 +510,20 @@ mod tests {
     }
 
     #[test]
+    fn the_repository_started_as_is_preferred() {
+        let digests = vec![
+            format!("reg.example/mirror@{A}"),
+            format!("reg.example/app@{A}"),
+        ];
+        let c = candidates("reg.example/mirror:1", &digests);
+        assert_eq!(preferred("reg.example/mirror:1", &c), 1);
+        assert_eq!(c[0], format!("reg.example/mirror@{A}"));
+        let pinned = format!("reg.example/app@{A}");
+        assert_eq!(preferred(&pinned, &candidates(&pinned, &digests)), 1);
+        assert_eq!(preferred("other:1", &candidates("other:1", &digests)), 0);
+    }
+
+    #[test]
     fn only_a_repository_with_evidence_is_named() {
         let mut ledger = Ledger::default();
         // Retagged here: `docker tag reg.example/app:1 app:prod` gives app a repo digest.
@@ -480,6 +554,121 @@ mod tests {
             Some((format!("reg.example/app@{A}"), Source::Identity))
         );
         assert_eq!(named(&c, &ledger, &["other.example/app".to_string()]), None);
+    }
+
+    fn ids(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn an_identity_without_the_port_names_the_one_candidate_with_it() {
+        // containerd drops the port: a pull from localhost:5000 says `localhost/…`.
+        let ledger = Ledger::default();
+        let c = candidates(
+            "localhost:5000/team/app:1",
+            &[
+                format!("localhost:5000/team/app@{A}"),
+                format!("reg.example/team/app@{A}"),
+            ],
+        );
+        assert_eq!(
+            named(&c, &ledger, &ids(&["localhost/team/app"])),
+            Some((format!("localhost:5000/team/app@{A}"), Source::Identity))
+        );
+        // Started under another name: the candidate the identity names is still found.
+        let c = candidates(
+            "reg.example/team/app:1",
+            &[
+                format!("localhost:5000/team/app@{A}"),
+                format!("reg.example/team/app@{A}"),
+            ],
+        );
+        assert_eq!(
+            named(&c, &ledger, &ids(&["localhost/team/app"])),
+            Some((format!("localhost:5000/team/app@{A}"), Source::Identity))
+        );
+        // Another path, or a prefix of it, is not the same repository.
+        assert_eq!(named(&c, &ledger, &ids(&["localhost/team/other"])), None);
+        assert_eq!(named(&c, &ledger, &ids(&["localhost/team"])), None);
+        assert_eq!(named(&c, &ledger, &ids(&["localhost:5000/team"])), None);
+        // The same for an address with a port elsewhere than localhost.
+        let c = candidates("10.0.0.7:8443/app:1", &[format!("10.0.0.7:8443/app@{A}")]);
+        assert_eq!(
+            named(&c, &ledger, &ids(&["10.0.0.7/app"])),
+            Some((format!("10.0.0.7:8443/app@{A}"), Source::Identity))
+        );
+    }
+
+    #[test]
+    fn an_identity_that_fits_two_ports_names_neither() {
+        let ledger = Ledger::default();
+        // Two registries on one host, both candidates: the port-less entry could be either.
+        let two_ports = candidates(
+            "localhost:5000/team/app:1",
+            &[
+                format!("localhost:5000/team/app@{A}"),
+                format!("localhost:5001/team/app@{A}"),
+            ],
+        );
+        assert_eq!(
+            named(&two_ports, &ledger, &ids(&["localhost/team/app"])),
+            None
+        );
+        // One of them without a port: not named either, even the one that equals the entry.
+        let with_and_without = candidates(
+            "localhost/team/app:1",
+            &[
+                format!("localhost/team/app@{A}"),
+                format!("localhost:5000/team/app@{A}"),
+            ],
+        );
+        assert_eq!(
+            named(&with_and_without, &ledger, &ids(&["localhost/team/app"])),
+            None
+        );
+        // The same repository twice (the reference's own digest and a repo digest) is one
+        // repository, not two.
+        let pinned = candidates(
+            &format!("localhost:5000/team/app@{B}"),
+            &[format!("localhost:5000/team/app@{A}")],
+        );
+        assert_eq!(pinned.len(), 2);
+        assert_eq!(
+            named(&pinned, &ledger, &ids(&["localhost/team/app"])),
+            Some((format!("localhost:5000/team/app@{B}"), Source::Identity))
+        );
+        // Other evidence still names one of the two.
+        let mut ledger = Ledger::default();
+        ledger.hold("localhost:5001/team/app", A, Source::Pull, 1);
+        assert_eq!(
+            named(&two_ports, &ledger, &ids(&["localhost/team/app"])),
+            Some((format!("localhost:5001/team/app@{A}"), Source::Pull))
+        );
+    }
+
+    #[test]
+    fn an_identity_with_a_port_names_that_repository_only() {
+        let ledger = Ledger::default();
+        let c = candidates(
+            "localhost:5000/team/app:1",
+            &[
+                format!("localhost:5000/team/app@{A}"),
+                format!("localhost:5001/team/app@{A}"),
+                format!("localhost/team/app@{A}"),
+            ],
+        );
+        assert_eq!(
+            named(&c, &ledger, &ids(&["localhost:5001/team/app"])),
+            Some((format!("localhost:5001/team/app@{A}"), Source::Identity))
+        );
+        let c = candidates("localhost/team/app:1", &[format!("localhost/team/app@{A}")]);
+        assert_eq!(named(&c, &ledger, &ids(&["localhost:5000/team/app"])), None);
+        // Docker Hub's normal form, which has no port.
+        let c = candidates("busybox:1", &[format!("docker.io/library/busybox@{A}")]);
+        assert_eq!(
+            named(&c, &ledger, &ids(&["docker.io/library/busybox"])),
+            Some((format!("docker.io/library/busybox@{A}"), Source::Identity))
+        );
     }
 
     #[test]

@@ -243,24 +243,7 @@ impl Observer {
             self.resolver.set_host(host);
             self.resolver.set_store(store);
         }
-        // Without `all`, the engine lists what runs, paused containers and those between
-        // restart-policy attempts included: each still runs a deployment. (A `status` filter
-        // would name states Podman does not know, `restarting` among them.)
-        let mut filters = HashMap::new();
-        let labels = self.resolver.selection().selector.engine_filters();
-        if !labels.is_empty() {
-            filters.insert("label".to_string(), labels);
-        }
-        let list = engine
-            .api
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| EngineError::from_bollard(&engine.host, e))?;
-        let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+        let ids = running_ids(engine, self.resolver.selection()).await?;
         let resolver = self.resolver.clone();
         Ok(stream::iter(ids)
             .map(|id| {
@@ -397,6 +380,31 @@ impl Observer {
             }
         }
     }
+}
+
+/// The ids of the running (or paused, or restarting) containers the selection's labels
+/// allow. Without `all`, the engine lists what runs, paused containers and those between
+/// restart-policy attempts included: each still runs a deployment. (A `status` filter would
+/// name states Podman does not know, `restarting` among them.)
+pub async fn running_ids(
+    engine: &crate::engine::Engine,
+    selection: &crate::deployment::Selection,
+) -> Result<Vec<String>, EngineError> {
+    let mut filters = HashMap::new();
+    let labels = selection.selector.engine_filters();
+    if !labels.is_empty() {
+        filters.insert("label".to_string(), labels);
+    }
+    let list = engine
+        .api
+        .list_containers(Some(ListContainersOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| EngineError::from_bollard(&engine.host, e))?;
+    Ok(list.into_iter().filter_map(|c| c.id).collect())
 }
 
 /// What runs without evidence of a repository that holds it, one line per reason: how many

@@ -15,7 +15,7 @@ pub use file::FileConfig;
 use crate::backoff::Backoff;
 use crate::cli::RunArgs;
 use crate::deployment::{LabelSelector, NameTemplate};
-use crate::engine::credentials::Credentials;
+use crate::engine::credentials::{Credentials, CredentialsError};
 
 pub const DEFAULT_ENVIRONMENT: &str = "deployed";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -234,7 +234,7 @@ impl Config {
             .into_iter()
             .collect();
         let ca_certificates = s.ca_certificates()?;
-        let registry_credentials = s.registry_credentials()?;
+        let registry_credentials = s.registry_credentials(&mut warnings)?;
         let (token, token_source) = s.token(&mut warnings)?;
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
@@ -488,7 +488,10 @@ impl Sources<'_> {
     /// The Docker CLI's config: `--docker-config DIR`, else the systemd credential
     /// `docker-config` (a config.json), else `$DOCKER_CONFIG`, else `~/.docker`. A directory
     /// named explicitly must hold a readable config.json.
-    fn registry_credentials(&self) -> Result<Option<Arc<Credentials>>, ConfigError> {
+    fn registry_credentials(
+        &self,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Arc<Credentials>>, ConfigError> {
         let (dir, origin) = pick!(self, "--docker-config", docker_config);
         let loaded = match dir {
             Some(dir) => Credentials::load(&dir.join("config.json"), true),
@@ -497,7 +500,15 @@ impl Sources<'_> {
                 .filter(|p| p.exists())
             {
                 Some(file) => Credentials::load(&file, true),
-                None => Credentials::from_env(None),
+                // The implicit config belongs to whoever ran `docker login`: one this user
+                // cannot read is passed over with a warning, as the Docker CLI does.
+                None => match Credentials::from_env(None) {
+                    Err(e @ CredentialsError::Read { .. }) => {
+                        warnings.push(format!("registry credentials not used: {e}; give --docker-config DIR with a config.json this user can read"));
+                        Ok(None)
+                    }
+                    other => other,
+                },
             },
         };
         loaded

@@ -85,7 +85,7 @@ impl Unseen {
     pub fn advice(&self) -> String {
         match self {
             Unseen::Local => "built, imported or retagged here, and no registry holds it: push it (while the agent runs) or start it from the registry's name; --report-unverified reports it as started".to_string(),
-            Unseen::Credentials { registry, had: false } => format!("{registry} wants credentials and none are configured for it: docker login, then give the agent that config with --docker-config (or pull the image again while the agent runs)"),
+            Unseen::Credentials { registry, had: false } => format!("{registry} refused the lookup without credentials, and none are configured for it (a registry that does not hold the repository may say the same): docker login, then give the agent that config with --docker-config, or pull the image again while the agent runs"),
             Unseen::Credentials { registry, had: true } => format!("{registry} refused the configured credentials: docker login again (or pull the image again while the agent runs)"),
             Unseen::Unreachable { registry } => format!("{registry} did not answer the lookup; asked again later"),
             Unseen::NotSeen => "Podman: no pull or push of it was seen while the agent ran, and Podman cannot ask a registry: pull it again while the agent runs, or --report-unverified".to_string(),
@@ -146,32 +146,88 @@ impl Registries {
     }
 
     /// The first candidate with evidence, looking it up where the store allows; else why none.
+    /// The candidates that name what the container was started as (`preferred`, the first
+    /// of `candidates`) come first, each with its evidence or its lookup; then any other
+    /// candidate with evidence; only then lookups of the others.
     pub async fn name(
         &self,
         engine: &Engine,
         store: ImageStore,
         candidates: &[String],
+        preferred: usize,
         identity_pulls: &[String],
     ) -> Result<(String, Source), Unseen> {
-        let known = self
-            .ledger
-            .lock()
-            .ok()
-            .and_then(|l| evidence::named(candidates, &l, identity_pulls));
-        if let Some((pinned, source)) = known {
-            if source == Source::Identity {
-                self.saw(std::slice::from_ref(&pinned), source);
-            }
-            return Ok((pinned, source));
-        }
         if candidates.is_empty() {
             return Err(Unseen::Local);
+        }
+        let (first, rest) = candidates.split_at(preferred.min(candidates.len()));
+        let mut why: Option<Unseen> = None;
+        for pinned in first {
+            match self
+                .evidence_or_lookup(engine, store, pinned, candidates, identity_pulls)
+                .await
+            {
+                Ok(named) => return Ok(named),
+                Err(w) => why = Some(worst(why, w)),
+            }
+        }
+        if let Some(named) = self.known(rest, candidates, identity_pulls) {
+            return Ok(named);
+        }
+        for pinned in rest {
+            match self
+                .evidence_or_lookup(engine, store, pinned, candidates, identity_pulls)
+                .await
+            {
+                Ok(named) => return Ok(named),
+                Err(w) => why = Some(worst(why, w)),
+            }
+        }
+        Err(why.unwrap_or(Unseen::Local))
+    }
+
+    /// One of `subset` with evidence, if any; identity evidence is remembered. The identity
+    /// rule weighs every candidate of the image (`all`): an entry without a port names none
+    /// of two candidates that differ only by their port.
+    fn known(
+        &self,
+        subset: &[String],
+        all: &[String],
+        identity_pulls: &[String],
+    ) -> Option<(String, Source)> {
+        let held = self.ledger.lock().ok().and_then(|l| {
+            subset
+                .iter()
+                .find_map(|c| l.holds(c).map(|s| (c.clone(), s)))
+        });
+        let known = held.or_else(|| {
+            evidence::named(all, &Ledger::default(), identity_pulls)
+                .filter(|(pinned, _)| subset.contains(pinned))
+        });
+        if let Some((pinned, Source::Identity)) = &known {
+            self.saw(std::slice::from_ref(pinned), Source::Identity);
+        }
+        known
+    }
+
+    /// One candidate: its evidence, else a lookup where the store has them and its schedule
+    /// and budget allow.
+    async fn evidence_or_lookup(
+        &self,
+        engine: &Engine,
+        store: ImageStore,
+        pinned: &String,
+        all: &[String],
+        identity_pulls: &[String],
+    ) -> Result<(String, Source), Unseen> {
+        if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
+            return Ok(named);
         }
         if store == ImageStore::Podman {
             return Err(Unseen::NotSeen);
         }
         let mut why: Option<Unseen> = None;
-        for pinned in candidates {
+        for pinned in std::iter::once(pinned) {
             let allowed = self
                 .ledger
                 .lock()
@@ -189,17 +245,10 @@ impl Registries {
             match outcome {
                 Ok(()) => return Ok((pinned.clone(), Source::Lookup)),
                 Err((refusal, had)) => {
-                    let this = match refusal {
+                    why = Some(match refusal {
                         Refusal::Credentials => Unseen::Credentials { registry, had },
                         Refusal::Unreachable => Unseen::Unreachable { registry },
                         Refusal::Unknown => Unseen::Local,
-                    };
-                    // The most telling reason wins: credentials, then the network, then none.
-                    why = Some(match (why, this) {
-                        (Some(c @ Unseen::Credentials { .. }), _) => c,
-                        (_, c @ Unseen::Credentials { .. }) => c,
-                        (Some(u @ Unseen::Unreachable { .. }), _) => u,
-                        (_, other) => other,
                     });
                 }
             }
@@ -304,6 +353,21 @@ impl Registries {
     /// The registries credentials are configured for, and where from (for `check`).
     pub fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_deref()
+    }
+}
+
+/// The most telling of two reasons: credentials, then the network, then a wait, then none.
+fn worst(a: Option<Unseen>, b: Unseen) -> Unseen {
+    let rank = |u: &Unseen| match u {
+        Unseen::Credentials { .. } => 0,
+        Unseen::Unreachable { .. } => 1,
+        Unseen::Later => 2,
+        Unseen::NotSeen => 3,
+        Unseen::Local => 4,
+    };
+    match a {
+        Some(a) if rank(&a) <= rank(&b) => a,
+        _ => b,
     }
 }
 

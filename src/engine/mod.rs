@@ -9,8 +9,6 @@ pub mod resolve;
 pub mod transport;
 
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -165,8 +163,6 @@ pub struct Engine {
     pub api: Docker,
     pub stream: Docker,
     transport: Transport,
-    /// Set by the handshake when `/version` names Podman, whose RepoDigests prove nothing.
-    podman: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -230,7 +226,6 @@ impl Engine {
             api: transport.client(REQUEST_TIMEOUT_SECS),
             stream: transport.client(STREAM_TIMEOUT_SECS),
             transport,
-            podman: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -276,8 +271,6 @@ impl Engine {
         })?;
         let before = self.transport.version();
         self.transport.set_version(negotiated.using);
-        self.podman
-            .store(negotiated.product.contains("Podman"), Ordering::Relaxed);
         if before != Some(negotiated.using) {
             let note = if negotiated.using > transport::NEWEST_TESTED {
                 "; the engine refuses every version deploytrack is tested with, so answers may hold surprises"
@@ -325,13 +318,12 @@ impl Engine {
             .info()
             .await
             .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        let store = if self.podman.load(Ordering::Relaxed) {
-            evidence::ImageStore::Podman
-        } else {
-            evidence::ImageStore::from_driver_status(
-                info.driver_status.as_deref().unwrap_or_default(),
-            )
-        };
+        // Podman gives every local name a repo digest too, but its `pull` event comes also
+        // for a local image that `podman run` finds (Podman 4.3 with no image id), so it
+        // cannot tell a pull yet: its RepoDigests are taken as on the classic store.
+        let store = evidence::ImageStore::from_driver_status(
+            info.driver_status.as_deref().unwrap_or_default(),
+        );
         let name = info
             .name
             .filter(|n| !n.is_empty())

@@ -356,12 +356,14 @@ impl Resolver {
         facts: &ImageFacts,
     ) -> Option<String> {
         let candidates = crate::evidence::candidates(reference, &facts.repo_digests);
+        let preferred = crate::evidence::preferred(reference, &candidates);
         let named = self
             .registries
             .name(
                 &self.engine,
                 self.store(),
                 &candidates,
+                preferred,
                 &facts.identity_pulls,
             )
             .await;
@@ -539,8 +541,18 @@ impl Resolver {
         )
     }
 
-    /// `GET /images/{id}/json`, like `inspect_container`.
+    /// `GET /images/{id}/json`, like `inspect_container`; from API 1.53 on, read field by
+    /// field (`inspect_image_text`), for its `Identity`.
     async fn inspect_image(&self, image: &str) -> Result<ImageFields, EngineError> {
+        /// `Identity` is in image inspect from this Engine API version on (Docker 29.2).
+        const IDENTITY_SINCE: ApiVersion = ApiVersion(1, 53);
+        if self
+            .engine
+            .api_in_use()
+            .is_some_and(|v| v >= IDENTITY_SINCE)
+        {
+            return self.inspect_image_text(image).await;
+        }
         let answer = retry_briefly(|| self.engine.api.inspect_image(image)).await;
         self.read(
             "image",
@@ -548,6 +560,52 @@ impl Resolver {
             ImageFields::from_model,
             ImageFields::from_text,
         )
+    }
+
+    /// `GET /images/{id}/json` read field by field: `ImageFields::from_model` has no
+    /// `Identity.Pull`, and the `Identity.Signature` part of bollard's model is strict
+    /// enough (closed enums) that a newer engine's answer would be refused over a field the
+    /// agent does not read. Retried, and its failures told, as the model path does; an answer
+    /// the model would refuse is still counted.
+    async fn inspect_image_text(&self, image: &str) -> Result<ImageFields, EngineError> {
+        let path = format!("/images/{image}/json");
+        let mut retries = INSPECT_RETRY.retries();
+        let (status, body) = loop {
+            let answer = self.engine.get(&path).await;
+            // What may pass: the engine busy or restarting (5xx), or not answering.
+            let passing = match &answer {
+                Ok((status, _)) => *status >= 500,
+                Err(e) => matches!(e, EngineError::Unreachable { .. }),
+            };
+            if !passing || retries.failures() >= INSPECT_RETRIES {
+                break answer?;
+            }
+            tokio::time::sleep(retries.next_delay()).await;
+        };
+        let text = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&status) {
+            // As bollard reads an error: the JSON `message`, else the whole answer.
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| text.to_string());
+            return Err(EngineError::from_status(
+                &self.engine.host,
+                status,
+                &message,
+            ));
+        }
+        if let Err(e) = serde_json::from_str::<bollard::models::ImageInspect>(&text) {
+            if e.is_data() {
+                self.unexpected("image", &e.to_string());
+            }
+        }
+        ImageFields::from_text(&text).ok_or_else(|| {
+            EngineError::Decode(format!(
+                "GET {path} is not a JSON object: {}",
+                super::one_line(&text)
+            ))
+        })
     }
 
     /// An answer through bollard's model, or its text field by field when the model rejects it.

@@ -28,9 +28,13 @@ impl<B> BodyOf for Request<B> {
 }
 type Body = <BollardRequest as BodyOf>::Body;
 
-/// The newest Engine API version the agent is tested against (Docker 28.5). Against a newer
-/// engine the agent asks for this one, so answers keep the shape it was tested with.
-pub const NEWEST_TESTED: ApiVersion = ApiVersion(1, 51);
+/// The newest Engine API version the agent is tested against. Against a newer engine the
+/// agent asks for this one, so answers keep the shape it was tested with. Docker 28.5 (1.51)
+/// is tested as it is; 1.53 (Docker 29.2, which adds the image's `Identity`) is tested by
+/// playing it in front of Docker 28.5 (`hostile::a_docker_29_engine_*` in tests/it): its
+/// answers in the 1.52/1.53 shape, events without the legacy `status`, `id` and `from`
+/// (1.52) and sent as `application/jsonl` (Docker 29.3), image inspections with `Identity`.
+pub const NEWEST_TESTED: ApiVersion = ApiVersion(1, 53);
 /// The oldest version tested (Docker 20.10, Podman 4.3's compatible API).
 pub const OLDEST_TESTED: ApiVersion = ApiVersion(1, 41);
 
@@ -301,11 +305,18 @@ mod tests {
         let v = |t| ApiVersion::parse(t).unwrap();
         // Docker 20.10: its maximum.
         assert_eq!(choose(v("1.41"), Some(v("1.12"))), v("1.41"));
-        // Docker 28.5, also with DOCKER_MIN_API_VERSION=1.44: the newest tested.
+        // Docker 28.5, also with DOCKER_MIN_API_VERSION=1.44: its maximum.
         assert_eq!(choose(v("1.51"), Some(v("1.24"))), v("1.51"));
         assert_eq!(choose(v("1.51"), Some(v("1.44"))), v("1.51"));
-        // Docker 29 (1.52, minimum 1.44): the newest tested, which it accepts.
-        assert_eq!(choose(v("1.52"), Some(v("1.44"))), NEWEST_TESTED);
+        // Docker 29.0 (1.52, minimum 1.44): its maximum, below the newest tested.
+        assert_eq!(choose(v("1.52"), Some(v("1.44"))), v("1.52"));
+        // Docker 29.2 (1.53): the newest tested, where image inspect has `Identity`.
+        assert_eq!(choose(v("1.53"), Some(v("1.44"))), v("1.53"));
+        assert_eq!(NEWEST_TESTED, v("1.53"));
+        // Docker 29.3 (1.54, minimum 1.40) and 29.6 (1.55): the newest tested, which they
+        // accept.
+        assert_eq!(choose(v("1.54"), Some(v("1.40"))), NEWEST_TESTED);
+        assert_eq!(choose(v("1.55"), Some(v("1.40"))), NEWEST_TESTED);
         // A future engine that refuses everything tested: its minimum.
         assert_eq!(choose(v("1.60"), Some(v("1.55"))), v("1.55"));
         // No minimum given (Podman): the newest both know.

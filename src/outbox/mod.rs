@@ -150,6 +150,39 @@ pub struct Restored {
     pub moved_aside: Option<(PathBuf, PathBuf)>,
 }
 
+/// The evidence and the refusals a queue file remembers.
+pub type Remembered = (Vec<Held>, Vec<(String, Refused)>);
+
+/// What the queue file in `state_dir` remembers of which repository holds which digest, read
+/// without taking the agent's lock (for `check`, beside a running agent). Empty when there
+/// is no queue yet.
+pub fn evidence_in(state_dir: &Path) -> rusqlite::Result<Remembered> {
+    let path = state_dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has = |table: &str| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([table])
+    };
+    let held = if has("evidence")? {
+        schema::read_evidence(&conn)?
+    } else {
+        Vec::new()
+    };
+    let refused = if has("refusals")? {
+        schema::read_refusals(&conn)?
+    } else {
+        Vec::new()
+    };
+    Ok((held, refused))
+}
+
 /// Handle to the queue thread; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {

@@ -393,3 +393,208 @@ async fn a_failed_listing_is_tried_again_with_backoff() {
         )
         .await;
 }
+
+/// An image made here and never pushed, under `tag`: a commit of `LOCAL1` with a label of
+/// its own, so that no other image (nor another test's tag of `LOCAL1`) shares its digest.
+/// Removed on drop.
+struct MadeHere(String);
+
+impl MadeHere {
+    fn new(scope: &Scope, tag: &str) -> Self {
+        let source = scope.create(&[], LOCAL1);
+        docker(&[
+            "commit",
+            "--change",
+            &format!("LABEL deploytrack.test.made={tag}"),
+            &source,
+            tag,
+        ]);
+        MadeHere(tag.to_string())
+    }
+
+    fn id(&self) -> String {
+        docker(&["image", "inspect", "--format", "{{.Id}}", &self.0])
+    }
+}
+
+impl Drop for MadeHere {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Docker 29.2 and later (API 1.53), played in front of the real engine: `/version` claims
+/// 1.53, every request is forwarded at the version the real engine speaks, events come in
+/// the 1.52 shape (without `status`, `id`, `from`) as `application/jsonl` (Docker 29.3), and
+/// image inspections carry `Identity` (containerd store only, as in moby).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repository() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let scope = Scope::new("identity");
+    let proxy = EngineProxy::start(&scope.dir).await;
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    proxy.play_api("1.53", "1.40", "29.2.1");
+    // API 1.52 dropped the legacy fields of events; Docker 29.3 sends the stream as JSON lines.
+    let legacy_dropped = Arc::new(AtomicUsize::new(0));
+    let dropped = legacy_dropped.clone();
+    proxy.add(Rule::edit("/events", move |event| {
+        if let Some(event) = event.as_object_mut() {
+            let before = event.len();
+            for legacy in ["status", "id", "from"] {
+                event.remove(legacy);
+            }
+            if event.len() < before {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }));
+    proxy.add(Rule::Header {
+        path: "/events".into(),
+        name: "content-type".into(),
+        value: "application/jsonl".into(),
+    });
+
+    // Two images made here and never pushed, on the containerd store (the only one whose
+    // inspections have `Identity`): the engine says the first was pulled from its repository,
+    // written as containerd writes it, without the registry's port; the second has no
+    // Identity, so nothing shows a registry holds it.
+    let containerd = test_engine() == TestEngine::Containerd;
+    let repo = |which: &str| {
+        format!(
+            "localhost:5000/deploytrack-test/identity-{}",
+            scope.name(which)
+        )
+    };
+    let (named_repo, unnamed_repo) = (repo("named"), repo("other"));
+    let made = containerd.then(|| {
+        let named = MadeHere::new(&scope, &format!("{named_repo}:1"));
+        let unnamed = MadeHere::new(&scope, &format!("{unnamed_repo}:1"));
+        let named_id = named.id();
+        let pulled_from = named_repo.replacen("localhost:5000/", "localhost/", 1);
+        proxy.add(Rule::edit("/images/", move |image| {
+            if image.get("Id").and_then(|i| i.as_str()) != Some(named_id.as_str()) {
+                return;
+            }
+            // As the swagger of v29 has it: Identity.Pull[].Repository.
+            image["Identity"] = serde_json::json!({"Pull": [{"Repository": pulled_from}]});
+            // What API 1.52 leaves out on the containerd store.
+            if let Some(image) = image.as_object_mut() {
+                image.remove("GraphDriver");
+            }
+        }));
+        (named, unnamed)
+    });
+
+    let (agent, _) = agent_on(&scope, &proxy, &receiver, &[]);
+    agent.ready().await;
+    let chosen = agent
+        .logged("the version chosen", |l| l.contains("Engine API version"))
+        .await;
+    assert!(
+        chosen.contains("Engine API version 1.53 (Docker Engine 29.2.1: API 1.40 to 1.53)"),
+        "{chosen}"
+    );
+    assert!(!chosen.contains("surprises"), "{chosen}");
+
+    // A pulled image, from the 1.52-shaped events.
+    let pulled = scope.name("pulled");
+    scope.run(&["--name", &pulled], APP1);
+    let got = receiver
+        .accepted_report("a container of a pulled image", &name_of(&host, &pulled))
+        .await;
+    assert_eq!(
+        got.url(),
+        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+    );
+    eventually("an event without its legacy fields", || {
+        (legacy_dropped.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+
+    // The classic store has no Identity (moby fills it on the containerd store only): there
+    // the test ends with the version and the events above.
+    if let Some((named, unnamed)) = &made {
+        let by_identity = scope.name("by-identity");
+        scope.run(&["--name", &by_identity], &named.0);
+        let got = receiver
+            .accepted_report(
+                "the container of the image its Identity names",
+                &name_of(&host, &by_identity),
+            )
+            .await;
+        // The repository with its port, as the image's repo digest has it.
+        assert_eq!(got.url(), repo_digest(&named.0, &named_repo));
+        let without = scope.name("without-identity");
+        scope.run(&["--name", &without], &unnamed.0);
+        agent
+            .logged("the skip of the image without Identity", |l| {
+                l.contains("no evidence that a registry holds this image")
+                    && l.contains(&unnamed_repo)
+            })
+            .await;
+        assert!(!receiver.reported(&name_of(&host, &without)));
+        let stderr = agent.stderr();
+        assert!(
+            !stderr
+                .lines()
+                .any(|l| l.contains("no evidence") && l.contains(&named_repo)),
+            "{stderr}"
+        );
+        // Named by its Identity, not by a registry: its repository was never looked up,
+        // the other one's was.
+        let lookups: Vec<String> = proxy
+            .requests()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.contains("/distribution/"))
+            .collect();
+        assert!(
+            !lookups.iter().any(|p| p.contains(&named_repo)),
+            "{lookups:?}"
+        );
+        assert!(
+            lookups.iter().any(|p| p.contains(&unnamed_repo)),
+            "{lookups:?}"
+        );
+        let inspected = format!("/v1.53/images/{}/json", named.id());
+        assert!(
+            proxy.requests().iter().any(|(_, p)| *p == inspected),
+            "no {inspected}"
+        );
+    }
+
+    // Every versioned request asked for 1.53, which the proxy forwarded at the version the
+    // real engine speaks.
+    let requests = proxy.requests();
+    let versions: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .filter_map(|(_, p)| {
+            let rest = unversioned(p);
+            (rest.len() < p.len()).then(|| &p[..p.len() - rest.len()])
+        })
+        .collect();
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        ["/v1.53"],
+        "{requests:?}"
+    );
+    for needed in ["/_ping", "/events", "/info", "/containers/json"] {
+        assert!(
+            requests
+                .iter()
+                .any(|(_, p)| *p == format!("/v1.53{needed}")),
+            "no /v1.53{needed} among {requests:?}"
+        );
+    }
+    assert!(requests
+        .iter()
+        .any(|(_, p)| p.starts_with("/v1.53/images/") && p.ends_with("/json")));
+    let stderr = agent.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("does not match the API model"), "{stderr}");
+}

@@ -376,7 +376,8 @@ async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it() {
     );
     let out = scope.command(&["check", "--docker-host", &engine, "--host-name", "edge-7"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert!(!out.stdout.contains("WARN"), "{}", out.stdout);
+    // (Other tests' containers on the shared engine may draw evidence warnings.)
+    assert!(!out.stdout.contains("WARN host name"), "{}", out.stdout);
     assert!(
         out.stdout
             .lines()

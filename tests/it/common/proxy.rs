@@ -1,6 +1,7 @@
 //! A proxy on a unix socket in front of the real engine. It records every request the agent
 //! makes, can answer some itself or edit the engine's answers (to play a newer or odder
-//! engine), and can cut every connection (a lost stream).
+//! engine, down to an API version the real one does not speak: `EngineProxy::play_api`), and
+//! can cut every connection (a lost stream).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,17 @@ pub enum Rule {
         from: String,
         to: String,
     },
-    /// Edit the engine's JSON answer.
+    /// Edit the engine's JSON answer (for `/events`, each event: each line of the stream).
     Edit { path: String, edit: Edit },
+    /// The engine behind speaks at most API `version`: a request whose path names a newer
+    /// one is forwarded with `version` instead. `requests()` keeps the path as asked.
+    Speaks { path: String, version: String },
+    /// Set a header of the answer (`content-type` as a newer engine sends it).
+    Header {
+        path: String,
+        name: String,
+        value: String,
+    },
 }
 
 impl Rule {
@@ -41,11 +51,22 @@ impl Rule {
         }
     }
 
+    /// Every request whose path names an API version newer than `version` is forwarded at
+    /// `version`.
+    pub fn speaks(version: &str) -> Self {
+        Rule::Speaks {
+            path: "/v".to_string(),
+            version: version.to_string(),
+        }
+    }
+
     fn path(&self) -> &str {
         match self {
-            Rule::Answer { path, .. } | Rule::Replace { path, .. } | Rule::Edit { path, .. } => {
-                path
-            }
+            Rule::Answer { path, .. }
+            | Rule::Replace { path, .. }
+            | Rule::Edit { path, .. }
+            | Rule::Speaks { path, .. }
+            | Rule::Header { path, .. } => path,
         }
     }
 }
@@ -106,6 +127,34 @@ impl EngineProxy {
         self.state.lock().unwrap().rules.clear();
     }
 
+    /// Play an engine of API `max` (accepting down to `min`), Docker `release`, in front of
+    /// the real one: `/version` says so, and every request is forwarded at the newest
+    /// version the real engine speaks. Its answers keep that version's shape; rules that edit
+    /// them give them the newer one.
+    pub fn play_api(&self, max: &str, min: &str, release: &str) {
+        let real = super::docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        assert!(
+            api_version(&real).is_some(),
+            "the engine's API version {real:?}"
+        );
+        self.add(Rule::speaks(&real));
+        let (max, min, release) = (max.to_string(), min.to_string(), release.to_string());
+        self.add(Rule::edit("/version", move |v| {
+            v["ApiVersion"] = max.as_str().into();
+            v["MinAPIVersion"] = min.as_str().into();
+            v["Version"] = release.as_str().into();
+            if let Some(engine) = v
+                .get_mut("Components")
+                .and_then(|c| c.get_mut(0))
+                .filter(|c| c.get("Name").and_then(|n| n.as_str()) == Some("Engine"))
+            {
+                engine["Version"] = release.as_str().into();
+                engine["Details"]["ApiVersion"] = max.as_str().into();
+                engine["Details"]["MinAPIVersion"] = min.as_str().into();
+            }
+        }));
+    }
+
     /// Every request so far, as (method, path).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().requests.clone()
@@ -151,6 +200,14 @@ async fn handle(
     {
         return Ok(answer(*status, body.clone()));
     }
+    let mut req = req;
+    for rule in &rules {
+        if let Rule::Speaks { version, .. } = rule {
+            if let Some(spoken) = spoken_as(req.uri(), version) {
+                *req.uri_mut() = spoken;
+            }
+        }
+    }
     let response = match forward(req).await {
         Ok(r) => r,
         Err(e) => return Ok(answer(502, format!("{{\"message\":\"proxy: {e}\"}}"))),
@@ -159,16 +216,44 @@ async fn handle(
         return Ok(response.map(BodyExt::boxed));
     }
     let (mut parts, body) = response.into_parts();
+    for rule in &rules {
+        if let Rule::Header { name, value, .. } = rule {
+            parts.headers.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+    }
     if path.ends_with("/events") {
-        // A stream: edit each chunk as it passes.
+        // A stream: edit each chunk as it passes; with `Edit` rules, each event (a line)
+        // once it is whole, so the chunks are held until a line ends.
+        let edits = rules.iter().any(|r| matches!(r, Rule::Edit { .. }));
+        let mut partial: Vec<u8> = Vec::new();
         let body = body
             .map_frame(move |frame| {
                 frame.map_data(|data| {
+                    let data = if edits {
+                        partial.extend_from_slice(&data);
+                        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+                            // Not a whole event yet (an empty frame is not sent).
+                            return Bytes::new();
+                        };
+                        let rest = partial.split_off(end + 1);
+                        Bytes::from(std::mem::replace(&mut partial, rest))
+                    } else {
+                        data
+                    };
                     let mut text = String::from_utf8_lossy(&data).into_owned();
                     for rule in &rules {
                         if let Rule::Replace { from, to, .. } = rule {
                             text = text.replace(from.as_str(), to);
                         }
+                    }
+                    if edits {
+                        text = text
+                            .split_terminator('\n')
+                            .map(|line| edit_json(line, &rules) + "\n")
+                            .collect();
                     }
                     Bytes::from(text)
                 })
@@ -185,13 +270,8 @@ async fn handle(
     for rule in &rules {
         match rule {
             Rule::Replace { from, to, .. } => text = text.replace(from.as_str(), to),
-            Rule::Edit { edit, .. } => {
-                if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&text) {
-                    edit(&mut value);
-                    text = value.to_string();
-                }
-            }
-            Rule::Answer { .. } => {}
+            Rule::Edit { .. } => text = edit_json(&text, std::slice::from_ref(rule)),
+            Rule::Answer { .. } | Rule::Speaks { .. } | Rule::Header { .. } => {}
         }
     }
     parts.headers.remove("content-length");
@@ -201,6 +281,37 @@ async fn handle(
             .map_err(|never| match never {})
             .boxed(),
     ))
+}
+
+/// `text` after the `Edit` rules among `rules`, if it is JSON; else as it is.
+fn edit_json(text: &str, rules: &[Rule]) -> String {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return text.to_string();
+    };
+    for rule in rules {
+        if let Rule::Edit { edit, .. } = rule {
+            edit(&mut value);
+        }
+    }
+    value.to_string()
+}
+
+/// `major.minor` as numbers, to compare versions.
+fn api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// `uri` with its API version replaced by `version`, when it names a newer one.
+fn spoken_as(uri: &hyper::Uri, version: &str) -> Option<hyper::Uri> {
+    let path = uri.path();
+    let rest = unversioned(path);
+    let asked = path.strip_prefix("/v")?.strip_suffix(rest)?;
+    if api_version(asked)? <= api_version(version)? {
+        return None;
+    }
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    format!("/v{version}{rest}{query}").parse().ok()
 }
 
 async fn forward(req: Request<Incoming>) -> Result<Response<Incoming>, String> {
