@@ -234,7 +234,7 @@ impl Config {
             .into_iter()
             .collect();
         let ca_certificates = s.ca_certificates()?;
-        let registry_credentials = s.registry_credentials(&mut warnings)?;
+        let registry_credentials = s.registry_credentials()?;
         let (token, token_source) = s.token(&mut warnings)?;
         if !dry_run && token.is_none() {
             return Err(ConfigError::new(
@@ -488,10 +488,7 @@ impl Sources<'_> {
     /// The Docker CLI's config: `--docker-config DIR`, else the systemd credential
     /// `docker-config` (a config.json), else `$DOCKER_CONFIG`, else `~/.docker`. A directory
     /// named explicitly must hold a readable config.json.
-    fn registry_credentials(
-        &self,
-        warnings: &mut Vec<String>,
-    ) -> Result<Option<Arc<Credentials>>, ConfigError> {
+    fn registry_credentials(&self) -> Result<Option<Arc<Credentials>>, ConfigError> {
         let (dir, origin) = pick!(self, "--docker-config", docker_config);
         let loaded = match dir {
             Some(dir) => Credentials::load(&dir.join("config.json"), true),
@@ -501,10 +498,10 @@ impl Sources<'_> {
             {
                 Some(file) => Credentials::load(&file, true),
                 // The implicit config belongs to whoever ran `docker login`: one this user
-                // cannot read is passed over with a warning, as the Docker CLI does.
+                // cannot read (a service user given root's HOME) is passed over.
                 None => match Credentials::from_env(None) {
                     Err(e @ CredentialsError::Read { .. }) => {
-                        warnings.push(format!("registry credentials not used: {e}; give --docker-config DIR with a config.json this user can read"));
+                        tracing::debug!(error = %e, "registry credentials not used; --docker-config DIR names a config.json this user can read");
                         Ok(None)
                     }
                     other => other,
