@@ -70,6 +70,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         .await
         .map_err(|e| Fatal(e.to_string()))?;
     log_start(config, &host, store);
+    log_credentials(config);
     let selection = Selection {
         require_label: config.require_label,
         selector: config.label_selector.clone(),
@@ -85,11 +86,14 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             config.report_stops,
         )
         .with_report_unverified(config.report_unverified)
-        .with_registries(Registries::new(
-            Ledger::restore(restored.evidence, restored.refusals),
-            Some(outbox.clone()),
-            config.registry_credentials.clone(),
-        ))
+        .with_registries(
+            Registries::new(
+                Ledger::restore(restored.evidence, restored.refusals),
+                Some(outbox.clone()),
+                config.registry_credentials.clone(),
+            )
+            .with_telemetry(telemetry.clone()),
+        )
         .with_store(store)
         .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
@@ -174,6 +178,25 @@ fn log_start(config: &Config, host: &str, store: ImageStore) {
         state = %config.queue_dir().map_or("memory".to_string(), |d| d.display().to_string()),
         "{}", if config.dry_run { "deploytrack started: dry run" } else { "deploytrack started" }
     );
+}
+
+/// The registries the agent has credentials for, and where from (never the secrets).
+fn log_credentials(config: &Config) {
+    match &config.registry_credentials {
+        Some(c) => {
+            let found: Vec<String> = c
+                .describe()
+                .into_iter()
+                .map(|(registry, source)| format!("{registry} ({source})"))
+                .collect();
+            if found.is_empty() {
+                tracing::info!("registry credentials: none in {}", c.path().display());
+            } else {
+                tracing::info!("registry credentials: {}", found.join(", "));
+            }
+        }
+        None => tracing::debug!("registry credentials: none (no Docker CLI config.json found)"),
+    }
 }
 
 /// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).

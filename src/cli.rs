@@ -155,9 +155,10 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_REPORT_UNVERIFIED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub report_unverified: Option<bool>,
 
-    /// Directory of the Docker CLI's config.json, whose registry credentials (auths,
-    /// credsStore, credHelpers) the agent passes to the engine's registry lookups [default:
-    /// the systemd credential `docker-config`, else $DOCKER_CONFIG, else ~/.docker].
+    /// Directory of the Docker CLI's config.json (or that file itself), whose registry
+    /// credentials (auths, credsStore, credHelpers) the agent passes to the engine's registry
+    /// lookups [default: the systemd credential `docker-config`, else $DOCKER_CONFIG, else
+    /// ~/.docker].
     #[arg(long, env = "DEPLOYTRACK_DOCKER_CONFIG", value_name = "DIR")]
     pub docker_config: Option<PathBuf>,
 

@@ -32,6 +32,7 @@ pub struct Telemetry {
     dead_lettered: Counter,
     dropped: Counter,
     skipped: Family<ReasonLabel, Counter>,
+    lookups: Family<ReasonLabel, Counter>,
     queue_depth: Gauge,
     dead_letters: Gauge,
     oldest_pending: Gauge<f64, AtomicU64>,
@@ -65,6 +66,7 @@ impl Telemetry {
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
             skipped: Family::default(),
+            lookups: Family::default(),
             queue_depth: Gauge::default(),
             dead_letters: Gauge::default(),
             oldest_pending: Gauge::default(),
@@ -134,6 +136,11 @@ impl Telemetry {
             "containers_skipped",
             "Containers not reported, by reason",
             t.skipped.clone(),
+        );
+        registry.register(
+            "registry_lookups",
+            "Registry lookups through the engine (GET /distribution), by result: each costs a manifest request at the registry",
+            t.lookups.clone(),
         );
     }
 
@@ -238,6 +245,15 @@ impl Telemetry {
         self.skipped
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A registry lookup's result: `confirmed`, `credentials`, `unknown` or `unreachable`.
+    pub fn registry_lookup(&self, result: &str) {
+        self.lookups
+            .get_or_create(&ReasonLabel {
+                reason: result.to_string(),
             })
             .inc();
     }

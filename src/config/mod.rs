@@ -485,13 +485,15 @@ impl Sources<'_> {
         }
     }
 
-    /// The Docker CLI's config: `--docker-config DIR`, else the systemd credential
+    /// The Docker CLI's config: `--docker-config DIR` (or the file itself), else the systemd credential
     /// `docker-config` (a config.json), else `$DOCKER_CONFIG`, else `~/.docker`. A directory
     /// named explicitly must hold a readable config.json.
     fn registry_credentials(&self) -> Result<Option<Arc<Credentials>>, ConfigError> {
         let (dir, origin) = pick!(self, "--docker-config", docker_config);
         let loaded = match dir {
-            Some(dir) => Credentials::load(&dir.join("config.json"), true),
+            // A directory as DOCKER_CONFIG is one, or the file itself (a secret, a credential).
+            Some(dir) if dir.is_dir() => Credentials::load(&dir.join("config.json"), true),
+            Some(file) => Credentials::load(&file, true),
             None => match std::env::var_os("CREDENTIALS_DIRECTORY")
                 .map(|d| PathBuf::from(d).join("docker-config"))
                 .filter(|p| p.exists())

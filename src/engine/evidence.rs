@@ -97,6 +97,7 @@ impl Unseen {
 /// What shows which repository holds a digest: the ledger (mirrored in the queue file), the
 /// Docker CLI's credentials, and the lookups.
 pub struct Registries {
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     ledger: Mutex<Ledger>,
     outbox: Option<Outbox>,
     credentials: Option<Arc<Credentials>>,
@@ -116,11 +117,18 @@ impl Registries {
         credentials: Option<Arc<Credentials>>,
     ) -> Self {
         Registries {
+            telemetry: None,
             ledger: Mutex::new(ledger),
             outbox,
             credentials,
             warned_clear: Mutex::new(false),
         }
+    }
+
+    /// Count the lookups in `/metrics`.
+    pub fn with_telemetry(mut self, telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     fn keep(&self, changes: Vec<Change>) {
@@ -296,6 +304,9 @@ impl Registries {
                 Some(Refusal::Unreachable)
             }
         };
+        if let Some(t) = &self.telemetry {
+            t.registry_lookup(refusal.map_or("confirmed", Refusal::as_str));
+        }
         let now = now_ms();
         let changes = match self.ledger.lock() {
             Ok(mut ledger) => match (refusal, evidence::split_pinned(pinned)) {

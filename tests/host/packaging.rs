@@ -126,6 +126,43 @@ fn group_token_file(scope: &Scope, gid: u32) -> PathBuf {
     path
 }
 
+/// The registry that wants credentials (scripts/test-env.sh), and its user's password.
+const PRIVATE_REGISTRY: &str = "127.0.0.1:5002";
+const PRIVATE_PASSWORD: &str = "Pr1vate-Pa55word";
+
+/// A Docker CLI config.json with `auths` for the private registry.
+fn docker_config_json() -> String {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("deploytrack-test:{PRIVATE_PASSWORD}"));
+    serde_json::json!({"auths": {PRIVATE_REGISTRY: {"auth": auth}}}).to_string()
+}
+
+/// That config in the scope, readable by the socket's group (as INSTALL.md says for Compose).
+fn group_docker_config(scope: &Scope, gid: u32) -> PathBuf {
+    let path = scope.dir.join("docker-config.json");
+    std::fs::write(&path, docker_config_json()).unwrap();
+    std::os::unix::fs::chown(&path, Some(0), Some(gid)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+    path
+}
+
+/// The agent's log names the registry it has credentials for, and never the secret.
+fn assert_credentials_logged(log: &str) {
+    use base64::Engine as _;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("registry credentials: ") && l.contains(PRIVATE_REGISTRY)),
+        "no credentials line:\n{log}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("deploytrack-test:{PRIVATE_PASSWORD}"));
+    assert!(
+        !log.contains(PRIVATE_PASSWORD) && !log.contains(&basic),
+        "{log}"
+    );
+}
+
 /// Real and effective user and group ids and the supplementary groups of a process.
 fn process_ids(pid: u64) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -442,6 +479,8 @@ struct ComposeProject {
     host: String,
     override_file: PathBuf,
     env: Vec<(String, String)>,
+    /// Also packaging/compose.credentials.yaml.
+    credentials: bool,
 }
 
 impl ComposeProject {
@@ -456,13 +495,25 @@ impl ComposeProject {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            credentials: false,
         }
+    }
+
+    /// With packaging/compose.credentials.yaml, as INSTALL.md gives registry credentials.
+    fn with_credentials(mut self) -> Self {
+        self.credentials = true;
+        self
     }
 
     fn command(&self, configured: bool, args: &[&str]) -> Command {
         let mut command = Command::new("docker");
         command.args(["compose", "-p", &self.name, "-f"]);
         command.arg(repo().join("packaging/compose.yaml"));
+        if configured && self.credentials {
+            command
+                .arg("-f")
+                .arg(repo().join("packaging/compose.credentials.yaml"));
+        }
         if configured {
             command.arg("-f").arg(&self.override_file);
         }
@@ -530,6 +581,7 @@ async fn compose_runs_the_agent_as_packaged() {
     let receiver = Receiver::start().await;
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
     let token = group_token_file(&scope, gid);
+    let docker_config = group_docker_config(&scope, gid);
     let listen = unused_addr();
     let agent_hostname = scope.name("agent-host");
     // The host's network, so the agent reaches the receiver on loopback; a hostname of its
@@ -558,12 +610,18 @@ async fn compose_runs_the_agent_as_packaged() {
             ("DEPLOYTRACK_URL", &receiver.url()),
             ("DEPLOYTRACK_ENVIRONMENT", "compose-test"),
             ("DEPLOYTRACK_TOKEN_PATH", token.to_str().unwrap()),
+            (
+                "DEPLOYTRACK_DOCKER_CONFIG_PATH",
+                docker_config.to_str().unwrap(),
+            ),
             ("DOCKER_GID", &gid.to_string()),
         ],
-    );
+    )
+    .with_credentials();
     project.up(&[]);
     let first = project.container(None).await;
     admin_ready(listen).await;
+    assert_credentials_logged(&logs(CLASSIC, &first));
 
     let (host, marker, own_name) =
         reports_others_not_itself(&scope, &receiver, &agent_hostname, "compose-test", &first).await;
@@ -715,6 +773,8 @@ async fn compose_agent_follows_a_live_restored_engine_through_its_restart() {
 struct Stack {
     name: String,
     secret: String,
+    /// The registry credentials' secret.
+    credentials: String,
 }
 
 impl Drop for Stack {
@@ -731,6 +791,7 @@ impl Drop for Stack {
         let volume = format!("{}_deploytrack-state", self.name);
         let _ = docker_on(CLASSIC, &["volume", "rm", &volume]).output();
         let _ = docker_on(CLASSIC, &["secret", "rm", &self.secret]).output();
+        let _ = docker_on(CLASSIC, &["secret", "rm", &self.credentials]).output();
     }
 }
 
@@ -777,7 +838,19 @@ async fn swarm_runs_the_agent_as_a_global_service() {
     let stack = Stack {
         name: scope.name("dts"),
         secret: scope.name("dts-token"),
+        credentials: scope.name("dts-docker-config"),
     };
+    let docker_config = scope.dir.join("docker-config.json");
+    std::fs::write(&docker_config, docker_config_json()).unwrap();
+    succeed(docker_on(
+        CLASSIC,
+        &[
+            "secret",
+            "create",
+            &stack.credentials,
+            docker_config.to_str().unwrap(),
+        ],
+    ));
     succeed(docker_on(
         CLASSIC,
         &[
@@ -810,10 +883,14 @@ secrets:
   deploytrack_token:
     external: true
     name: {secret}
+  deploytrack_docker_config:
+    external: true
+    name: {credentials}
 "#,
             selector = scope.selector(),
             id = scope.id,
-            secret = stack.secret
+            secret = stack.secret,
+            credentials = stack.credentials
         ),
     )
     .unwrap();
@@ -823,6 +900,8 @@ secrets:
     );
     deploy
         .arg(repo().join("packaging/swarm.yaml"))
+        .arg("-c")
+        .arg(repo().join("packaging/swarm.credentials.yaml"))
         .arg("-c")
         .arg(&override_file)
         .arg(&stack.name)
@@ -850,6 +929,7 @@ secrets:
     })
     .await;
     admin_ready(listen).await;
+    assert_credentials_logged(&logs(CLASSIC, &task));
 
     let (_, _, own_name) =
         reports_others_not_itself(&scope, &receiver, &agent_hostname, "swarm-test", &task).await;
@@ -1080,6 +1160,17 @@ systemctl daemon-reload",
         .collect();
     assert!(stamped.is_empty(), "a second timestamp: {stamped:?}");
 
+    // The package made the registry credentials' file, empty and root-only: no
+    // credentials until one is put there, as INSTALL.md says; then a restart loads them.
+    assert_eq!(
+        machine.sh("stat -c '%a %U %s' /etc/deploytrack/docker-config.json && cat /etc/deploytrack/docker-config.json"),
+        "600 root 3\n{}"
+    );
+    machine.sh(&format!(
+        "printf '%s' '{}' > /etc/deploytrack/docker-config.json",
+        docker_config_json()
+    ));
+
     // A restart re-sends nothing.
     machine.sh("systemctl restart deploytrack");
     let two = scope.name("two");
@@ -1088,6 +1179,9 @@ systemctl daemon-reload",
         .accepted_report("a report after the restart", &format!("{host}/{two}"))
         .await;
     assert_eq!(count(&receiver, &format!("{host}/{one}")), 1);
+    assert_credentials_logged(
+        &machine.sh("journalctl -u deploytrack -o cat --no-pager _COMM=deploytrack"),
+    );
 
     // A hung agent (SIGSTOP) stops its watchdog pings; systemd restarts it. First the
     // acknowledgement must be in the queue file: a kill between the endpoint's 2xx and that
