@@ -121,6 +121,8 @@ pub const REFUSAL_MAX_MS: i64 = 24 * 3600 * 1000;
 pub const LOOKUPS_PER_HOUR: usize = 30;
 pub const HUB_LOOKUPS_PER_HOUR: usize = 2;
 const HOUR_MS: i64 = 3600 * 1000;
+/// A lookup counts as under way for at most this long (it is bounded to 5 s).
+const ASKING_MS: i64 = 30 * 1000;
 /// Remembered pairs, at most (oldest first out); in practice bounded by the images on the
 /// host, as pairs whose digest no local image has are forgotten.
 pub const HELD_MAX: usize = 10_000;
@@ -131,6 +133,8 @@ const REFUSED_MAX: usize = 10_000;
 pub enum Wait {
     /// Refused before; asked again at `next_ms`.
     Refused(Refused),
+    /// Another resolution is asking now.
+    Asking,
     /// The registry's hourly budget is spent until `until_ms`.
     Budget { until_ms: i64 },
 }
@@ -142,6 +146,9 @@ pub struct Ledger {
     held: HashMap<(String, String), (Source, i64)>,
     refused: HashMap<String, Refused>,
     spent: HashMap<String, VecDeque<i64>>,
+    /// Lookups under way, and until when they count as such: two containers of one image
+    /// resolved at once ask the registry once.
+    asking: HashMap<String, i64>,
 }
 
 impl Ledger {
@@ -153,6 +160,7 @@ impl Ledger {
                 .collect(),
             refused: refused.into_iter().collect(),
             spent: HashMap::new(),
+            asking: HashMap::new(),
         }
     }
 
@@ -182,6 +190,7 @@ impl Ledger {
         now_ms: i64,
     ) -> Vec<Change> {
         let key = (repository.to_string(), digest.to_string());
+        self.asking.remove(&format!("{repository}@{digest}"));
         if self.held.contains_key(&key) {
             return Vec::new();
         }
@@ -222,6 +231,9 @@ impl Ledger {
         if let Some(r) = self.refused.get(pinned).filter(|r| r.next_ms > now_ms) {
             return Err(Wait::Refused(*r));
         }
+        if self.asking.get(pinned).is_some_and(|until| *until > now_ms) {
+            return Err(Wait::Asking);
+        }
         let registry = registry_of(pinned);
         let budget = if registry == "docker.io" {
             HUB_LOOKUPS_PER_HOUR
@@ -237,12 +249,16 @@ impl Ledger {
             return Err(Wait::Budget { until_ms });
         }
         spent.push_back(now_ms);
+        self.asking.retain(|_, until| *until > now_ms);
+        self.asking
+            .insert(pinned.to_string(), now_ms.saturating_add(ASKING_MS));
         Ok(())
     }
 
     /// A lookup refused `pinned`: asked again after 10 minutes, doubling per refusal, up to a
     /// day.
     pub fn refuse(&mut self, pinned: &str, why: Refusal, now_ms: i64) -> Vec<Change> {
+        self.asking.remove(pinned);
         let failures = self
             .refused
             .get(pinned)
@@ -730,6 +746,23 @@ mod tests {
             pinned: pinned.clone()
         }));
         assert_eq!(ledger.refusal(&pinned), None);
+    }
+
+    #[test]
+    fn one_lookup_at_a_time_per_candidate() {
+        let mut ledger = Ledger::default();
+        let pinned = format!("reg.example/app@{A}");
+        assert_eq!(ledger.may_look_up(&pinned, 0), Ok(()));
+        assert_eq!(ledger.may_look_up(&pinned, 1), Err(Wait::Asking));
+        ledger.refuse(&pinned, Refusal::Unreachable, 2);
+        assert!(matches!(
+            ledger.may_look_up(&pinned, 3),
+            Err(Wait::Refused(_))
+        ));
+        // A lookup whose answer never came counts as under way for a bounded time only.
+        let other = format!("reg.example/other@{A}");
+        assert_eq!(ledger.may_look_up(&other, 0), Ok(()));
+        assert_eq!(ledger.may_look_up(&other, ASKING_MS), Ok(()));
     }
 
     #[test]

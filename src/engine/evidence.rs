@@ -245,7 +245,7 @@ impl Registries {
             let outcome = match allowed {
                 Ok(()) => self.look_up(engine, pinned, &registry).await,
                 Err(Wait::Refused(r)) => Err((r.why, false)),
-                Err(Wait::Budget { .. }) => {
+                Err(Wait::Budget { .. } | Wait::Asking) => {
                     why.get_or_insert(Unseen::Later);
                     continue;
                 }

@@ -97,7 +97,12 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
     let image = Image(PRIVATE1.to_string());
     let empty = no_credentials(&scope);
     let env = [("DOCKER_CONFIG", path_of(&empty))];
-    let mut agent = scope.agent_in(&scope.state_dir(), &receiver.url(), &["--log-level", "debug"], &env);
+    let mut agent = scope.agent_in(
+        &scope.state_dir(),
+        &receiver.url(),
+        &["--log-level", "debug"],
+        &env,
+    );
     agent.ready().await;
     docker_logged_in(&["pull", PRIVATE1]);
     agent
@@ -110,7 +115,10 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
     let first = scope.name("first");
     scope.run(&["--name", &first], PRIVATE1);
     let report = receiver
-        .accepted_report("the container of the pulled image", &format!("{host}/{first}"))
+        .accepted_report(
+            "the container of the pulled image",
+            &format!("{host}/{first}"),
+        )
         .await;
     assert_eq!(report.url(), want);
 
@@ -122,7 +130,10 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
     let second = scope.name("second");
     scope.run(&["--name", &second], PRIVATE1);
     let report = receiver
-        .accepted_report("the container started after the restart", &format!("{host}/{second}"))
+        .accepted_report(
+            "the container started after the restart",
+            &format!("{host}/{second}"),
+        )
         .await;
     assert_eq!(report.url(), want);
     assert_eq!(
@@ -160,7 +171,12 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
         // Without credentials the registry refuses the lookup: skipped, and the log says why.
         let empty = no_credentials(&scope);
         let state = scope.dir.join("state-none");
-        let mut agent = scope.agent_in(&state, &receiver.url(), &[], &[("DOCKER_CONFIG", path_of(&empty))]);
+        let mut agent = scope.agent_in(
+            &state,
+            &receiver.url(),
+            &[],
+            &[("DOCKER_CONFIG", path_of(&empty))],
+        );
         agent.ready().await;
         // (Refused for want of credentials; under load the 5 s lookup may time out instead.)
         agent
@@ -180,7 +196,10 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
     );
     agent.ready().await;
     let report = receiver
-        .accepted_report("the container running before the agent", &format!("{host}/{before}"))
+        .accepted_report(
+            "the container running before the agent",
+            &format!("{host}/{before}"),
+        )
         .await;
     assert_eq!(report.url(), want);
     agent.stop().await;
@@ -201,9 +220,21 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     for log in std::fs::read_dir(&scope.dir).unwrap().flatten() {
         let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-        if log.path().extension().is_some_and(|e| e == "err" || e == "out") {
-            assert!(!text.contains(PASSWORD), "{}: the password", log.path().display());
-            assert!(!text.contains(&basic), "{}: user:password in base64", log.path().display());
+        if log
+            .path()
+            .extension()
+            .is_some_and(|e| e == "err" || e == "out")
+        {
+            assert!(
+                !text.contains(PASSWORD),
+                "{}: the password",
+                log.path().display()
+            );
+            assert!(
+                !text.contains(&basic),
+                "{}: user:password in base64",
+                log.path().display()
+            );
         }
     }
     drop(image);
@@ -241,7 +272,11 @@ async fn a_credential_helper_gives_the_credentials() {
         r#"{"credHelpers": {"127.0.0.1:5002": "dttest"}}"#,
     )
     .unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let agent = scope.agent_in(
         &scope.state_dir(),
         &receiver.url(),
@@ -250,7 +285,10 @@ async fn a_credential_helper_gives_the_credentials() {
     );
     agent.ready().await;
     let report = receiver
-        .accepted_report("the container, confirmed with the helper's credentials", &format!("{host}/{name}"))
+        .accepted_report(
+            "the container, confirmed with the helper's credentials",
+            &format!("{host}/{name}"),
+        )
         .await;
     assert_eq!(report.url(), want);
     assert!(!agent.stderr().contains(PASSWORD));
@@ -267,7 +305,12 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
     let tag = format!("{repo}:1");
     let _image = Image(tag.clone());
     docker(&["tag", LOCAL1, &tag]);
-    let agent = scope.agent_in(&scope.state_dir(), &receiver.url(), &[], &[("DOCKER_CONFIG", path_of(&empty))]);
+    let agent = scope.agent_in(
+        &scope.state_dir(),
+        &receiver.url(),
+        &[],
+        &[("DOCKER_CONFIG", path_of(&empty))],
+    );
     agent.ready().await;
     let host = engine_host_name();
     let name = scope.name("built");
@@ -283,7 +326,51 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
     docker_logged_in(&["push", &tag]);
     let want = repo_digest(&tag, &repo);
     let report = receiver
-        .accepted_report("the container of the pushed image", &format!("{host}/{name}"))
+        .accepted_report(
+            "the container of the pushed image",
+            &format!("{host}/{name}"),
+        )
         .await;
     assert_eq!(report.url(), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_lookup_is_not_asked_again_at_every_reconciliation() {
+    if test_engine() == TestEngine::Classic {
+        // RepoDigests are the evidence there: no lookup at all, refused or not.
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scope = Scope::new("refused");
+    let receiver = Receiver::start().await;
+    let image = Image(PRIVATE1.to_string());
+    pull_out_of_sight();
+    let name = scope.name("refused");
+    scope.run(&["--name", &name], PRIVATE1);
+    let empty = no_credentials(&scope);
+    let listen = unused_addr();
+    let listen_text = listen.to_string();
+    // A reconciliation every second: each would ask again without the refusal schedule.
+    let agent = scope.agent_in(
+        &scope.state_dir(),
+        &receiver.url(),
+        &["--resync-interval", "1s", "--listen", &listen_text],
+        &[("DOCKER_CONFIG", path_of(&empty))],
+    );
+    agent.ready().await;
+    let refused = "deploytrack_registry_lookups_total{reason=\"credentials\"}";
+    eventually_async("the first lookup, refused", || async {
+        metric(listen, refused).await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    // Five more reconciliations, each of which resolves the container again.
+    let reconciled = |text: &str| text.matches("reconciled with the engine").count();
+    let after_first = reconciled(&agent.stderr());
+    eventually("five more reconciliations", || {
+        (reconciled(&agent.stderr()) >= after_first + 5).then_some(())
+    })
+    .await;
+    assert_eq!(metric(listen, refused).await, Some(1.0));
+    assert!(!receiver.reported(&format!("{}/{name}", engine_host_name())));
+    drop(image);
 }
