@@ -30,6 +30,29 @@
 #                                                 amd64, so it runs here: the platform case)
 #   - installs Podman and serves its Docker-compatible API on $PODMAN_SOCK, with app:1
 #     pulled into it (the agent is tested against both engines)
+#   - Podman 5.8 (Debian sid) and 6.1 (Debian experimental), which need glibc 2.38, each in
+#     a rootfs made by mmdebstrap (installed when missing, with curl and uidmap):
+#       rootfs     /opt/deploytrack-podman5/rootfs and /opt/deploytrack-podman6/rootfs
+#                  (package versions in /opt/deploytrack-podmanN/VERSIONS); made once, then
+#                  reused: remove /opt/deploytrack-podmanN to fetch the suite's newest again.
+#                  When Debian's suite no longer has podman 5.8.x (sid) or 6.1.x
+#                  (experimental), the script stops with one line saying what it found.
+#       config     in the rootfs: containers.conf (runc, cgroupfs, netns none, events to a
+#                  file; 6.1: pids_limit 0), registries.conf.d/deploytrack-test.conf
+#                  (localhost:5000 and 127.0.0.1:5002 insecure), /etc/hosts
+#       service    /opt/deploytrack-podmanN/start, run as `setsid unshare -m`: a mount
+#                  namespace of its own (6.1 gets a cgroup2 mount there) where the host's
+#                  /run/deploytrack-podmanN is the chroot's /run, then `chroot ROOTFS podman
+#                  system service`. Socket /run/deploytrack-podmanN/podman/podman.sock, pid
+#                  /run/deploytrack-podmanN.pid, log /tmp/deploytrack-podmanN.log.
+#                  The chroot's own CLI: nsenter --target $(cat /run/deploytrack-podmanN.pid)
+#                  --mount --root --wd podman ...
+#       images     app:1 pulled into each
+#   - rootless Podman 4.3: the user deploytrack-rootless (home /var/lib/deploytrack-rootless,
+#     65536 subordinate IDs in /etc/subuid and /etc/subgid, vfs storage), its service on
+#     /run/user/<uid>/podman/podman.sock (XDG_RUNTIME_DIR /run/user/<uid>, 0700), log
+#     /tmp/deploytrack-podman-rootless.log, pid /tmp/deploytrack-podman-rootless.pid; app:1
+#     pulled into it. Its CLI: podman --remote --url unix:///run/user/<uid>/podman/podman.sock
 #   - a second Docker engine, 28.5 with the containerd image store ("docker28"):
 #       binaries   Debian sid's docker.io, containerd, docker-compose, docker-buildx and
 #                  tini-static, unpacked (not installed) into /opt/deploytrack-docker28;
@@ -588,6 +611,350 @@ if [[ " $have " != *"@$want "* ]]; then
     log "pulling $APP1 into Podman"
     quiet "${SUDO[@]}" podman pull -q --tls-verify=false "$APP1"
 fi
+
+# ---------------------------------------------------------------- podman 5.8 and 6.1
+# Podman 5.8 (Debian sid) and 6.1 (Debian experimental) need glibc 2.38: neither installs
+# on bookworm. Each runs from a rootfs made by mmdebstrap, chrooted in a mount namespace of
+# its own (`setsid unshare -m`), where the host directory /run/deploytrack-podmanN is the
+# chroot's /run, so that its socket is reachable from the host. See the header.
+
+# pc_setup N: the variables of Podman N (5 or 6).
+pc_setup() {
+    PC_N=$1
+    case $1 in
+        5) PC_WANT=5.8 PC_SUITE=sid PC_INCLUDE=podman ;;
+        6) PC_WANT=6.1 PC_SUITE=experimental PC_INCLUDE=podman/experimental ;;
+        *) die "pc_setup: no Podman $1" ;;
+    esac
+    PC_DIR=/opt/deploytrack-podman$1
+    PC_ROOT=$PC_DIR/rootfs
+    PC_VERSIONS=$PC_DIR/VERSIONS
+    PC_START=$PC_DIR/start
+    PC_RUN=/run/deploytrack-podman$1
+    PC_SOCK=$PC_RUN/podman/podman.sock
+    PC_PIDFILE=/run/deploytrack-podman$1.pid
+    PC_LOG=/tmp/deploytrack-podman$1.log
+}
+
+# podman_api_version SOCKET: the Podman version that answers the ping on SOCKET (its
+# Libpod-Api-Version header); fails when nothing answers.
+podman_api_version() {
+    local head
+    head=$("${SUDO[@]}" curl -sSf -i --max-time 5 --unix-socket "$1" http://d/_ping 2>/dev/null) || return 1
+    head=$(tr -d '\r' <<<"$head" | sed -n 's/^[Ll]ibpod-[Aa]pi-[Vv]ersion: *//p')
+    [ -n "$head" ] || return 1
+    printf '%s\n' "$head"
+}
+
+# podman_has_app1 SOCKET: the Podman on SOCKET has app:1 with the registry's digest of it.
+podman_has_app1() {
+    local json repo=${APP1%:*} want
+    want=$(registry_digest "${repo#localhost:5000/}" "${APP1##*:}")
+    [ -n "$want" ] || return 1
+    json=$("${SUDO[@]}" curl -sSf --max-time 10 --unix-socket "$1" "http://d/v1.41/images/$APP1/json" 2>/dev/null) \
+        || return 1
+    [[ $json == *"\"$repo@$want\""* ]]
+}
+
+# podman_pull_app1 SOCKET WHAT: pull app:1 into the Podman on SOCKET (compat API).
+podman_pull_app1() {
+    podman_has_app1 "$1" && return 0
+    log "pulling $APP1 into $2"
+    quiet "${SUDO[@]}" docker -H "unix://$1" pull -q "$APP1"
+    podman_has_app1 "$1" || die "$2 has no RepoDigest of the registry's $APP1 after a pull"
+}
+
+# curl for the sockets, mmdebstrap for the rootfs, uidmap for rootless Podman.
+pc_missing=()
+command -v curl >/dev/null 2>&1 || pc_missing+=(curl)
+command -v mmdebstrap >/dev/null 2>&1 || pc_missing+=(mmdebstrap)
+command -v newuidmap >/dev/null 2>&1 || pc_missing+=(uidmap)
+if [ "${#pc_missing[@]}" -gt 0 ]; then
+    log "installing ${pc_missing[*]} (apt-get)"
+    apt_log=$(mktemp /tmp/deploytrack-apt.XXXXXX)
+    pc_install() {
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            "${pc_missing[@]}" >>"$apt_log" 2>&1
+    }
+    # The package lists are fresh when the packages above were just installed.
+    if ! pc_install && { ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$apt_log" 2>&1 \
+        || ! pc_install; }; then
+        tail -n 30 "$apt_log" >&2
+        die "apt-get install ${pc_missing[*]} failed (full log: $apt_log)"
+    fi
+    rm -f "$apt_log"
+    hash -r
+fi
+
+# pc_up: Podman N answers on its socket, as version $PC_WANT.x.
+pc_up() {
+    local version
+    version=$(podman_api_version "$PC_SOCK") || return 1
+    [[ $version == "$PC_WANT".* ]] \
+        || die "the Podman on $PC_SOCK is $version, not $PC_WANT.x: stop it (pid in $PC_PIDFILE) and run $0 again"
+}
+pc_pid() { cat "$PC_PIDFILE" 2>/dev/null; }
+pc_alive() {
+    local pid
+    pid=$(pc_pid) && [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = podman ]
+}
+
+# pc_build N MIRROR: mmdebstrap the rootfs of Podman N into $PC_DIR.new (in the
+# background; its log is $PC_DIR.new.log).
+pc_build() {
+    pc_setup "$1"
+    local mirror=$2
+    local -a sources=("deb $mirror sid main")
+    [ "$PC_SUITE" = sid ] || sources+=("deb $mirror $PC_SUITE main")
+    as_root rm -rf "$PC_DIR.new"
+    as_root mkdir -p "$PC_DIR.new"
+    # The mirror's sid Release file may be past its Valid-Until.
+    as_root mmdebstrap --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' \
+        --include="$PC_INCLUDE,runc,conmon,catatonit,netavark,aardvark-dns,nftables,ca-certificates" \
+        sid "$PC_DIR.new/rootfs" "${sources[@]}" >"$PC_DIR.new.log" 2>&1 </dev/null 9>&-
+}
+
+# pc_finish N STATUS: check the rootfs pc_build made (STATUS: its exit status) and put it
+# in place of $PC_DIR. Dies with one line when Debian's suite changed.
+pc_finish() {
+    pc_setup "$1"
+    local status=$2 why version
+    if [ "$status" -ne 0 ]; then
+        why=$(grep -m 1 '^E: ' "$PC_DIR.new.log" || tail -n 1 "$PC_DIR.new.log")
+        as_root rm -rf "$PC_DIR.new"
+        case $why in
+            *"for 'podman' was not found"* | *"Unable to locate package podman"* | *"Package 'podman' has no installation candidate"*)
+                die "Debian $PC_SUITE has no podman any more (mmdebstrap: $why): update the Podman $PC_WANT section of $0 (log: $PC_DIR.new.log)" ;;
+            *)
+                die "mmdebstrap of Debian $PC_SUITE with $PC_INCLUDE failed: $why (log: $PC_DIR.new.log)" ;;
+        esac
+    fi
+    # shellcheck disable=SC2016 # dpkg-query's format
+    version=$(as_root chroot "$PC_DIR.new/rootfs" dpkg-query -W -f '${Version}' podman 2>/dev/null) || version="none"
+    if [[ $version != "$PC_WANT".* ]]; then
+        as_root rm -rf "$PC_DIR.new" "$PC_DIR.new.log"
+        die "Debian $PC_SUITE now has podman $version, not $PC_WANT.x as this script expects: update the Podman $PC_WANT section of $0 (nothing changed in $PC_DIR)"
+    fi
+    # shellcheck disable=SC2016 # dpkg-query's format
+    as_root chroot "$PC_DIR.new/rootfs" dpkg-query -W -f '${Package} ${Version}\n' \
+        podman runc conmon golang-github-containers-common netavark 2>/dev/null \
+        | as_root tee "$PC_DIR.new/VERSIONS" >/dev/null
+    as_root rm -rf "$PC_DIR.old"
+    [ ! -e "$PC_DIR" ] || as_root mv "$PC_DIR" "$PC_DIR.old"
+    as_root mv "$PC_DIR.new" "$PC_DIR"
+    as_root rm -rf "$PC_DIR.old" "$PC_DIR.new.log"
+    log "Podman $PC_WANT from Debian $PC_SUITE in $PC_DIR: $(paste -sd, "$PC_VERSIONS" | sed 's/,/, /g')"
+}
+
+# as_root_write FILE CONTENT: FILE holds CONTENT (written only when it does not).
+as_root_write() {
+    [ "$(as_root cat "$1" 2>/dev/null)" = "$2" ] && return 0
+    as_root mkdir -p "${1%/*}"
+    printf '%s\n' "$2" | as_root tee "$1" >/dev/null
+}
+
+# pc_configure: the chroot's configuration and the script that starts its service.
+pc_configure() {
+    # crun refuses this machine's hybrid cgroups; no systemd, so cgroupfs; no journald.
+    # Podman 6's cgroup2 hierarchy (below) has no controllers, all being bound to the
+    # host's cgroups v1: no pids.max, so no pids limit (else runc fails on every start).
+    local pids=""
+    [ "$PC_N" -lt 6 ] || pids=$'\npids_limit = 0'
+    as_root_write "$PC_ROOT/etc/containers/containers.conf" '[containers]
+netns = "none"'"$pids"'
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"'
+    as_root_write "$PC_ROOT/etc/containers/registries.conf.d/deploytrack-test.conf" '[[registry]]
+location = "localhost:5000"
+insecure = true
+
+[[registry]]
+location = "127.0.0.1:5002"
+insecure = true'
+    # Else "localhost" goes to DNS.
+    as_root_write "$PC_ROOT/etc/hosts" '127.0.0.1 localhost'
+    local cgroup2=""
+    # Podman 6 refuses cgroups v1: it gets a cgroup2 hierarchy in its namespace.
+    # shellcheck disable=SC2016 # expanded by the start script
+    [ "$PC_N" -lt 6 ] || cgroup2='umount -R "$R/sys/fs/cgroup"
+mount -t cgroup2 none "$R/sys/fs/cgroup"'
+    as_root_write "$PC_START" "#!/bin/sh
+# Started by scripts/test-env.sh as \`setsid unshare -m $PC_START\`: Podman $PC_WANT's API
+# service, chrooted in $PC_ROOT, its /run being the host's $PC_RUN.
+set -e
+R=$PC_ROOT
+mount --make-rprivate /
+mount --bind \"\$R\" \"\$R\"      # runc needs / to be a mount point
+mount -t proc proc \"\$R/proc\"
+mount --rbind /sys \"\$R/sys\"
+${cgroup2}
+mount --rbind /dev \"\$R/dev\"
+mount --bind $PC_RUN \"\$R/run\"
+echo \$\$ >$PC_PIDFILE
+exec chroot \"\$R\" /usr/bin/podman system service --time=0 unix:///run/podman/podman.sock"
+    as_root chmod 0755 "$PC_START"
+}
+
+# pc_start: start Podman N's service unless it answers.
+pc_start() {
+    pc_up && return 0
+    if pc_alive; then
+        for _ in $(seq 1 60); do
+            pc_up && return 0
+            sleep 0.5
+        done
+        die "Podman $PC_WANT (pid $(pc_pid)) is running but does not answer on $PC_SOCK: stop it and run $0 again (log: $PC_LOG)"
+    fi
+    local version
+    version=$(sed -n 's/^podman //p' "$PC_VERSIONS" 2>/dev/null)
+    [[ $version == "$PC_WANT".* ]] \
+        || die "$PC_DIR holds podman ${version:-(unknown)}, not $PC_WANT.x: remove $PC_DIR and run $0 again"
+    pc_configure
+    as_root mkdir -p "$PC_RUN/podman"
+    as_root rm -f "$PC_SOCK" "$PC_PIDFILE"
+    log "starting Podman $PC_WANT ($PC_DIR) on $PC_SOCK (log: $PC_LOG)"
+    "${SUDO[@]}" setsid unshare -m "$PC_START" >"$PC_LOG" 2>&1 </dev/null 9>&- &
+    local start=$!
+    for _ in $(seq 1 120); do
+        pc_up && return 0
+        kill -0 "$start" 2>/dev/null || break
+        sleep 0.25
+    done
+    pc_up && return 0
+    tail -n 40 "$PC_LOG" >&2 || true
+    die "Podman $PC_WANT did not answer on $PC_SOCK within 30 s: $(grep -m 1 -i 'error' "$PC_LOG" || tail -n 1 "$PC_LOG") (log: $PC_LOG)"
+}
+
+# Make the missing rootfs (both at once: each takes about 30 s), then start and fill each.
+pc_builds=()
+for n in 5 6; do
+    pc_setup "$n"
+    pc_up || [ -f "$PC_VERSIONS" ] || pc_builds+=("$n")
+done
+if [ "${#pc_builds[@]}" -gt 0 ]; then
+    can_root || die "making the Podman rootfs in /opt needs root or sudo"
+    pc_mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null) || true
+    [ -n "$pc_mirror" ] || pc_mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) .*/\2/p' /etc/apt/sources.list 2>/dev/null) || true
+    pc_mirror=${pc_mirror%%$'\n'*}
+    pc_mirror=${pc_mirror%% *}
+    [ -n "$pc_mirror" ] || pc_mirror=http://deb.debian.org/debian
+    declare -A pc_jobs=()
+    for n in "${pc_builds[@]}"; do
+        pc_setup "$n"
+        log "making Podman $PC_WANT's rootfs from Debian $PC_SUITE ($pc_mirror) in $PC_DIR (mmdebstrap, about 30 s)"
+        pc_build "$n" "$pc_mirror" &
+        pc_jobs[$n]=$!
+    done
+    declare -A pc_status=()
+    for n in "${pc_builds[@]}"; do
+        pc_status[$n]=0
+        wait "${pc_jobs[$n]}" || pc_status[$n]=$?
+    done
+    for n in "${pc_builds[@]}"; do pc_finish "$n" "${pc_status[$n]}"; done
+fi
+for n in 5 6; do
+    pc_setup "$n"
+    pc_start
+    podman_pull_app1 "$PC_SOCK" "Podman $PC_WANT"
+done
+
+# ---------------------------------------------------------------- podman 4.3 rootless
+# Bookworm's Podman as an ordinary user (deploytrack-rootless, with a subordinate ID
+# range; vfs storage), its service on that user's $XDG_RUNTIME_DIR/podman/podman.sock.
+readonly PRL_USER=deploytrack-rootless
+readonly PRL_HOME=/var/lib/deploytrack-rootless
+readonly PRL_LOG=/tmp/deploytrack-podman-rootless.log
+readonly PRL_PID=/tmp/deploytrack-podman-rootless.pid
+
+if ! id -u "$PRL_USER" >/dev/null 2>&1; then
+    log "creating the user $PRL_USER (home $PRL_HOME)"
+    quiet as_root useradd --create-home --home-dir "$PRL_HOME" --shell /usr/sbin/nologin \
+        --user-group "$PRL_USER"
+fi
+PRL_UID=$(id -u "$PRL_USER")
+PRL_GID=$(id -g "$PRL_USER")
+readonly PRL_UID PRL_GID
+readonly PRL_XDG=/run/user/$PRL_UID
+readonly PRL_SOCK=$PRL_XDG/podman/podman.sock
+
+# prl_up: the user's Podman 4.3 answers on its socket, which the user owns.
+prl_up() {
+    local version
+    version=$(podman_api_version "$PRL_SOCK") || return 1
+    [[ $version == 4.3.* ]] || die "the Podman on $PRL_SOCK is $version, not 4.3.x"
+    [ "$(as_root stat -c %u "$PRL_SOCK")" = "$PRL_UID" ] \
+        || die "$PRL_SOCK answers but is not $PRL_USER's: stop that service and run $0 again"
+}
+
+# prl_subid FILE: give the user a range of 65536 subordinate IDs in FILE (/etc/subuid or
+# /etc/subgid) after every range there, unless the user has one.
+prl_subid() {
+    local file=$1 start
+    as_root grep -q "^$PRL_USER:" "$file" 2>/dev/null && return 0
+    # shellcheck disable=SC2016 # awk's fields
+    start=$(as_root awk -F: 'BEGIN { m = 100000 } $2 + $3 > m { m = $2 + $3 } END { print m }' "$file" 2>/dev/null) \
+        || start=100000
+    log "giving $PRL_USER the subordinate IDs $start-$((start + 65535)) in $file"
+    if [ "$file" = /etc/subuid ]; then
+        quiet as_root usermod --add-subuids "$start-$((start + 65535))" "$PRL_USER"
+    else
+        quiet as_root usermod --add-subgids "$start-$((start + 65535))" "$PRL_USER"
+    fi
+}
+
+# prl_write FILE CONTENT: as as_root_write, the file owned by the user.
+prl_write() {
+    [ "$(as_root cat "$1" 2>/dev/null)" = "$2" ] && return 0
+    as_root install -d -o "$PRL_UID" -g "$PRL_GID" "${1%/*}"
+    printf '%s\n' "$2" | as_root install -m 0644 -o "$PRL_UID" -g "$PRL_GID" /dev/stdin "$1"
+}
+
+if ! prl_up; then
+    prl_subid /etc/subuid
+    prl_subid /etc/subgid
+    cfg=$PRL_HOME/.config/containers
+    as_root install -d -o "$PRL_UID" -g "$PRL_GID" "$PRL_HOME/.config" "$cfg"
+    prl_write "$cfg/storage.conf" '[storage]
+driver = "vfs"'
+    prl_write "$cfg/containers.conf" '[containers]
+netns = "none"
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"'
+    prl_write "$cfg/registries.conf.d/deploytrack-test.conf" '[[registry]]
+location = "localhost:5000"
+insecure = true'
+    as_root install -d -m 0700 -o "$PRL_UID" -g "$PRL_GID" "$PRL_XDG" "$PRL_XDG/podman"
+    as_root rm -f "$PRL_SOCK"
+    log "starting rootless Podman 4.3 as $PRL_USER on $PRL_SOCK (log: $PRL_LOG)"
+    "${SUDO[@]}" setsid setpriv --reuid="$PRL_UID" --regid="$PRL_GID" --init-groups \
+        env -i "HOME=$PRL_HOME" "USER=$PRL_USER" "LOGNAME=$PRL_USER" "XDG_RUNTIME_DIR=$PRL_XDG" \
+        PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+        podman system service --time=0 "unix://$PRL_SOCK" >"$PRL_LOG" 2>&1 </dev/null 9>&- &
+    prl_start=$!
+    for _ in $(seq 1 120); do
+        prl_up && break
+        kill -0 "$prl_start" 2>/dev/null || break
+        sleep 0.25
+    done
+    if ! prl_up; then
+        tail -n 40 "$PRL_LOG" >&2 || true
+        die "rootless Podman did not answer on $PRL_SOCK within 30 s: $(grep -m 1 -i 'error' "$PRL_LOG" || tail -n 1 "$PRL_LOG") (log: $PRL_LOG)"
+    fi
+    info=$("${SUDO[@]}" curl -sSf --max-time 30 --unix-socket "$PRL_SOCK" http://d/v4.0.0/libpod/info 2>&1) \
+        || die "GET /libpod/info on $PRL_SOCK failed: $info"
+    [[ $info == *'"rootless":true'* ]] || die "the Podman on $PRL_SOCK does not say rootless: true (log: $PRL_LOG)"
+    [[ $info == *'"graphDriverName":"vfs"'* ]] || die "the Podman on $PRL_SOCK does not use vfs storage (log: $PRL_LOG)"
+    # Rootless Podman re-executes itself in a user namespace: the service is not $!, but
+    # the process that listens on the socket.
+    prl_pid=$(as_root ss -xlpn | grep -F " $PRL_SOCK " | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1) || prl_pid=""
+    echo "${prl_pid:-$prl_start}" >"$PRL_PID"
+fi
+podman_pull_app1 "$PRL_SOCK" "rootless Podman 4.3 ($PRL_USER)"
 
 # ---------------------------------------------------------------- docker28: binaries
 # Debian sid's Docker 28.5 does not install on bookworm, but its binaries run here when

@@ -1,27 +1,176 @@
-//! Podman's Docker-compatible API: its own event names (`remove`, sometimes `died`).
+//! Podman's Docker-compatible API: its own event names (`remove`, sometimes `died`), on each
+//! Podman that scripts/test-env.sh starts: bookworm's 4.3 as root and as an ordinary user
+//! (rootless, the agent run as that user against that user's socket), sid's 5.8 and
+//! experimental's 6.1 (each chrooted in a mount namespace of its own).
 
 use crate::common::*;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
 
-pub const PODMAN_HOST: &str = "unix:///run/deploytrack-podman.sock";
+/// The user whose rootless Podman 4.3 scripts/test-env.sh serves on
+/// `/run/user/<uid>/podman/podman.sock`.
+const ROOTLESS_USER: &str = "deploytrack-rootless";
 
-fn podman(args: &[&str]) -> String {
-    run_ok("podman", args, None)
+/// A Podman under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Podman {
+    /// Debian 12's Podman 4.3, rootful, on the host.
+    V4,
+    /// Podman 4.3 as `deploytrack-rootless` (vfs storage, `Rootless: true`).
+    V4Rootless,
+    /// Debian sid's Podman 5.8, in /opt/deploytrack-podman5.
+    V5,
+    /// Debian experimental's Podman 6.1, in /opt/deploytrack-podman6.
+    V6,
 }
 
-/// Removes the scope's Podman containers, also when the test fails.
-struct PodmanScope(String);
+/// The rootless user's uid, gid and home.
+fn rootless_user() -> (u32, u32, String) {
+    let entry = run_ok("getent", &["passwd", ROOTLESS_USER], None);
+    let fields: Vec<&str> = entry.split(':').collect();
+    assert!(
+        fields.len() >= 6,
+        "getent passwd {ROOTLESS_USER}: {entry:?}"
+    );
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .unwrap_or_else(|e| panic!("{entry:?}: {e}"))
+    };
+    (number(fields[2]), number(fields[3]), fields[5].to_string())
+}
+
+impl Podman {
+    /// The version the engine must answer as (a prefix, e.g. "5.8.").
+    fn version(self) -> &'static str {
+        match self {
+            Podman::V4 | Podman::V4Rootless => "4.3.",
+            Podman::V5 => "5.8.",
+            Podman::V6 => "6.1.",
+        }
+    }
+
+    fn socket(self) -> String {
+        match self {
+            Podman::V4 => "/run/deploytrack-podman.sock".into(),
+            Podman::V4Rootless => format!("/run/user/{}/podman/podman.sock", rootless_user().0),
+            Podman::V5 => "/run/deploytrack-podman5/podman/podman.sock".into(),
+            Podman::V6 => "/run/deploytrack-podman6/podman/podman.sock".into(),
+        }
+    }
+
+    fn host(self) -> String {
+        format!("unix://{}", self.socket())
+    }
+
+    /// That Podman's own CLI, on the engine's storage: the host's podman for 4.3 (through
+    /// the user's socket when rootless), the chroot's podman in the service's mount
+    /// namespace for 5.8 and 6.1.
+    fn cli(self) -> Command {
+        match self {
+            Podman::V4 => Command::new("podman"),
+            Podman::V4Rootless => {
+                let mut cmd = Command::new("podman");
+                cmd.args(["--remote", "--url", &self.host()]);
+                cmd
+            }
+            Podman::V5 | Podman::V6 => {
+                let n = if self == Podman::V5 { 5 } else { 6 };
+                let pidfile = format!("/run/deploytrack-podman{n}.pid");
+                let pid = std::fs::read_to_string(&pidfile)
+                    .unwrap_or_else(|e| panic!("{pidfile} (written by scripts/test-env.sh): {e}"));
+                let mut cmd = Command::new("nsenter");
+                cmd.args([
+                    "--target",
+                    pid.trim(),
+                    "--mount",
+                    "--root",
+                    "--wd",
+                    "podman",
+                ])
+                .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1");
+                cmd
+            }
+        }
+    }
+
+    /// Run that Podman's CLI to success; its trimmed stdout.
+    fn podman(self, args: &[&str]) -> String {
+        let out = self
+            .cli()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{self:?}: cannot run podman: {e}"));
+        assert!(
+            out.status.success(),
+            "{self:?}: podman {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The engine answers on its socket as the version under test; else the test fails
+    /// (never skips), naming what is wrong.
+    fn ensure_up(self) {
+        let socket = self.socket();
+        match libpod_version(&socket) {
+            Ok(version) if version.starts_with(self.version()) => {}
+            Ok(version) => panic!(
+                "{self:?}: the Podman on {socket} is {version}, not {}x",
+                self.version()
+            ),
+            Err(e) => panic!(
+                "{self:?}: no Podman answers on {socket} (CI={}; scripts/test-env.sh starts it): {e}",
+                std::env::var("CI").unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The `Libpod-Api-Version` header of the answer to `GET /_ping` on a Podman socket.
+fn libpod_version(socket: &str) -> Result<String, String> {
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let timeout = Some(Duration::from_secs(10));
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    answer
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("libpod-api-version")
+                .then(|| value.trim().to_string())
+        })
+        .ok_or_else(|| format!("no Libpod-Api-Version in {answer:?}"))
+}
+
+/// Removes the scope's containers on that Podman, also when the test fails.
+struct PodmanScope(Podman, String);
 
 impl Drop for PodmanScope {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("podman")
-            .args(["rm", "-f", "--filter", &format!("label={}", self.0)])
+        let _ = self
+            .0
+            .cli()
+            .args(["rm", "-f", "--filter", &format!("label={}", self.1)])
             .output();
     }
 }
 
 /// `podman run -d` of APP1 with the scope's label.
-fn podman_run(label: &str, name: &str) {
-    podman(&[
+fn podman_run(engine: Podman, label: &str, name: &str) {
+    engine.podman(&[
         "run",
         "-d",
         "--network",
@@ -38,18 +187,87 @@ fn podman_run(label: &str, name: &str) {
     ]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn podman_starts_stops_and_reconciliation_are_reported() {
-    let scope = Scope::new("podman");
-    let _cleanup = PodmanScope(scope.selector());
+/// How the agent runs: as the test's user (root), or as the rootless Podman's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunAs {
+    TestUser,
+    RootlessUser,
+}
+
+/// The scope's agent (as `Scope::agent` builds it), as `run_as`.
+fn start_agent(scope: &Scope, run_as: RunAs, url: &str, extra: &[&str]) -> Agent {
+    match run_as {
+        RunAs::TestUser => scope.agent(url, extra),
+        RunAs::RootlessUser => {
+            let (uid, gid, home) = rootless_user();
+            let state = scope.state_dir();
+            std::fs::create_dir_all(&state).unwrap();
+            let token = scope.token_file();
+            for path in [&state, &token] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+            }
+            let selector = scope.selector();
+            let mut args = vec![
+                "run",
+                "--url",
+                url,
+                "--token-file",
+                token.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--label-selector",
+                &selector,
+                "--retry-initial",
+                "200ms",
+                "--retry-max",
+                "2s",
+            ];
+            args.extend_from_slice(extra);
+            // The user's own groups, not the Docker socket's (agent_command_as adds that).
+            let mut cmd = Command::new("setpriv");
+            cmd.args([
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--init-groups".into(),
+                "--".into(),
+                env!("CARGO_BIN_EXE_deploytrack").into(),
+            ])
+            .args(&args);
+            crate::support::agent::scrub_environment(&mut cmd);
+            cmd.env("HOME", &home)
+                .env("USER", ROOTLESS_USER)
+                .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"));
+            Agent::spawn_command(&scope.dir, cmd, &[])
+        }
+    }
+}
+
+async fn starts_stops_and_reconciliation_are_reported(engine: Podman, run_as: RunAs) {
+    let scope = Scope::new(&format!("podman-{engine:?}").to_lowercase());
+    engine.ensure_up();
+    let _cleanup = PodmanScope(engine, scope.selector());
     let receiver = Receiver::start().await;
     let label = scope.selector();
     // Running before the agent: found by the reconciliation at start.
     let before = scope.name("before");
-    podman_run(&label, &before);
-    let args = ["--docker-host", PODMAN_HOST, "--report-stops"];
-    let mut agent = scope.agent(&receiver.url(), &args);
+    podman_run(engine, &label, &before);
+    let host = engine.host();
+    let args = ["--docker-host", host.as_str(), "--report-stops"];
+    let mut agent = start_agent(&scope, run_as, &receiver.url(), &args);
     agent.ready().await;
+    if run_as == RunAs::RootlessUser {
+        // Really that user's process (setpriv execs the agent).
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        let uid = rootless_user().0.to_string();
+        let uids = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or_default();
+        assert!(
+            uids.split_whitespace().skip(1).all(|u| u == uid),
+            "the agent runs as {uids:?}, not {ROOTLESS_USER} ({uid})"
+        );
+    }
     let before_suffix = format!("/{before}");
     eventually("the container running before the agent", || {
         receiver
@@ -59,8 +277,8 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
     })
     .await;
     let name = scope.name("pod");
-    podman_run(&label, &name);
-    let digests = podman(&[
+    podman_run(engine, &label, &name);
+    let digests = engine.podman(&[
         "image",
         "inspect",
         "--format",
@@ -82,7 +300,7 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
     .await;
     assert_eq!(running.url(), want);
     assert_eq!(running.body["container"]["state"], "running");
-    podman(&["rm", "-f", &name]);
+    engine.podman(&["rm", "-f", &name]);
     let stopped = eventually("the podman container's stop", || {
         receiver
             .accepted()
@@ -103,8 +321,8 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
 
     // Removed while the agent is down: the reconciliation at the next start reports the stop.
     agent.stop().await;
-    podman(&["rm", "-f", &before]);
-    let _agent = scope.agent(&receiver.url(), &args);
+    engine.podman(&["rm", "-f", &before]);
+    let _agent = start_agent(&scope, run_as, &receiver.url(), &args);
     let stopped = eventually("the stop that happened while the agent was down", || {
         receiver.accepted().into_iter().find(|r| {
             r.name().ends_with(&before_suffix) && r.body["container"]["state"] == "stopped"
@@ -117,4 +335,24 @@ async fn podman_starts_stops_and_reconciliation_are_reported() {
         stopped.body["container"].get("since").is_none(),
         "{stopped:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_starts_stops_and_reconciliation_are_reported() {
+    starts_stops_and_reconciliation_are_reported(Podman::V4, RunAs::TestUser).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_rootless_starts_stops_and_reconciliation_are_reported() {
+    starts_stops_and_reconciliation_are_reported(Podman::V4Rootless, RunAs::RootlessUser).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman58_starts_stops_and_reconciliation_are_reported() {
+    starts_stops_and_reconciliation_are_reported(Podman::V5, RunAs::TestUser).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman61_starts_stops_and_reconciliation_are_reported() {
+    starts_stops_and_reconciliation_are_reported(Podman::V6, RunAs::TestUser).await;
 }
