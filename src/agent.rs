@@ -16,6 +16,7 @@ use crate::engine::pulls::ImageEvents;
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
 use crate::evidence::Ledger;
+use crate::key_settings::KeySettings;
 use crate::observe::{Observer, View};
 use crate::outbox::Outbox;
 use crate::telemetry::Telemetry;
@@ -34,6 +35,17 @@ impl From<String> for Fatal {
     }
 }
 
+/// Why `sync --once` ended without delivering: a failure (exit 1), or a refusal to deliver
+/// under settings that shape keys differently from those its state dir last delivered with
+/// (exit 64, as for a setting that is wrong; see `crate::key_settings`).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
+    #[error("{0}")]
+    SettingsChanged(String),
+}
+
 struct Parts {
     telemetry: Arc<Telemetry>,
     outbox: Outbox,
@@ -42,6 +54,8 @@ struct Parts {
     reader: EventReader,
     /// The container stream's cursor time after a restart: where the image events resume.
     since_nano: Option<i64>,
+    /// The settings that shape keys: as the state dir last delivered with them, and now.
+    settings: (Option<KeySettings>, KeySettings),
 }
 
 /// How long the agent waits for the engine before it says what it is waiting for.
@@ -71,6 +85,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         .map_err(|e| Fatal(e.to_string()))?;
     log_start(config, &host, store);
     log_credentials(config);
+    let settings = (restored.settings, KeySettings::of(config, &host));
     let selection = Selection {
         require_label: config.require_label,
         selector: config.label_selector.clone(),
@@ -121,6 +136,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             retry: config.retry,
             telemetry: telemetry.clone(),
             reminder,
+            token_reload: config.token_reload.clone(),
         },
         reader: EventReader {
             engine,
@@ -130,9 +146,39 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             resync: config.resync_interval,
         },
         since_nano: cursor_time,
+        settings,
         telemetry,
         outbox,
     })
+}
+
+/// Compare the settings that shape keys with those the state dir last delivered with, and
+/// remember them. A change is a warning for the agent (`refuse` false) and, for a one-shot
+/// command not told to go on, a refusal that leaves the state dir as it was.
+async fn remember_settings(config: &Config, parts: &Parts, refuse: bool) -> Result<(), SyncError> {
+    let Some(dir) = config.queue_dir() else {
+        // A dry run's queue is in memory: it delivers nothing under any settings.
+        return Ok(());
+    };
+    let (before, now) = &parts.settings;
+    let changes = before.as_ref().map(|b| b.changes(now)).unwrap_or_default();
+    let dir = dir.display().to_string();
+    if refuse && !changes.is_empty() {
+        return Err(SyncError::SettingsChanged(crate::key_settings::refusal(
+            &dir, &changes,
+        )));
+    }
+    if !changes.is_empty() {
+        tracing::warn!("{}", crate::key_settings::warning(&dir, &changes));
+    }
+    if before.as_ref() != Some(now) {
+        parts
+            .outbox
+            .remember_settings(now)
+            .await
+            .map_err(|e| Fatal(format!("cannot remember the settings in the queue: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Connect to the engine within `ENGINE_PATIENCE`, saying so when it is slow to answer.
@@ -202,6 +248,9 @@ fn log_credentials(config: &Config) {
 /// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
 pub async fn run(config: Config) -> Result<(), Fatal> {
     let parts = assemble(&config, false, crate::deliver::REMINDER_FIRST).await?;
+    remember_settings(&config, &parts, false)
+        .await
+        .map_err(|e| Fatal(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(EVENT_BUFFER);
@@ -293,10 +342,17 @@ async fn log_what_stays_queued(outbox: &Outbox, dry_run: bool) {
 }
 
 /// `sync --once`: reconcile, deliver everything queued, exit with a one-line summary. Gives
-/// up after `timeout`, saying what stays queued.
-pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result<(), Fatal> {
+/// up after `timeout`, saying what stays queued. Refuses settings that shape keys otherwise
+/// than those the state dir last delivered with, unless `accept_settings`.
+pub async fn sync_once(
+    config: Config,
+    force: bool,
+    accept_settings: bool,
+    timeout: Duration,
+) -> Result<(), SyncError> {
     let started = tokio::time::Instant::now();
     let parts = assemble(&config, force, SYNC_REMINDER).await?;
+    remember_settings(&config, &parts, !accept_settings).await?;
     let telemetry = parts.telemetry.clone();
     let outbox = parts.outbox.clone();
     let summary = |pending: i64| {
@@ -337,14 +393,14 @@ pub async fn sync_once(config: Config, force: bool, timeout: Duration) -> Result
             tracing::info!("sync finished: {}", summary(pending));
             Ok(())
         }
-        Ok(Err(e)) => Err(e),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => {
             let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
-            Err(Fatal(format!(
+            Err(SyncError::Fatal(Fatal(format!(
                 "sync gave up after {}: {}; they stay queued for the agent or the next sync",
                 humantime::format_duration(timeout),
                 summary(pending)
-            )))
+            ))))
         }
     }
 }

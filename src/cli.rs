@@ -1,5 +1,10 @@
 //! The command line. Every run setting is optional here: `config` merges it with the
 //! environment (clap reads `DEPLOYTRACK_*`), the config file and the defaults.
+//!
+//! Each command takes only the flags it uses: the settings come in groups (the endpoint,
+//! retries, the engine and naming, the queue, the agent), each command flattens the groups
+//! it uses, and `Cli::settings` gathers them into one `RunArgs` for `config`. A flag of
+//! another command is clap's usage error, which `flag_of_another_command` puts in words.
 
 use std::path::PathBuf;
 
@@ -46,11 +51,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch the engine and report every container that runs (the agent).
-    Run(RunArgs),
+    Run(RunFlags),
     /// Reconcile the running containers once, deliver everything queued, and exit.
     Sync {
         #[command(flatten)]
-        run: RunArgs,
+        run: SyncFlags,
         /// Required: sync runs once and exits (continuous syncing is `run`).
         #[arg(long)]
         once: bool,
@@ -60,11 +65,16 @@ pub enum Command {
         /// Give up after this long; what is not delivered stays queued [default: 2m].
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
+        /// Deliver even though the environment, host name, name template or selection differ
+        /// from those the state dir last delivered with (new streams at the endpoint), and
+        /// remember these.
+        #[arg(long)]
+        accept_settings: bool,
     },
     /// Report one deployment from a CD pipeline and wait until it is delivered.
     Report(ReportArgs),
     /// Check config, token, engine, state dir and endpoint; one line per check.
-    Check(RunArgs),
+    Check(CheckFlags),
     /// Inspect and repair the persistent queue in --state-dir.
     Queue {
         /// Directory of the persistent queue [default: $STATE_DIRECTORY, else /var/lib/deploytrack].
@@ -77,6 +87,52 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) generated from this command line.
     Man,
+}
+
+/// `run`: every setting.
+#[derive(Debug, Args, Clone)]
+pub struct RunFlags {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// `sync --once`: the agent's settings but those of a long run (the admin listener, the
+/// resync interval, the shutdown grace).
+#[derive(Debug, Args, Clone)]
+pub struct SyncFlags {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// `check`: what it checks (the endpoint, the engine, the state dir), nothing of delivery.
+#[derive(Debug, Args, Clone)]
+pub struct CheckFlags {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `true/false/1/0/yes/no` (any case), as every yes-or-no setting takes them
+/// (`deployment::parse_bool`).
+fn boolean() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(crate::deployment::BOOL_WORDS)
+        .map(|word| crate::deployment::parse_bool(&word).unwrap_or(false))
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,9 +153,41 @@ pub enum QueueAction {
     },
 }
 
-/// Settings shared by every command that talks to the engine, the queue or the endpoint.
-#[derive(Debug, Args, Default, Clone)]
+/// The settings of a command, from its flags and their environment variables, as `config`
+/// merges them with the file and the defaults. Each command fills in the flags it has (see
+/// `Cli::settings`); the others stay unset.
+#[derive(Debug, Default, Clone)]
 pub struct RunArgs {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub environment: Option<String>,
+    pub dry_run: Option<bool>,
+    pub request_timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub docker_host: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub name_template: Option<String>,
+    pub host_name: Option<String>,
+    pub require_label: Option<bool>,
+    pub label_selector: Vec<String>,
+    pub report_unverified: Option<bool>,
+    pub docker_config: Option<PathBuf>,
+    pub report_stops: Option<bool>,
+    pub concurrency: Option<String>,
+    pub queue_max_entries: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub resync_interval: Option<String>,
+    pub listen: Option<String>,
+    /// The settings above whose value came from their environment variable: (flag, variable).
+    pub from_env: Vec<(String, String)>,
+}
+
+/// The endpoint and what is sent to it: `run`, `sync`, `check` and `report`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Endpoint")]
+pub struct EndpointArgs {
     /// Endpoint URL that receives the deployment reports. Without it, reports are printed (dry run).
     #[arg(long, env = "DEPLOYTRACK_URL", value_name = "URL")]
     pub url: Option<String>,
@@ -112,17 +200,61 @@ pub struct RunArgs {
     #[arg(long, env = "DEPLOYTRACK_ENVIRONMENT", value_name = "NAME")]
     pub environment: Option<String>,
 
-    /// Directory of the persistent queue [default: $STATE_DIRECTORY, else /var/lib/deploytrack].
-    #[arg(long, env = "DEPLOYTRACK_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// Print each report as a JSON line on stdout instead of sending it.
+    #[arg(long, env = "DEPLOYTRACK_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = boolean(), ignore_case = true, hide_possible_values = true)]
+    pub dry_run: Option<bool>,
 
+    /// Timeout of one request to the endpoint [default: 15s].
+    #[arg(long, env = "DEPLOYTRACK_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+
+    /// PEM file of CA certificates trusted for the endpoint besides the system's (a private CA).
+    #[arg(long, env = "DEPLOYTRACK_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl EndpointArgs {
+    fn fill(&self, s: &mut RunArgs) {
+        s.url = self.url.clone();
+        s.token_file = self.token_file.clone();
+        s.environment = self.environment.clone();
+        s.dry_run = self.dry_run;
+        s.request_timeout = self.request_timeout.clone();
+        s.ca_file = self.ca_file.clone();
+    }
+}
+
+/// How delivery retries: `run`, `sync` and `report`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Retries")]
+pub struct RetryArgs {
+    /// First retry delay [default: 1s].
+    #[arg(long, env = "DEPLOYTRACK_RETRY_INITIAL", value_name = "DURATION")]
+    pub retry_initial: Option<String>,
+
+    /// Longest retry delay [default: 5m].
+    #[arg(long, env = "DEPLOYTRACK_RETRY_MAX", value_name = "DURATION")]
+    pub retry_max: Option<String>,
+}
+
+impl RetryArgs {
+    fn fill(&self, s: &mut RunArgs) {
+        s.retry_initial = self.retry_initial.clone();
+        s.retry_max = self.retry_max.clone();
+    }
+}
+
+/// The engine, the queue, and which containers are reported as what: `run`, `sync` and `check`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Engine, naming and selection")]
+pub struct EngineArgs {
     /// Docker Engine address (unix://, tcp://, https://) [default: DOCKER_HOST, else unix:///var/run/docker.sock].
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
 
-    /// Print each report as a JSON line on stdout instead of sending it.
-    #[arg(long, env = "DEPLOYTRACK_DRY_RUN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub dry_run: Option<bool>,
+    /// Directory of the persistent queue [default: $STATE_DIRECTORY, else /var/lib/deploytrack].
+    #[arg(long, env = "DEPLOYTRACK_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Template of image.name, e.g. '{host}/{label:app|container}'. Placeholders: {host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}; {a|b|"text"} takes the first that has a value. A placeholder without a value and without a fallback gives the default name [default: {swarm_service}.{swarm_slot} for a replicated Swarm task, {host}/{swarm_service} for a global one, else {host}/{container}].
     #[arg(long, env = "DEPLOYTRACK_NAME_TEMPLATE", value_name = "TEMPLATE")]
@@ -133,7 +265,7 @@ pub struct RunArgs {
     pub host_name: Option<String>,
 
     /// Report only containers labelled deploytrack.enable=true.
-    #[arg(long, env = "DEPLOYTRACK_REQUIRE_LABEL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, env = "DEPLOYTRACK_REQUIRE_LABEL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = boolean(), ignore_case = true, hide_possible_values = true)]
     pub require_label: Option<bool>,
 
     /// Only watch containers with this label (key=value or key); repeatable.
@@ -145,14 +277,10 @@ pub struct RunArgs {
     )]
     pub label_selector: Vec<String>,
 
-    /// Also report container stops (and the old name of a renamed container), with an extra top-level "container" object in every report: id, state, and since (when it entered that state, to order reports from several hosts).
-    #[arg(long, env = "DEPLOYTRACK_REPORT_STOPS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub report_stops: Option<bool>,
-
     /// Also report images whose repository cannot be shown to hold the digest (on the
     /// containerd image store, where every local name gets a repo digest): the repository the
     /// container was started as is named without evidence.
-    #[arg(long, env = "DEPLOYTRACK_REPORT_UNVERIFIED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, env = "DEPLOYTRACK_REPORT_UNVERIFIED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = boolean(), ignore_case = true, hide_possible_values = true)]
     pub report_unverified: Option<bool>,
 
     /// Directory of the Docker CLI's config.json (or that file itself), whose registry
@@ -161,6 +289,28 @@ pub struct RunArgs {
     /// ~/.docker].
     #[arg(long, env = "DEPLOYTRACK_DOCKER_CONFIG", value_name = "DIR")]
     pub docker_config: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    fn fill(&self, s: &mut RunArgs) {
+        s.docker_host = self.docker_host.clone();
+        s.state_dir = self.state_dir.clone();
+        s.name_template = self.name_template.clone();
+        s.host_name = self.host_name.clone();
+        s.require_label = self.require_label;
+        s.label_selector = self.label_selector.clone();
+        s.report_unverified = self.report_unverified;
+        s.docker_config = self.docker_config.clone();
+    }
+}
+
+/// What is queued and how fast it drains: `run` and `sync`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Queue and delivery")]
+pub struct QueueArgs {
+    /// Also report container stops (and the old name of a renamed container), with an extra top-level "container" object in every report: id, state, and since (when it entered that state, to order reports from several hosts).
+    #[arg(long, env = "DEPLOYTRACK_REPORT_STOPS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = boolean(), ignore_case = true, hide_possible_values = true)]
+    pub report_stops: Option<bool>,
 
     /// Reports in flight at once [default: 4].
     #[arg(
@@ -171,14 +321,6 @@ pub struct RunArgs {
     )]
     pub concurrency: Option<String>,
 
-    /// First retry delay [default: 1s].
-    #[arg(long, env = "DEPLOYTRACK_RETRY_INITIAL", value_name = "DURATION")]
-    pub retry_initial: Option<String>,
-
-    /// Longest retry delay [default: 5m].
-    #[arg(long, env = "DEPLOYTRACK_RETRY_MAX", value_name = "DURATION")]
-    pub retry_max: Option<String>,
-
     /// Most pending reports kept; the oldest are dropped past it [default: 100000].
     #[arg(
         long,
@@ -187,30 +329,39 @@ pub struct RunArgs {
         allow_negative_numbers = true
     )]
     pub queue_max_entries: Option<String>,
+}
 
+impl QueueArgs {
+    fn fill(&self, s: &mut RunArgs) {
+        s.report_stops = self.report_stops;
+        s.concurrency = self.concurrency.clone();
+        s.queue_max_entries = self.queue_max_entries.clone();
+    }
+}
+
+/// The long-running agent only: `run`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Agent")]
+pub struct AgentArgs {
     /// Time in-flight requests get to finish on SIGTERM [default: 10s].
     #[arg(long, env = "DEPLOYTRACK_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
-
-    /// Timeout of one request to the endpoint [default: 15s].
-    #[arg(long, env = "DEPLOYTRACK_REQUEST_TIMEOUT", value_name = "DURATION")]
-    pub request_timeout: Option<String>,
 
     /// How often the running containers are listed again on a healthy event stream [default: 10m].
     #[arg(long, env = "DEPLOYTRACK_RESYNC_INTERVAL", value_name = "DURATION")]
     pub resync_interval: Option<String>,
 
-    /// PEM file of CA certificates trusted for the endpoint besides the system's (a private CA).
-    #[arg(long, env = "DEPLOYTRACK_CA_FILE", value_name = "PATH")]
-    pub ca_file: Option<PathBuf>,
-
     /// Address of the admin listener (/healthz /readyz /metrics /deployments); off by default.
     #[arg(long, env = "DEPLOYTRACK_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+}
 
-    /// The settings above whose value came from their environment variable: (flag, variable).
-    #[arg(skip)]
-    pub from_env: Vec<(String, String)>,
+impl AgentArgs {
+    fn fill(&self, s: &mut RunArgs) {
+        s.shutdown_timeout = self.shutdown_timeout.clone();
+        s.resync_interval = self.resync_interval.clone();
+        s.listen = self.listen.clone();
+    }
 }
 
 impl RunArgs {
@@ -227,9 +378,18 @@ impl Cli {
     /// Parse the command line, remembering which settings came from the environment, so
     /// that an error names the variable the user set rather than a flag they never typed.
     pub fn parse_with_sources() -> Result<Self, clap::Error> {
+        Self::parse_from_with_sources(std::env::args_os())
+    }
+
+    /// `parse_with_sources` of the given arguments (the first is the program's name).
+    pub fn parse_from_with_sources<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::{CommandFactory, FromArgMatches};
         let command = Self::command();
-        let matches = command.clone().try_get_matches()?;
+        let matches = command.clone().try_get_matches_from(args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
         let mut levels = vec![(&command, &matches)];
         if let Some((name, sub)) = matches.subcommand() {
@@ -247,15 +407,39 @@ impl Cli {
                 }
             }
         }
-        let from_env = cli.from_env.clone();
-        match &mut cli.command {
-            Command::Run(run) | Command::Check(run) | Command::Sync { run, .. } => {
-                run.from_env = from_env
-            }
-            Command::Report(report) => report.run.from_env = from_env,
-            _ => {}
-        }
         Ok(cli)
+    }
+
+    /// The settings of `run`, `sync`, `check` or `report`: the flags that command has, with
+    /// where each came from; none for the other commands.
+    pub fn settings(&self) -> Option<RunArgs> {
+        let mut s = RunArgs::default();
+        match &self.command {
+            Command::Run(f) => {
+                f.endpoint.fill(&mut s);
+                f.retry.fill(&mut s);
+                f.engine.fill(&mut s);
+                f.queue.fill(&mut s);
+                f.agent.fill(&mut s);
+            }
+            Command::Sync { run: f, .. } => {
+                f.endpoint.fill(&mut s);
+                f.retry.fill(&mut s);
+                f.engine.fill(&mut s);
+                f.queue.fill(&mut s);
+            }
+            Command::Check(f) => {
+                f.endpoint.fill(&mut s);
+                f.engine.fill(&mut s);
+            }
+            Command::Report(f) => {
+                f.endpoint.fill(&mut s);
+                f.retry.fill(&mut s);
+            }
+            _ => return None,
+        }
+        s.from_env = self.from_env.clone();
+        Some(s)
     }
 
     /// How the user spelled `flag`: the flag itself, or the environment variable it came from.
@@ -267,20 +451,245 @@ impl Cli {
     }
 }
 
+/// The sentence for a flag given to a command that does not take it while other commands
+/// do (`report --listen`): which command it belongs to. From clap's error kind and context;
+/// none for any other error.
+pub fn flag_of_another_command(e: &clap::Error, command: &str) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(argument)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
+    let flag = argument.split([' ', '=']).next()?;
+    let long = flag.strip_prefix("--")?;
+    let cli = Cli::command();
+    let takes = |c: &clap::Command| c.get_arguments().any(|a| a.get_long() == Some(long));
+    if takes(cli.find_subcommand(command)?) {
+        return None;
+    }
+    let owners: Vec<&str> = cli
+        .get_subcommands()
+        .filter(|c| takes(c))
+        .map(|c| c.get_name())
+        .collect();
+    let (last, others) = owners.split_last()?;
+    let owners = match others {
+        [] => format!("`{last}` only"),
+        _ => format!("`{}` and `{last}`", others.join("`, `")),
+    };
+    Some(format!(
+        "{command} does not take {flag}: it is a setting of {owners} (deploytrack {command} --help lists what {command} takes)"
+    ))
+}
+
+/// `report`: the endpoint and the retries, and the deployment.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     #[command(flatten)]
-    pub run: RunArgs,
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
     /// Image reference pinned by digest: REPOSITORY[:TAG]@sha256:HEX.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help_heading = "Deployment")]
     pub image: String,
     /// image.name of the deployment [default: the image repository].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Deployment")]
     pub name: Option<String>,
-    /// Platform as os/arch[/variant] [default: linux/amd64].
-    #[arg(long, value_name = "PLATFORM")]
+    /// Platform as os/arch[/variant], or an architecture alone (linux): Docker's names and
+    /// their aliases, x86_64 (amd64), aarch64 (arm64), armhf (arm/v7) [default: linux/amd64].
+    #[arg(long, value_name = "PLATFORM", help_heading = "Deployment")]
     pub platform: Option<String>,
     /// Give up after this long [default: 2m].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help_heading = "Deployment")]
     pub timeout: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+
+    const PINNED: &str =
+        "app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::parse_from_with_sources(std::iter::once("deploytrack").chain(args.iter().copied()))
+    }
+
+    /// The flag clap refused, from its context.
+    fn refused(e: &clap::Error) -> Option<String> {
+        match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => Some(arg.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn agent_only_flags_are_usage_errors_of_the_one_shot_commands() {
+        let report = ["report", "--image", PINNED];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--report-stops"], "--report-stops"),
+            (&["--listen", "127.0.0.1:9464"], "--listen"),
+            (&["--label-selector", "a=b"], "--label-selector"),
+            (&["--name-template", "{host}"], "--name-template"),
+            (&["--state-dir", "/tmp/x"], "--state-dir"),
+            (&["--concurrency", "2"], "--concurrency"),
+        ];
+        for (extra, flag) in cases {
+            let args: Vec<&str> = report.iter().chain(extra.iter()).copied().collect();
+            let e = parse(&args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnknownArgument, "{args:?}");
+            assert_eq!(refused(&e).as_deref(), Some(*flag), "{args:?}");
+            let sentence = flag_of_another_command(&e, "report").unwrap();
+            assert!(
+                sentence.starts_with(&format!("report does not take {flag}: it is a setting of")),
+                "{sentence}"
+            );
+        }
+        let e = parse(&["report", "--image", PINNED, "--listen", "x"]).unwrap_err();
+        assert_eq!(
+            flag_of_another_command(&e, "report").unwrap(),
+            "report does not take --listen: it is a setting of `run` only (deploytrack report --help lists what report takes)"
+        );
+        for (command, flag) in [
+            ("check", "--listen"),
+            ("check", "--report-stops"),
+            ("check", "--retry-max"),
+            ("check", "--concurrency"),
+            ("sync", "--listen"),
+            ("sync", "--resync-interval"),
+            ("sync", "--shutdown-timeout"),
+        ] {
+            let e = parse(&[command, flag, "1"]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnknownArgument, "{command} {flag}");
+            assert_eq!(refused(&e).as_deref(), Some(flag));
+        }
+        // `run` takes them all.
+        let cli = parse(&["run", "--report-stops", "--listen", "127.0.0.1:1"]).unwrap();
+        let settings = cli.settings().unwrap();
+        assert_eq!(settings.report_stops, Some(true));
+        assert_eq!(settings.listen.as_deref(), Some("127.0.0.1:1"));
+        // A flag no command has is clap's own error.
+        let e = parse(&["report", "--image", PINNED, "--frobnicate"]).unwrap_err();
+        assert_eq!(flag_of_another_command(&e, "report"), None);
+    }
+
+    /// The long flags of a subcommand's help (`--help` and `--version` aside).
+    fn flags(command: &str) -> Vec<String> {
+        let mut cli = Cli::command();
+        cli.build();
+        let sub = cli.find_subcommand(command).unwrap();
+        sub.get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .filter(|l| l != "--help" && l != "--version")
+            .collect()
+    }
+
+    #[test]
+    fn each_command_lists_only_the_flags_it_uses() {
+        let global = ["--config", "--log-level", "--log-format"];
+        let own = |command: &str| -> Vec<String> {
+            flags(command)
+                .into_iter()
+                .filter(|f| !global.contains(&f.as_str()))
+                .collect()
+        };
+        let endpoint = [
+            "--url",
+            "--token-file",
+            "--environment",
+            "--dry-run",
+            "--request-timeout",
+            "--ca-file",
+        ];
+        let retry = ["--retry-initial", "--retry-max"];
+        let engine = [
+            "--docker-host",
+            "--state-dir",
+            "--name-template",
+            "--host-name",
+            "--require-label",
+            "--label-selector",
+            "--report-unverified",
+            "--docker-config",
+        ];
+        let queue = ["--report-stops", "--concurrency", "--queue-max-entries"];
+        let agent = ["--shutdown-timeout", "--resync-interval", "--listen"];
+        let set = |groups: &[&[&str]], extra: &[&str]| -> Vec<String> {
+            let mut all: Vec<String> = groups
+                .iter()
+                .flat_map(|g| g.iter())
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            all.sort();
+            all
+        };
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(own("report")),
+            set(
+                &[&endpoint, &retry],
+                &["--image", "--name", "--platform", "--timeout"]
+            )
+        );
+        assert_eq!(sorted(own("check")), set(&[&endpoint, &engine], &[]));
+        let sync = sorted(own("sync"));
+        assert!(
+            agent.iter().all(|f| !sync.contains(&f.to_string())),
+            "{sync:?}"
+        );
+        assert!(
+            set(
+                &[&endpoint, &retry, &engine, &queue],
+                &["--once", "--force", "--timeout"]
+            )
+            .iter()
+            .all(|f| sync.contains(f)),
+            "{sync:?}"
+        );
+        assert_eq!(
+            sorted(own("run")),
+            set(&[&endpoint, &retry, &engine, &queue, &agent], &[])
+        );
+    }
+
+    #[test]
+    fn yes_or_no_flags_take_the_words_every_source_takes() {
+        for (word, want) in [
+            ("1", true),
+            ("yes", true),
+            ("YES", true),
+            ("true", true),
+            ("0", false),
+            ("no", false),
+            ("False", false),
+        ] {
+            let cli = parse(&["run", "--dry-run", word, "--report-stops", word]).unwrap();
+            let settings = cli.settings().unwrap();
+            assert_eq!(settings.dry_run, Some(want), "{word}");
+            assert_eq!(settings.report_stops, Some(want), "{word}");
+        }
+        let cli = parse(&["run", "--require-label"]).unwrap();
+        assert_eq!(cli.settings().unwrap().require_label, Some(true));
+        let e = parse(&["run", "--dry-run", "maybe"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert_eq!(
+            e.get(ContextKind::ValidValue),
+            Some(&ContextValue::Strings(
+                ["true", "false", "1", "0", "yes", "no"]
+                    .map(String::from)
+                    .to_vec()
+            ))
+        );
+    }
 }

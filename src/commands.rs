@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Invalid};
 use crate::deliver::{HttpSink, Outcome, Sink};
 use crate::deployment::{Deployment, DeploymentKey, Platform, Selection};
 use crate::engine::evidence::Registries;
@@ -109,26 +109,122 @@ fn validate_repository(image: &ImageRef) -> Result<(), String> {
     Ok(())
 }
 
-/// `--platform` as Docker normalises it: lowercase, with the common architecture aliases
-/// (`x86_64` is `amd64`, `aarch64` is `arm64`, `armhf` is `arm/v7`) and `7` as `v7`.
+/// `--platform` as Docker normalises it: lowercase, `os/arch[/variant]` or an architecture
+/// alone (on linux, as `docker --platform arm64` takes it), the common architecture aliases
+/// (`x86_64` is `amd64`, `aarch64` is `arm64`, `armhf` is `arm/v7`, `armel` is `arm/v6`,
+/// `i386` is `386`) and `7` as `v7`. An OS, an architecture or an arm variant Docker does not
+/// know is refused: the receiver would match nothing by it.
 fn normalize_platform(text: &str) -> Result<Platform, String> {
-    let parsed = Platform::parse(&text.to_ascii_lowercase())
-        .map_err(|_| format!("{text:?} is not a platform like linux/amd64 or linux/arm64/v8"))?;
-    let (architecture, implied) = match parsed.architecture.as_str() {
+    let lower = text.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split('/').collect();
+    let shape = || format!("{text:?} is not a platform like linux/amd64, linux/arm64/v8 or arm64");
+    let (os, arch, variant) = match parts.as_slice() {
+        [arch] if !KNOWN_OSES.contains(arch) => ("linux", *arch, None),
+        [os, arch] => (*os, *arch, None),
+        [os, arch, variant] => (*os, *arch, Some(*variant)),
+        _ => return Err(shape()),
+    };
+    if [os, arch, variant.unwrap_or("x")]
+        .iter()
+        .any(|p| p.is_empty())
+    {
+        return Err(shape());
+    }
+    if !KNOWN_OSES.contains(&os) {
+        return Err(format!(
+            "{text:?}: {os:?} is not an operating system Docker knows (linux, windows, ...)"
+        ));
+    }
+    let (architecture, implied) = match arch {
         "x86_64" | "x86-64" => ("amd64", None),
         "aarch64" => ("arm64", None),
         "i386" | "i686" => ("386", None),
         "armhf" => ("arm", Some("v7")),
         "armel" => ("arm", Some("v6")),
-        other => (other, None),
+        other if KNOWN_ARCHITECTURES.contains(&other) => (other, None),
+        other => {
+            return Err(format!(
+                "{text:?}: {other:?} is not an architecture Docker knows (amd64, arm64, arm, 386, ppc64le, s390x, riscv64, ...; aliases x86_64, aarch64, armhf, armel, i386)"
+            ))
+        }
     };
-    let variant = match parsed.variant.as_deref() {
+    let variant = match variant {
         Some(v) if v.bytes().all(|b| b.is_ascii_digit()) => Some(format!("v{v}")),
         Some(v) => Some(v.to_string()),
         None => implied.map(str::to_string),
     };
-    Ok(Platform::new(&parsed.os, architecture, variant.as_deref()))
+    let known_variant = match (architecture, variant.as_deref()) {
+        (_, None) => true,
+        ("arm", Some(v)) => matches!(v, "v5" | "v6" | "v7" | "v8"),
+        ("arm64", Some(v)) => ["v8", "v9"].iter().any(|major| {
+            v == *major
+                || v.strip_prefix(major)
+                    .and_then(|minor| minor.strip_prefix('.'))
+                    .is_some_and(|minor| {
+                        minor.len() == 1 && minor.bytes().all(|b| b.is_ascii_digit())
+                    })
+        }),
+        ("amd64", Some(v)) => matches!(v, "v1" | "v2" | "v3" | "v4"),
+        (_, Some(v)) => v.bytes().all(|b| b.is_ascii_alphanumeric()),
+    };
+    if !known_variant {
+        return Err(format!(
+            "{text:?}: {:?} is not a variant of {architecture} Docker knows",
+            variant.unwrap_or_default()
+        ));
+    }
+    Ok(Platform::new(os, architecture, variant.as_deref()))
 }
+
+/// The operating systems of Docker's platforms (Go's GOOS values, as containerd knows them).
+const KNOWN_OSES: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
+/// The architectures of Docker's platforms (Go's GOARCH values, as containerd knows them).
+const KNOWN_ARCHITECTURES: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
 
 /// Send one deployment and wait until it is delivered or `timeout` passes. A refusal, a
 /// rejected token or a misconfigured endpoint fail at once: retrying cannot help them.
@@ -167,13 +263,10 @@ pub async fn report(
             Outcome::Transient { reason, retry_after } => {
                 let delay = config.retry.delay_at_least(failures, retry_after);
                 failures += 1;
-                let now = tokio::time::Instant::now();
-                if now >= deadline {
-                    return Err(Fatal(format!("not delivered within {within}: {reason}")));
-                }
-                // The last attempt falls on the deadline rather than being skipped.
-                let delay = delay.min(deadline - now);
-                tracing::warn!(reason = %reason, retry_in = ?delay, "report not delivered yet; retrying");
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let delay = next_attempt(left, delay, retry_after)
+                    .map_err(|why| Fatal(format!("not delivered within {within}: {reason}{why}")))?;
+                tracing::warn!(reason = %reason, retry_in = %crate::clock::human(delay), "report not delivered yet; retrying");
                 last_reason = Some(reason);
                 tokio::time::sleep(delay).await;
             }
@@ -181,52 +274,143 @@ pub async fn report(
     }
 }
 
-/// `check`: one line per check, OK or FAIL with the fix; non-zero if anything failed. Each
-/// line names what it used: the config file, the token's source, the engine's address.
-pub async fn check(config: Result<Config, ConfigError>) -> Result<(), Fatal> {
-    let mut list = Checklist::default();
-    let config = match config {
-        Ok(c) => {
-            let detail = match &c.config_file {
-                Some(file) => format!("{file} is valid"),
-                None => {
-                    "no config file (--config not given): flags, environment and defaults".into()
-                }
-            };
-            list.line(true, "config", detail);
-            c
-        }
-        Err(e) => {
-            list.line(false, "config", e.to_string());
-            return Err(Fatal(checks_failed(1)));
-        }
-    };
-    match (&config.token_source, config.dry_run) {
-        (Some(source), _) => list.line(true, "token", format!("from {source}")),
-        (None, true) => list.line(true, "token", "not needed for a dry run".into()),
-        (None, false) => list.line(false, "token", "missing".into()),
+/// How long `report` waits before it tries again, with `left` until `--timeout`: the
+/// backoff's `delay` (never shorter than a `Retry-After`), the last attempt falling on the
+/// deadline rather than being skipped. An endpoint that asked to be left alone past the
+/// deadline is not asked again before its time: `report` gives up at once, saying why (the
+/// error's tail).
+fn next_attempt(
+    left: Duration,
+    delay: Duration,
+    retry_after: Option<Duration>,
+) -> Result<Duration, String> {
+    match retry_after {
+        _ if left.is_zero() => Err(String::new()),
+        Some(wait) if wait > left => Err(format!(
+            ", and it asked to wait {} (Retry-After), longer than what is left of --timeout ({}); try again later, or give a longer --timeout",
+            crate::clock::human(wait),
+            crate::clock::human(left)
+        )),
+        _ => Ok(delay.min(left)),
     }
-    check_engine(&config, &mut list).await;
-    check_registries(&config, &mut list).await;
-    check_state_dir_of(&config, &mut list);
-    check_endpoint(&config, &mut list).await;
+}
+
+/// `check`: one line per check, OK, WARN or FAIL with the fix, then one line that sums them
+/// up; non-zero if anything failed. Each line names what it used: the config file, the
+/// token's source, the engine's address. Every check runs: an invalid setting fails the line
+/// it belongs to (the token, the engine, the state dir, the endpoint) or a config line, and
+/// the others still run.
+pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
+    let mut list = Checklist::default();
+    let error = |key: &str| {
+        invalid
+            .iter()
+            .find(|i| i.key == key)
+            .map(|i| i.error.to_string())
+    };
+    let general: Vec<&Invalid> = invalid
+        .iter()
+        .filter(|i| !OWN_LINE.contains(&i.key))
+        .collect();
+    for i in &general {
+        list.line(false, "config", i.error.to_string());
+    }
+    if general.is_empty() {
+        let detail = match &config.config_file {
+            Some(file) => format!("{file} is valid"),
+            None => "no config file (--config not given): flags, environment and defaults".into(),
+        };
+        list.line(true, "config", detail);
+    }
+    match (error("token"), &config.token_source, config.dry_run) {
+        (Some(e), _, _) => list.line(false, "token", e),
+        (None, Some(source), _) => list.line(true, "token", format!("from {source}")),
+        (None, None, true) => list.line(true, "token", "not needed for a dry run".into()),
+        (None, None, false) => list.line(false, "token", "missing".into()),
+    }
+    for warning in config.warnings.iter().filter(|w| w.about == "token") {
+        list.warn("token", &warning.message);
+    }
+    match error("docker_host") {
+        Some(e) => list.line(false, "engine", e),
+        None => {
+            check_engine(&config, &mut list).await;
+            check_registries(&config, &mut list).await;
+        }
+    }
+    match error("state_dir") {
+        Some(e) => list.line(false, "state dir", e),
+        None => check_state_dir_of(&config, &mut list),
+    }
+    check_settings(&config, &mut list).await;
+    match (error("url"), error("token")) {
+        (Some(e), _) => list.line(false, "endpoint", e),
+        (None, Some(_)) if !config.dry_run => list.line(
+            false,
+            "endpoint",
+            format!(
+                "{} not probed: there is no valid token (see the token line)",
+                config
+                    .url
+                    .as_ref()
+                    .map_or_else(String::new, |u| crate::config::redact_url(u.as_str()))
+            ),
+        ),
+        _ => check_endpoint(&config, &mut list).await,
+    }
+    for warning in config.warnings.iter().filter(|w| w.about == "endpoint") {
+        list.warn("endpoint", &warning.message);
+    }
+    println!("{}", list.summary());
     if list.failed > 0 {
         return Err(Fatal(checks_failed(list.failed)));
     }
     Ok(())
 }
 
-/// The lines `check` prints, and how many failed.
+/// The settings whose error `check` prints on the line of their own check.
+const OWN_LINE: &[&str] = &["token", "docker_host", "state_dir", "url"];
+
+/// The lines `check` prints, and how many of each kind.
 #[derive(Default)]
 struct Checklist {
+    ok: usize,
     failed: usize,
+    warned: usize,
 }
 
 impl Checklist {
     fn line(&mut self, ok: bool, what: &str, detail: String) {
         println!("{} {what}: {detail}", if ok { "OK  " } else { "FAIL" });
+        self.ok += usize::from(ok);
         self.failed += usize::from(!ok);
     }
+
+    /// Works, but deserves a look: not a failure.
+    fn warn(&mut self, what: &str, detail: &str) {
+        println!("WARN {what}: {detail}");
+        self.warned += 1;
+    }
+
+    /// The closing line: `all 9 checks OK`, `9 checks OK, 1 warning`, `2 checks failed, 1
+    /// warning, 6 OK`.
+    fn summary(&self) -> String {
+        let warnings = match self.warned {
+            0 => String::new(),
+            1 => ", 1 warning".to_string(),
+            n => format!(", {n} warnings"),
+        };
+        match (self.failed, self.warned) {
+            (0, 0) => format!("all {} OK", plural(self.ok, "check")),
+            (0, _) => format!("{} OK{warnings}", plural(self.ok, "check")),
+            (n, _) => format!("{}{warnings}, {} OK", checks_failed(n), self.ok),
+        }
+    }
+}
+
+/// `1 check`, `2 checks`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The engine: reachable, its API version, its host name.
@@ -271,8 +455,9 @@ async fn check_engine(config: &Config, list: &mut Checklist) {
                 format!("{set} (set; the engine's is {name:?})"),
             ),
             // A warning, not a failure: names still work, they may just collide.
-            None if looks_like_a_default_host_name(&name) => println!(
-                "WARN host name: the engine's host name {name:?} looks like a default that other hosts may share, and their containers would report under the same names: set --host-name (DEPLOYTRACK_HOST_NAME, host_name) to a name unique to this host"
+            None if looks_like_a_default_host_name(&name) => list.warn(
+                "host name",
+                &format!("the engine's host name {name:?} looks like a default that other hosts may share, and their containers would report under the same names: set --host-name (DEPLOYTRACK_HOST_NAME, host_name) to a name unique to this host"),
             ),
             None => list.line(true, "host name", format!("{name:?} (the engine's)")),
         },
@@ -316,7 +501,7 @@ async fn check_registries(config: &Config, list: &mut Checklist) {
         );
     }
     if config.registry_credentials.is_some() && engine.in_clear() {
-        println!("WARN registry credentials: the engine is reached over plain tcp://, so the agent does not send them (they would cross the network in clear)");
+        list.warn("registry credentials", "the engine is reached over plain tcp://, so the agent does not send them (they would cross the network in clear)");
     }
     let ledger = config
         .queue_dir()
@@ -358,7 +543,7 @@ async fn check_registries(config: &Config, list: &mut Checklist) {
         );
     }
     for line in crate::observe::unseen_summary(&unseen) {
-        println!("WARN evidence: {line}");
+        list.warn("evidence", &line);
     }
 }
 
@@ -384,7 +569,55 @@ fn check_state_dir_of(config: &Config, list: &mut Checklist) {
     }
 }
 
-/// The endpoint: a GET with the token, unless this is a dry run.
+/// The settings that shape keys beside those the state dir last delivered with: a change
+/// opens new streams at the endpoint, which the agent logs once and takes, and `sync --once`
+/// refuses without `--accept-settings`. A warning, not a failure.
+async fn check_settings(config: &Config, list: &mut Checklist) {
+    use crate::key_settings::{values, KeySettings};
+    let Some(dir) = config.queue_dir() else {
+        return;
+    };
+    // Nothing to compare with: no queue yet, or one an earlier release wrote (the next run
+    // remembers these). An unreadable queue is the state dir line's failure.
+    let Ok(Some(before)) = outbox::settings_in(dir) else {
+        return;
+    };
+    // Without the engine's host name (the engine line failed), the host is not compared.
+    let host = match &config.host_name {
+        Some(set) => set.clone(),
+        None => match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
+            Ok(engine) => engine.host_name().await.ok(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| before.host_name.clone()),
+    };
+    let now = KeySettings::of(config, &host);
+    let changes = before.changes(&now);
+    if changes.is_empty() {
+        return list.line(
+            true,
+            "settings",
+            format!(
+                "those {} last delivered with: {}",
+                dir.display(),
+                now.describe()
+            ),
+        );
+    }
+    list.warn(
+        "settings",
+        &format!(
+            "{} last delivered with {}, and these have {}: reports under the new names open new streams at the endpoint; the agent logs the change once and remembers it, sync --once refuses it without --accept-settings",
+            dir.display(),
+            values(&changes, false),
+            values(&changes, true)
+        ),
+    );
+}
+
+/// The endpoint, unless this is a dry run: a POST with the token of a report the API must
+/// refuse (no `image.url`), so that the endpoint records nothing and a POST-only webhook is
+/// not judged by its answer to a GET.
 async fn check_endpoint(config: &Config, list: &mut Checklist) {
     let (url, token) = match (&config.url, &config.token, config.dry_run) {
         (Some(url), Some(token), false) => (url, token),
@@ -417,31 +650,51 @@ async fn check_endpoint(config: &Config, list: &mut Checklist) {
         Err(e) => Err(e),
     };
     match probe {
-        Ok((401 | 403, _)) => {
-            list.line(false, "endpoint", format!("{shown} rejected the API token"))
-        }
-        // A GET answered 405 is normal for an endpoint that takes only POSTs.
-        Ok((status @ (404 | 410), _)) => list.line(
-            false,
-            "endpoint",
-            format!("{shown}: {}", crate::deliver::wrong_endpoint(status)),
-        ),
+        Ok((status, location)) => match endpoint_verdict(status, location.as_deref()) {
+            Verdict::Ok(detail) => list.line(true, "endpoint", format!("{shown} {detail}")),
+            Verdict::Warn(detail) => list.warn("endpoint", &format!("{shown} {detail}")),
+            Verdict::Fail(detail) => list.line(false, "endpoint", format!("{shown} {detail}")),
+        },
+        Err(e) => list.line(false, "endpoint", format!("{shown}: {e}")),
+    }
+}
+
+/// A line of `check`, without the URL in front.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Ok(String),
+    Warn(String),
+    Fail(String),
+}
+
+/// What the answer to the probe (a report without `image.url`) says about the endpoint.
+fn endpoint_verdict(status: u16, location: Option<&str>) -> Verdict {
+    match status {
+        400 | 422 => Verdict::Ok(format!(
+            "is there: it read the probe (a report without image.url) and refused it ({status}), as it must, without refusing the token"
+        )),
+        200..=299 => Verdict::Warn(format!(
+            "accepted the probe, a report without image.url ({status}): the URL takes reports, but this endpoint does not refuse invalid ones (is it the deployment-tracking API?)"
+        )),
+        401 | 403 => Verdict::Fail(format!(
+            "rejected the API token ({status}): check --token-file / DEPLOYTRACK_TOKEN"
+        )),
+        404 | 405 | 410 => Verdict::Fail(format!(
+            "answered the probe with {status}: {}",
+            crate::deliver::wrong_endpoint(status)
+        )),
         // Delivery does not follow redirects (a POST would become a GET), so neither does
         // the check.
-        Ok((status @ 300..=399, location)) => list.line(
-            false,
-            "endpoint",
-            format!(
-                "{shown} answered {status} (a redirect) to {}: set --url to where it points",
-                location.as_deref().unwrap_or("nowhere")
-            ),
-        ),
-        Ok((status, _)) => list.line(
-            true,
-            "endpoint",
-            format!("{shown} reachable (answered {status} to GET)"),
-        ),
-        Err(e) => list.line(false, "endpoint", format!("{shown}: {e}")),
+        300..=399 => Verdict::Fail(format!(
+            "answered {status} (a redirect) to {}: set --url to where it points",
+            location.unwrap_or("nowhere")
+        )),
+        408 | 425 | 429 | 500..=599 => Verdict::Fail(format!(
+            "answered {status}: the endpoint is there but takes no reports now; the agent keeps them queued and retries"
+        )),
+        _ => Verdict::Warn(format!(
+            "answered {status} to the probe (a report without image.url), where 400 or 422 was expected: the agent would move reports it refuses so to the dead letters"
+        )),
     }
 }
 
@@ -560,13 +813,15 @@ fn queue_to(
         QueueAction::Sent => write_sent(&operator::list_sent(&conn).map_err(db_err)?, now, out)?,
         QueueAction::Retry => {
             let (moved, superseded) = operator::retry_dead(&mut conn).map_err(db_err)?;
+            let moved = plural(moved, "dead letter");
             if superseded > 0 {
                 writeln!(
                     out,
-                    "{moved} dead letters moved back into the queue; {superseded} superseded by a later delivery of their key were dropped"
+                    "{moved} moved back into the queue; {superseded} superseded by a later delivery of their key {} dropped",
+                    if superseded == 1 { "was" } else { "were" }
                 )?;
             } else {
-                writeln!(out, "{moved} dead letters moved back into the queue")?;
+                writeln!(out, "{moved} moved back into the queue")?;
             }
         }
         QueueAction::Purge { yes } => {
@@ -580,7 +835,9 @@ fn queue_to(
             let (pending, dead) = operator::purge(&mut conn).map_err(db_err)?;
             writeln!(
                 out,
-                "purged {pending} pending reports and {dead} dead letters"
+                "purged {} and {}",
+                plural(pending, "pending report"),
+                plural(dead, "dead letter")
             )?;
         }
     }
@@ -593,7 +850,11 @@ fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueError> {
     match std::fs::File::open(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Fatal(format!("no queue at {}", path.display())).into())
+            return Err(Fatal(format!(
+                "no queue at {}: no agent has run with this state dir; give the agent's with --state-dir (or DEPLOYTRACK_STATE_DIR, or --config with the file that sets state_dir; the package's is /var/lib/deploytrack)",
+                path.display()
+            ))
+            .into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return Err(queue_denied(path).into())
@@ -666,11 +927,11 @@ fn write_dead(
     if superseded > 0 {
         writeln!(
             out,
-            "{} dead letters ({superseded} superseded by a later delivery of their key, not shown)",
-            dead.len()
+            "{} ({superseded} superseded by a later delivery of their key, not shown)",
+            plural(dead.len(), "dead letter")
         )?;
     } else {
-        writeln!(out, "{} dead letters", dead.len())?;
+        writeln!(out, "{}", plural(dead.len(), "dead letter"))?;
     }
     for d in dead {
         writeln!(
@@ -735,6 +996,33 @@ mod tests {
             r#"{"os":"linux","architecture":"arm","variant":"v7"}"#
         );
         assert!(p("linux").is_err());
+        // An architecture alone is on linux, as the README promises for aliases.
+        assert_eq!(
+            p("aarch64").unwrap(),
+            r#"{"os":"linux","architecture":"arm64","variant":"v8"}"#
+        );
+        assert_eq!(
+            p("x86-64").unwrap(),
+            r#"{"os":"linux","architecture":"amd64"}"#
+        );
+        assert_eq!(
+            p("linux/arm64/v8.2").unwrap(),
+            r#"{"os":"linux","architecture":"arm64","variant":"v8.2"}"#
+        );
+        // What Docker does not know is refused, naming the part.
+        let err = p("linux/amd65").unwrap_err();
+        assert!(
+            err.starts_with(r#""linux/amd65": "amd65" is not an architecture Docker knows"#),
+            "{err}"
+        );
+        let err = p("lniux/amd64").unwrap_err();
+        assert!(
+            err.contains(r#""lniux" is not an operating system"#),
+            "{err}"
+        );
+        let err = p("linux/arm/v9").unwrap_err();
+        assert!(err.contains(r#""v9" is not a variant of arm"#), "{err}");
+        assert!(p("linux//v7").is_err() && p("a/b/c/d").is_err());
     }
 
     #[test]
@@ -754,6 +1042,111 @@ mod tests {
         for bad in ["example.com/-app", "example.com/a..b", "app:.tag"] {
             assert!(check(&format!("{bad}{digest}")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_probe_answer_is_read_as_a_post_of_an_invalid_report() {
+        let ok = |status| matches!(endpoint_verdict(status, None), Verdict::Ok(_));
+        assert!(
+            ok(400) && ok(422),
+            "a refusal of the probe is the healthy answer"
+        );
+        assert_eq!(
+            endpoint_verdict(400, None),
+            Verdict::Ok("is there: it read the probe (a report without image.url) and refused it (400), as it must, without refusing the token".into())
+        );
+        match endpoint_verdict(202, None) {
+            Verdict::Warn(w) => assert!(
+                w.starts_with("accepted the probe, a report without image.url (202)"),
+                "{w}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match endpoint_verdict(401, None) {
+            Verdict::Fail(f) => assert!(f.starts_with("rejected the API token (401)"), "{f}"),
+            other => panic!("{other:?}"),
+        }
+        for (status, says) in [
+            (404, "(404): is --url mistyped?"),
+            (410, "gone (410)"),
+            (405, "does not take a POST (405)"),
+        ] {
+            match endpoint_verdict(status, None) {
+                Verdict::Fail(f) => assert!(f.contains(says), "{f}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        assert!(matches!(endpoint_verdict(503, None), Verdict::Fail(_)));
+        assert!(
+            matches!(endpoint_verdict(301, Some("https://x/")), Verdict::Fail(f) if f.contains("https://x/"))
+        );
+        assert!(matches!(endpoint_verdict(409, None), Verdict::Warn(_)));
+    }
+
+    #[test]
+    fn the_closing_line_sums_up() {
+        let list = |ok, failed, warned| Checklist { ok, failed, warned }.summary();
+        assert_eq!(list(7, 0, 0), "all 7 checks OK");
+        assert_eq!(list(7, 0, 1), "7 checks OK, 1 warning");
+        assert_eq!(list(5, 1, 2), "1 check failed, 2 warnings, 5 OK");
+        assert_eq!(list(4, 2, 0), "2 checks failed, 4 OK");
+    }
+
+    #[test]
+    fn the_last_attempt_of_report_respects_retry_after() {
+        let s = Duration::from_secs;
+        // The backoff's delay, the last attempt falling on the deadline.
+        assert_eq!(next_attempt(s(3), s(5), None), Ok(s(3)));
+        assert_eq!(next_attempt(s(10), s(7), Some(s(7))), Ok(s(7)));
+        // Asked to wait past the deadline: give up now, saying so.
+        let why = next_attempt(s(3), s(7), Some(s(7))).unwrap_err();
+        assert_eq!(
+            why,
+            ", and it asked to wait 7s (Retry-After), longer than what is left of --timeout (3s); try again later, or give a longer --timeout"
+        );
+        assert_eq!(next_attempt(Duration::ZERO, s(1), None), Err(String::new()));
+    }
+
+    #[test]
+    fn queue_counts_are_singular_for_one() {
+        let dead = outbox::DeadLetter {
+            key: DeploymentKey {
+                environment: "deployed".into(),
+                name: "web".into(),
+            },
+            status: 400,
+            response: "bad".into(),
+            failed_ms: 0,
+            body: "{}".into(),
+        };
+        let mut out = Vec::new();
+        write_dead(&[dead], 1, 0, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "1 dead letter (1 superseded by a later delivery of their key, not shown)\n"
+            ),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        write_dead(&[], 0, 0, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "0 dead letters\n");
+    }
+
+    #[test]
+    fn a_missing_queue_points_to_the_state_dir() {
+        let dir = std::env::temp_dir().join(format!("deploytrack-noqueue-{}", std::process::id()));
+        let err = match queue_to(&QueueAction::List, &dir, &mut Vec::new()) {
+            Err(QueueError::Fatal(f)) => f.0,
+            _ => panic!("a missing queue listed"),
+        };
+        assert!(
+            err.starts_with(&format!(
+                "no queue at {}/deploytrack.db: no agent has run with this state dir; give the agent's with --state-dir",
+                dir.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

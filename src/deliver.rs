@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::config::Token;
+use crate::config::{Token, TokenFile};
 use crate::deployment::DeploymentKey;
 use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
@@ -204,9 +204,7 @@ impl HttpSink {
         timeout: Duration,
         roots: &[reqwest::Certificate],
     ) -> Result<Self, String> {
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
-        authorization.set_sensitive(true);
+        let authorization = bearer(token)?;
         let mut builder = reqwest::Client::builder();
         for root in roots {
             builder = builder.add_root_certificate(root.clone());
@@ -225,6 +223,20 @@ impl HttpSink {
             url,
             authorization,
         })
+    }
+
+    /// The same endpoint and client with another token (a rotated one); none when `token` is
+    /// the one this sink sends.
+    pub fn with_token(&self, token: &Token) -> Result<Option<HttpSink>, String> {
+        let authorization = bearer(token)?;
+        if authorization == self.authorization {
+            return Ok(None);
+        }
+        Ok(Some(HttpSink {
+            client: self.client.clone(),
+            url: self.url.clone(),
+            authorization,
+        }))
     }
 
     pub async fn send(&self, body: &str) -> Outcome {
@@ -269,14 +281,17 @@ impl HttpSink {
 }
 
 impl HttpSink {
-    /// A GET with the credentials, for `check`: the API defines no probe, but a 401/403
-    /// tells a wrong token without sending a deployment. Returns the status and, for a
-    /// redirect, where it points (without credentials).
+    /// For `check`: a POST, with the credentials, of a report the API must refuse (it has
+    /// no `image.url`), so that nothing is recorded: many POST-only webhooks answer a GET
+    /// with 404. Returns the status and, for a redirect, where it points (without
+    /// credentials).
     pub async fn probe(&self) -> Result<(u16, Option<String>), String> {
         let response = self
             .client
-            .get(self.url.clone())
+            .post(self.url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(PROBE_BODY)
             .send()
             .await
             .map_err(|e| {
@@ -293,6 +308,17 @@ impl HttpSink {
             .map(crate::config::redact_url);
         Ok((response.status().as_u16(), location))
     }
+}
+
+/// The body of `check`'s probe: a report without the required `image.url`.
+pub const PROBE_BODY: &str = r#"{"image":{"name":"deploytrack-check"}}"#;
+
+/// The `Authorization` header of `token`, marked sensitive (never logged by the HTTP stack).
+fn bearer(token: &Token) -> Result<HeaderValue, String> {
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| "the token holds characters an HTTP header cannot carry".to_string())?;
+    authorization.set_sensitive(true);
+    Ok(authorization)
 }
 
 /// rustls reading an HTTP answer as a TLS record: "received corrupt message of type
@@ -332,6 +358,8 @@ struct Hold {
     until: Option<Instant>,
     probing: bool,
     unauthorized: bool,
+    /// The token could not be read again (said once per hold).
+    token_unreadable: bool,
     misconfigured: bool,
     /// When the next reminder that the queue is held is due, and the interval after it.
     remind_at: Option<Instant>,
@@ -365,6 +393,8 @@ struct Flights {
     stopping: Option<Instant>,
     /// When the next report not yet due falls due (Unix milliseconds).
     next_due: Option<i64>,
+    /// The sink with a token read again after a rejection, in place of `Dispatcher::sink`.
+    sink: Option<Arc<Sink>>,
 }
 
 impl Flights {
@@ -410,6 +440,8 @@ pub struct Dispatcher {
     pub telemetry: Arc<Telemetry>,
     /// The first reminder while the queue is held (`REMINDER_FIRST` for the agent).
     pub reminder: Duration,
+    /// Where the token is read again while the endpoint rejects it.
+    pub token_reload: Option<TokenFile>,
 }
 
 impl Dispatcher {
@@ -522,14 +554,60 @@ impl Dispatcher {
                 continue;
             }
             let probe = f.hold.until.is_some();
+            if probe && f.hold.unauthorized {
+                self.read_token_again(f);
+            }
             f.hold.probing |= probe;
-            let sink = self.sink.clone();
+            let sink = f.sink.clone().unwrap_or_else(|| self.sink.clone());
             f.inflight.spawn(async move {
                 let outcome = sink.send(&pending.body).await;
                 (pending, outcome, probe)
             });
         }
         Ok(())
+    }
+
+    /// Before a probe while the endpoint rejects the token: read the token's file again, and
+    /// send the probe with the token it holds now (rotated without a restart).
+    fn read_token_again(&self, f: &mut Flights) {
+        let Some(file) = &self.token_reload else {
+            return;
+        };
+        let Sink::Http(http) = f.sink.as_deref().unwrap_or(&self.sink) else {
+            return;
+        };
+        match file.read().and_then(|token| http.with_token(&token)) {
+            Ok(Some(rotated)) => {
+                tracing::info!(
+                    "read a new API token from {}; the next attempt sends it",
+                    file.source
+                );
+                f.sink = Some(Arc::new(Sink::Http(rotated)));
+                f.hold.token_unreadable = false;
+            }
+            Ok(None) => tracing::debug!("the token from {} is unchanged", file.source),
+            Err(e) if !f.hold.token_unreadable => {
+                f.hold.token_unreadable = true;
+                tracing::warn!(error = %e, "cannot read the API token again; the next attempts send the one read before");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// What the agent does about a rejected token, for the log: where it reads the token
+    /// again, or why it cannot.
+    fn rejected_token_advice(&self) -> String {
+        match &self.token_reload {
+            Some(file) if file.credential => format!(
+                "the token is read again from {} before the next attempt, but systemd copies a credential only at start: after writing the new token to the file LoadCredential= names, run systemctl restart deploytrack",
+                file.source
+            ),
+            Some(file) => format!(
+                "the token is read again from {} before the next attempt: write the new token there, no restart needed",
+                file.source
+            ),
+            None => "the token came from DEPLOYTRACK_TOKEN, which cannot change while the agent runs: set the new token and restart the agent".into(),
+        }
     }
 
     fn settle(&self, pending: Pending, outcome: Outcome, probe: bool, hold: &mut Hold) {
@@ -566,9 +644,9 @@ impl Dispatcher {
                 // its own attempts, so it cannot keep the queue in a loop of short holds.
                 let own_delay = delay.max(self.retry.delay(pending.attempts.clamp(0, 30) as u32));
                 if hold.until.is_none() {
-                    tracing::warn!(reason = %reason, retry_in = ?delay, "cannot deliver; holding the queue and retrying with backoff");
+                    tracing::warn!(reason = %reason, retry_in = %crate::clock::human(delay), "cannot deliver; holding the queue and retrying with backoff");
                 } else {
-                    tracing::debug!(reason = %reason, retry_in = ?delay, "endpoint still failing");
+                    tracing::debug!(reason = %reason, retry_in = %crate::clock::human(delay), "endpoint still failing");
                 }
                 self.retry_later(
                     hold,
@@ -583,7 +661,7 @@ impl Dispatcher {
                 self.telemetry.delivery_failed("misconfigured");
                 let delay = self.retry.delay(hold.failures);
                 if !hold.misconfigured {
-                    tracing::error!(reason = %reason, retry_in = ?delay, "the endpoint cannot take reports until the configuration is fixed; every report stays queued and is retried");
+                    tracing::error!(reason = %reason, retry_in = %crate::clock::human(delay), "the endpoint cannot take reports until the configuration is fixed; every report stays queued and is retried");
                 }
                 hold.misconfigured = true;
                 self.retry_later(hold, probe, (key, pending.version), delay, delay, reason);
@@ -592,7 +670,11 @@ impl Dispatcher {
                 self.telemetry.delivery_failed("unauthorized");
                 let delay = self.retry.delay(hold.failures);
                 if !hold.unauthorized {
-                    tracing::error!(status, retry_in = ?delay, "the endpoint rejected the API token: check --token-file / DEPLOYTRACK_TOKEN; every report stays queued and is retried");
+                    tracing::error!(
+                        status, retry_in = %crate::clock::human(delay),
+                        "the endpoint rejected the API token; every report stays queued and is retried; {}",
+                        self.rejected_token_advice()
+                    );
                 }
                 hold.unauthorized = true;
                 let error = format!("the endpoint answered {status}: credentials rejected");
@@ -656,6 +738,38 @@ pub fn log_delivered(key: &DeploymentKey, body: &str, dry_run: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_takes_a_token_read_again_only_when_it_changed() {
+        let path = std::env::temp_dir().join(format!(
+            "deploytrack-token-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let file = TokenFile {
+            path: path.clone(),
+            source: format!("--token-file {}", path.display()),
+            credential: false,
+        };
+        std::fs::write(&path, "first\n").unwrap();
+        let url = reqwest::Url::parse("http://127.0.0.1:1/hook").unwrap();
+        let sink = HttpSink::new(url, &file.read().unwrap(), Duration::from_secs(1), &[]).unwrap();
+        assert!(sink.with_token(&file.read().unwrap()).unwrap().is_none());
+        std::fs::write(&path, "second").unwrap();
+        let rotated = sink.with_token(&file.read().unwrap()).unwrap().unwrap();
+        assert_eq!(rotated.authorization, "Bearer second");
+        assert!(rotated.authorization.is_sensitive());
+        std::fs::write(&path, " \n").unwrap();
+        assert_eq!(
+            file.read().unwrap_err(),
+            format!("the token from --token-file {} is empty", path.display())
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(file
+            .read()
+            .unwrap_err()
+            .starts_with(&format!("cannot read {}: ", path.display())));
+    }
 
     #[test]
     fn classification() {

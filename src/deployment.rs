@@ -233,15 +233,65 @@ impl Deployment {
         }
         stopped
     }
+
+    /// True when sending this report after `body` (one sent or queued before, by this
+    /// release or an earlier one) would leave the receiver as it is: it keeps, per stream,
+    /// the image (digest), the platform, and with `--report-stops` the container and its
+    /// state. A field a later release added (`since`) or a spelling it settled on (arm64 as
+    /// `v8`) is not a change; `since` counts only when both reports carry it, as a new start
+    /// of the same container. A body that cannot be read is compared byte for byte.
+    pub fn unchanged_from(&self, body: &str) -> bool {
+        if body == self.report_body() {
+            return true;
+        }
+        let Some(before) = Deployment::from_body(body) else {
+            return false;
+        };
+        let platform = |p: &Platform| Platform::new(&p.os, &p.architecture, p.variant.as_deref());
+        let container = match (&self.container, &before.container) {
+            (None, None) => true,
+            (Some(now), Some(then)) => {
+                now.id == then.id
+                    && now.state == then.state
+                    && (now.since.is_none() || then.since.is_none() || now.since == then.since)
+            }
+            _ => false,
+        };
+        before.key == self.key
+            && before.image_url == self.image_url
+            && platform(&before.platform) == platform(&self.platform)
+            && container
+    }
 }
 
+/// The one rule for an environment name, whatever its source (flag, environment variable,
+/// file, label): not empty, no control characters, no space at either end. A name is refused
+/// rather than trimmed: `" prod "` and `"prod"` would be two streams at the receiver.
 pub fn validate_environment(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         Err("the environment name is empty".into())
     } else if name.chars().any(char::is_control) {
         Err(format!("{name:?} holds control characters"))
+    } else if name.trim() != name {
+        Err(format!(
+            "{name:?} begins or ends with a space (the receiver would keep it as another environment than {:?})",
+            name.trim()
+        ))
     } else {
         Ok(())
+    }
+}
+
+/// The words a yes-or-no setting takes, whatever its source (flag, environment variable,
+/// file, label), in any case.
+pub const BOOL_WORDS: [&str; 6] = ["true", "false", "1", "0", "yes", "no"];
+
+/// `true`/`1`/`yes` or `false`/`0`/`no`, in any case and with spaces around; else none.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
     }
 }
 
@@ -478,6 +528,17 @@ impl NameTemplate {
         Ok(NameTemplate(pieces))
     }
 
+    /// The template as it was written (what `parse` read).
+    pub fn as_written(&self) -> String {
+        self.0
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(t) => t.as_str(),
+                Piece::Slot(slot) => slot.written.as_str(),
+            })
+            .collect()
+    }
+
     /// The name for a container, or the first placeholder it has no value for (the caller
     /// then names it by `default_name`, rather than sending names like `web//`).
     pub fn render(&self, facts: &NameFacts<'_>) -> Result<String, Unfilled> {
@@ -577,19 +638,15 @@ pub struct Selection {
 
 impl Selection {
     pub fn check(&self, labels: &HashMap<String, String>) -> Result<(), SkipReason> {
-        let enable = labels
-            .get(LABEL_ENABLE)
-            .map(|v| v.trim().to_ascii_lowercase());
-        if matches!(enable.as_deref(), Some("false" | "0" | "no")) {
+        let label = labels.get(LABEL_ENABLE);
+        let enable = label.and_then(|v| parse_bool(v));
+        if enable == Some(false) {
             return Err(SkipReason::OptedOut);
         }
-        if let Some(value) = enable
-            .as_deref()
-            .filter(|v| !matches!(*v, "true" | "1" | "yes"))
-        {
-            warn_unknown_enable(value);
+        if let (Some(value), None) = (label, enable) {
+            warn_unknown_enable(&value.trim().to_ascii_lowercase());
         }
-        if self.require_label && !matches!(enable.as_deref(), Some("true" | "1" | "yes")) {
+        if self.require_label && enable != Some(true) {
             return Err(SkipReason::NotOptedIn);
         }
         if !self.selector.matches(labels) {
@@ -609,7 +666,7 @@ fn warn_unknown_enable(value: &str) {
     if seen.len() < 64 && !seen.iter().any(|v| v == value) {
         seen.push(value.to_string());
         tracing::warn!(
-            "the label {LABEL_ENABLE}={value:?} is neither true nor false; such containers are treated as unlabelled (use true or false)"
+            "the label {LABEL_ENABLE}={value:?} is neither yes nor no; such containers are treated as unlabelled (use true, false, 1, 0, yes or no)"
         );
     }
 }
@@ -904,5 +961,34 @@ mod tests {
         );
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//x").is_err());
+    }
+
+    #[test]
+    fn one_rule_for_environment_names() {
+        for good in ["production", "staging-ü", "eu west"] {
+            assert_eq!(validate_environment(good), Ok(()), "{good:?}");
+        }
+        let err = validate_environment(" prod ").unwrap_err();
+        assert!(err.contains("begins or ends with a space"), "{err}");
+        let err = validate_environment("prod\t").unwrap_err();
+        assert!(err.contains("control characters"), "{err}");
+        assert_eq!(
+            validate_environment("  ").unwrap_err(),
+            "the environment name is empty"
+        );
+    }
+
+    #[test]
+    fn one_rule_for_booleans() {
+        for word in ["true", "1", "yes", "YES", " True "] {
+            assert_eq!(parse_bool(word), Some(true), "{word:?}");
+        }
+        for word in ["false", "0", "no", "No"] {
+            assert_eq!(parse_bool(word), Some(false), "{word:?}");
+        }
+        for word in ["maybe", "on", "", "2"] {
+            assert_eq!(parse_bool(word), None, "{word:?}");
+        }
+        assert!(BOOL_WORDS.iter().all(|w| parse_bool(w).is_some()));
     }
 }

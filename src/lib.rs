@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod deployment;
 pub mod engine;
 pub mod evidence;
+pub mod key_settings;
 pub mod observe;
 pub mod outbox;
 pub mod reference;

@@ -21,10 +21,15 @@ fn main() -> ExitCode {
     if let Some(code) = print_generated(&cli.command) {
         return code;
     }
-    let file = match FileConfig::load(cli.config.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return usage(&e),
-    };
+    // `check` names every bad key of the file and still checks the rest; the other
+    // commands stop at the first.
+    let (file, file_errors) = FileConfig::load_each(cli.config.as_deref());
+    if let (false, Some(e)) = (
+        matches!(cli.command, Command::Check(_)),
+        file_errors.first(),
+    ) {
+        return usage(e);
+    }
     if let Err(e) = init_logging(&cli, &file) {
         return usage(&e);
     }
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
-    let result = match run_command(&cli, &file, &runtime) {
+    let result = match run_command(&cli, &file, file_errors, &runtime) {
         Ok(result) => result,
         Err(code) => return code,
     };
@@ -110,25 +115,34 @@ fn init_logging(cli: &Cli, file: &FileConfig) -> Result<(), ConfigError> {
 fn run_command(
     cli: &Cli,
     file: &FileConfig,
+    file_errors: Vec<ConfigError>,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Result<(), agent::Fatal>, ExitCode> {
+    // The settings of the command's own flags (and their variables).
+    let settings = cli.settings().unwrap_or_default();
     Ok(match &cli.command {
-        Command::Run(args) => {
-            let config = build_config(args, file).map_err(|e| usage(&e))?;
+        Command::Run(_) => {
+            let config = build_config(&settings, file).map_err(|e| usage(&e))?;
             runtime.block_on(agent::run(config))
         }
         Command::Sync {
-            run,
+            run: _,
             once,
             force,
             timeout,
+            accept_settings,
         } => {
             let timeout = sync_timeout(*once, timeout).map_err(|e| usage(&e))?;
-            let config = build_config(run, file).map_err(|e| usage(&e))?;
-            runtime.block_on(agent::sync_once(config, *force, timeout))
+            let config = build_config(&settings, file).map_err(|e| usage(&e))?;
+            match runtime.block_on(agent::sync_once(config, *force, *accept_settings, timeout)) {
+                Err(agent::SyncError::SettingsChanged(refusal)) => {
+                    return Err(fail(&format!("sync refused: {refusal}"), EXIT_USAGE))
+                }
+                other => other.map_err(|e| agent::Fatal(e.to_string())),
+            }
         }
         Command::Report(args) => {
-            let (request, config) = build_config(&args.run, file)
+            let (request, config) = build_config(&settings, file)
                 .and_then(|config| {
                     commands::report_request(args, &config).map(|request| (request, config))
                 })
@@ -136,7 +150,17 @@ fn run_command(
             let (deployment, timeout) = request;
             runtime.block_on(commands::report(deployment, timeout, config))
         }
-        Command::Check(args) => runtime.block_on(commands::check(build_config(args, file))),
+        Command::Check(_) => {
+            let (config, invalid) = Config::build_each(&settings, file);
+            let file_invalid = file_errors.into_iter().map(|error| config::Invalid {
+                key: "config",
+                error,
+            });
+            runtime.block_on(commands::check(
+                config,
+                file_invalid.chain(invalid).collect(),
+            ))
+        }
         Command::Queue {
             action: QueueAction::Purge { yes: false },
             ..
@@ -202,6 +226,12 @@ fn command_line_error(e: &clap::Error) -> String {
         .to_string();
     let command = Cli::command();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let given = args
+        .iter()
+        .find(|a| command.find_subcommand(a.as_str()).is_some());
+    if let Some(sentence) = given.and_then(|c| deploytrack::cli::flag_of_another_command(e, c)) {
+        return sentence;
+    }
     match e.kind() {
         ErrorKind::UnknownArgument if flag.starts_with("--") => {
             let long = flag.trim_start_matches("--");
@@ -210,9 +240,6 @@ fn command_line_error(e: &clap::Error) -> String {
                 .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
                 .map(|c| c.get_name())
                 .collect();
-            let given = args
-                .iter()
-                .find(|a| command.find_subcommand(a.as_str()).is_some());
             let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
             if let (Some(first), true) = (owners.first(), misplaced) {
                 let example = given.map_or(*first, String::as_str);
@@ -284,7 +311,7 @@ fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     }
     out.write_all(
         br#".SH "EXIT STATUS"
-0 on success, 1 when the work failed (the engine unreachable past a short retry, a queue that cannot be written, a report not delivered), 64 when a setting is invalid.
+0 on success, 1 when the work failed (the engine unreachable past a short retry, a queue that cannot be written, a report not delivered), 64 when a setting is invalid, or when \fBsync --once\fR would deliver under an environment, host name, name template or selection other than those its state dir last delivered with (\fB--accept-settings\fR goes on).
 .SH FILES
 .TP
 /etc/deploytrack/config.toml

@@ -146,7 +146,7 @@ impl Observer {
                 (true, _) => snapshot_retries.reset(),
                 (false, Some(error)) => {
                     let delay = snapshot_retries.next_delay();
-                    tracing::warn!(error = %error, retry_in = ?delay, "cannot list the running containers; trying again");
+                    tracing::warn!(error = %error, retry_in = %crate::clock::human(delay), "cannot list the running containers; trying again");
                     let retry = retry.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
@@ -277,6 +277,9 @@ impl Observer {
                     batch.cursor = Some(ev.cursor().encode());
                 }
                 Outcome::Stopped(ev) => {
+                    if ev.action == Action::Destroy {
+                        self.telemetry.container_removed(&ev.id);
+                    }
                     self.stopped(&ev.id, ev.exit_code, ev.time_nano, &mut batch);
                     batch.cursor = Some(ev.cursor().encode());
                 }
@@ -342,7 +345,7 @@ impl Observer {
                 batch.reports.push(d);
             }
             Ok(Resolution::Skip(reason)) => {
-                self.telemetry.skipped(reason.as_str());
+                self.telemetry.skipped(id, reason.as_str());
                 tracing::debug!(
                     container = id,
                     reason = reason.as_str(),
@@ -351,7 +354,7 @@ impl Observer {
             }
             Err(e) if e.is_not_found() => {
                 self.telemetry
-                    .skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                    .skipped(id, crate::deployment::SkipReason::Unresolvable.as_str());
                 tracing::debug!(
                     container = id,
                     "container gone before it could be inspected"
@@ -359,7 +362,7 @@ impl Observer {
             }
             Err(e) => {
                 self.telemetry
-                    .skipped(crate::deployment::SkipReason::Unresolvable.as_str());
+                    .skipped(id, crate::deployment::SkipReason::Unresolvable.as_str());
                 tracing::warn!(container = id, error = %e, "cannot inspect container; the next reconciliation (--resync-interval) picks it up");
             }
         }
@@ -646,6 +649,33 @@ mod tests {
             batch.reports[0].container.as_ref().unwrap().state,
             ContainerState::Running
         );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_container_is_counted_once() {
+        let o = observer(false);
+        let skip = || Ok(Resolution::Skip(crate::deployment::SkipReason::NoDigest));
+        // Its start, a reconciliation that lists it, and a restart: one container.
+        o.apply(vec![
+            Outcome::Started(event("local", Action::Start, None), skip()),
+            Outcome::Snapshot(Ok(vec![("local".to_string(), skip())])),
+        ]);
+        o.apply(vec![Outcome::Started(
+            event("local", Action::Start, None),
+            skip(),
+        )]);
+        assert_eq!(o.telemetry.totals().2, 1);
+        let metrics = o.telemetry.encode();
+        assert!(
+            metrics.contains("deploytrack_containers_skipped_total{reason=\"no_digest\"} 1\n"),
+            "{metrics}"
+        );
+        // Removed, its id is forgotten: another container of that id would count.
+        o.apply(vec![
+            Outcome::Stopped(event("local", Action::Destroy, None)),
+            Outcome::Started(event("local", Action::Start, None), skip()),
+        ]);
+        assert_eq!(o.telemetry.totals().2, 2);
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! Metrics, liveness heartbeats and log setup. Each recording method is the one place a
 //! thing is counted, so `/metrics` and the logs describe the same events.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::clock::now_ms;
+
+/// How many skipped containers are remembered, so that each is counted once.
+const SKIPPED_REMEMBERED: usize = 100_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabel {
@@ -42,6 +47,9 @@ pub struct Telemetry {
     unexpected: Family<ReasonLabel, Counter>,
     last_delivery: Gauge<f64, AtomicU64>,
     skipped_total: AtomicU64,
+    /// The containers counted as skipped, with the reason: each is counted once, however
+    /// many events and reconciliations decide on it again.
+    skipped_containers: Mutex<HashSet<(String, &'static str)>>,
     connected: AtomicBool,
     queue_open: AtomicBool,
     reader_beat: AtomicI64,
@@ -76,6 +84,7 @@ impl Telemetry {
             unexpected: Family::default(),
             last_delivery: Gauge::default(),
             skipped_total: AtomicU64::new(0),
+            skipped_containers: Mutex::new(HashSet::new()),
             connected: AtomicBool::new(false),
             queue_open: AtomicBool::new(false),
             reader_beat: AtomicI64::new(now_ms()),
@@ -240,13 +249,35 @@ impl Telemetry {
         self.dropped.inc_by(n);
     }
 
-    pub fn skipped(&self, reason: &str) {
+    /// A container not reported, for `reason`: counted once per container and reason.
+    pub fn skipped(&self, container: &str, reason: &'static str) {
+        let first = self
+            .skipped_containers
+            .lock()
+            .map(|mut seen| {
+                // Bounded: past this many, the set starts over (a container may count twice).
+                if seen.len() >= SKIPPED_REMEMBERED {
+                    seen.clear();
+                }
+                seen.insert((container.to_string(), reason))
+            })
+            .unwrap_or(true);
+        if !first {
+            return;
+        }
         self.skipped_total.fetch_add(1, Ordering::Relaxed);
         self.skipped
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// A container was removed: should its id come back, it counts again.
+    pub fn container_removed(&self, container: &str) {
+        if let Ok(mut seen) = self.skipped_containers.lock() {
+            seen.retain(|(id, _)| id != container);
+        }
     }
 
     /// A registry lookup's result: `confirmed`, `credentials`, `unknown` or `unreachable`.

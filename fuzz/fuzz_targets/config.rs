@@ -19,8 +19,8 @@ fn run_args() -> &'static RunArgs {
     ARGS.get_or_init(|| {
         let cli = Cli::try_parse_from(["deploytrack", "run", "--state-dir", "/nonexistent"])
             .expect("the run arguments parse");
-        match cli.command {
-            Command::Run(args) => args,
+        match &cli.command {
+            Command::Run(_) => cli.settings().expect("run has settings"),
             other => panic!("`run` parsed as {other:?}"),
         }
     })

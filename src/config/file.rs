@@ -78,20 +78,31 @@ pub(super) const FILE_KEYS: &[(&str, Kind)] = &[
 ];
 
 impl Kind {
-    fn accepts(self, value: &toml::Value) -> bool {
+    /// The value as this kind takes it: a yes-or-no setting takes the words every source
+    /// takes (`true`, `"yes"`, `1`, `"0"`...), and becomes a TOML boolean.
+    fn accept(self, value: &toml::Value) -> Option<toml::Value> {
         match (self, value) {
-            (Kind::Text, toml::Value::String(_))
-            | (Kind::Bool, toml::Value::Boolean(_))
-            | (Kind::Integer, toml::Value::Integer(_)) => true,
-            (Kind::TextList, toml::Value::Array(items)) => items.iter().all(toml::Value::is_str),
-            _ => false,
+            (Kind::Text, toml::Value::String(_)) | (Kind::Integer, toml::Value::Integer(_)) => {
+                Some(value.clone())
+            }
+            (Kind::Bool, toml::Value::Boolean(_)) => Some(value.clone()),
+            (Kind::Bool, toml::Value::String(text)) => {
+                crate::deployment::parse_bool(text).map(toml::Value::Boolean)
+            }
+            (Kind::Bool, toml::Value::Integer(n @ (0 | 1))) => Some(toml::Value::Boolean(*n == 1)),
+            (Kind::TextList, toml::Value::Array(items))
+                if items.iter().all(toml::Value::is_str) =>
+            {
+                Some(value.clone())
+            }
+            _ => None,
         }
     }
 
     fn expected(self) -> &'static str {
         match self {
             Kind::Text => "a string in quotes",
-            Kind::Bool => "true or false, without quotes",
+            Kind::Bool => "true or false (or 1, 0, \"yes\", \"no\")",
             Kind::Integer => "a whole number, without quotes",
             Kind::TextList => "a list of strings in quotes, like [\"team=payments\"]",
         }
@@ -117,6 +128,19 @@ fn describe_value(value: &toml::Value) -> String {
         },
         toml::Value::Table(_) => "a table".into(),
     }
+}
+
+/// Why a key is not one: the keys are the long flags' names. The token itself never goes in
+/// the file (which is often world-readable and kept in version control): `token_file` names
+/// the file that holds it.
+fn unknown_key(key: &str) -> String {
+    if matches!(key, "token" | "api_token" | "api_key") {
+        return "there is no such setting: the token never goes in the config file; write it to a file of its own (mode 0600) and set token_file = \"/path/to/that/file\", or set DEPLOYTRACK_TOKEN".into();
+    }
+    let hint = closest_key(key)
+        .map(|k| format!("; did you mean {k}?"))
+        .unwrap_or_default();
+    format!("there is no such setting (the keys are the long flag names in snake_case){hint}")
 }
 
 /// The known key closest to a misspelt one, if any is close.
@@ -147,55 +171,89 @@ fn closest_key(key: &str) -> Option<&'static str> {
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (config, mut errors) = Self::load_each(path);
+        match errors.is_empty() {
+            true => Ok(config),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// The file with each bad key left out, and the errors, for `check`; a file that cannot
+    /// be read or parsed at all is one error and no settings.
+    pub fn load_each(path: Option<&Path>) -> (Self, Vec<ConfigError>) {
         let Some(path) = path else {
-            return Ok(Self::default());
+            return (Self::default(), Vec::new());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_each(&text, &path.display().to_string()),
+            Err(e) => (
+                Self::default(),
+                vec![ConfigError::new(
+                    "--config",
+                    format!("cannot read {}: {e}", path.display()),
+                )],
+            ),
+        }
     }
 
     /// The file's text, `origin` naming it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let msg = first_line(e.message());
-            let at = e
-                .span()
-                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            ConfigError::new("--config", format!("{origin}{at}: {msg}"))
-        })?;
-        for (key, value) in &table {
-            let setting = format!("{origin}: key {key}");
-            let Some((_, kind)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
-                let hint = closest_key(key)
-                    .map(|k| format!("; did you mean {k}?"))
+        let (config, mut errors) = Self::parse_each(text, origin);
+        match errors.is_empty() {
+            true => Ok(config),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// `parse`, leaving each bad key out and naming it.
+    fn parse_each(text: &str, origin: &str) -> (Self, Vec<ConfigError>) {
+        let mut errors = Vec::new();
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let msg = first_line(e.message());
+                let at = e
+                    .span()
+                    .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
                     .unwrap_or_default();
-                return Err(ConfigError::new(
-                    setting,
-                    format!("there is no such setting (the keys are the long flag names in snake_case){hint}"),
-                ));
+                let error = ConfigError::new("--config", format!("{origin}{at}: {msg}"));
+                return (Self::default(), vec![error]);
+            }
+        };
+        let mut accepted = toml::Table::new();
+        for (key, value) in table {
+            let setting = format!("{origin}: key {key}");
+            let Some((_, kind)) = FILE_KEYS.iter().find(|(k, _)| *k == key) else {
+                errors.push(ConfigError::new(setting, unknown_key(&key)));
+                continue;
             };
-            if !kind.accepts(value) {
-                return Err(ConfigError::new(
+            match kind.accept(&value) {
+                Some(value) => {
+                    accepted.insert(key, value);
+                }
+                None => errors.push(ConfigError::new(
                     setting,
                     format!(
                         "expected {}, found {}",
                         kind.expected(),
-                        describe_value(value)
+                        describe_value(&value)
                     ),
-                ));
+                )),
             }
         }
-        let mut config: FileConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    ConfigError::new("--config", format!("{origin}: {}", first_line(e.message())))
-                })?;
+        let mut config: FileConfig = match toml::Value::Table(accepted).try_into() {
+            Ok(config) => config,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let error =
+                    ConfigError::new("--config", format!("{origin}: {}", first_line(e.message())));
+                errors.push(error);
+                FileConfig::default()
+            }
+        };
         config.origin = Some(origin.to_string());
-        Ok(config)
+        (config, errors)
     }
 
     /// How an error names one of this file's keys: `<file>: key <name>`.

@@ -70,6 +70,9 @@ pub struct Config {
     pub token: Option<Token>,
     /// Where the token came from, for `check`: `--token-file /etc/x`, `DEPLOYTRACK_TOKEN`, ...
     pub token_source: Option<String>,
+    /// Where the token is read again after the endpoint rejected it (a rotated token); none
+    /// for `DEPLOYTRACK_TOKEN`, which a running process cannot see change.
+    pub token_reload: Option<TokenFile>,
     /// The config file's path, when one was given.
     pub config_file: Option<String>,
     pub environment: String,
@@ -102,8 +105,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Certificates from `--ca-file`, trusted besides the system roots.
     pub ca_certificates: Vec<reqwest::Certificate>,
-    /// Settings that work but deserve a look; logged once at start.
-    pub warnings: Vec<String>,
+    /// Settings that work but deserve a look; logged once at start, WARN lines of `check`.
+    pub warnings: Vec<Warning>,
 }
 
 /// The longest any duration setting may be: past it a value is a typo, not a choice (and
@@ -213,38 +216,75 @@ impl Config {
     /// Settings are checked in the order of the table in the README, so the first bad one is
     /// the one named.
     pub fn build(args: &RunArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let (config, mut invalid) = Self::build_each(args, file);
+        if invalid.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid.remove(0).error)
+        }
+    }
+
+    /// Every setting validated on its own, for `check`, which names every bad one and still
+    /// checks the engine and the endpoint: the config with each invalid setting at its
+    /// default, and the errors, by the key of the setting, in the README's order.
+    pub fn build_each(args: &RunArgs, file: &FileConfig) -> (Self, Vec<Invalid>) {
         let s = Sources { args, file };
-        let url = s.url()?;
+        let mut invalid = Vec::new();
+        let url = keep(&mut invalid, "url", s.url()).flatten();
+        // An invalid URL is not a wish for a dry run: the token is still needed.
+        let url_given = url.is_some() || args.url.is_some() || file.url.is_some();
         let explicit_dry_run = args.dry_run.or(file.dry_run).unwrap_or(false);
-        let dry_run = explicit_dry_run || url.is_none();
-        let environment = s.environment()?;
-        let state_dir = s.state_dir(dry_run)?;
-        let (docker_host, docker_host_source) = s.docker_host()?;
-        let name_template = s.name_template()?;
-        let host_name = s.host_name()?;
-        let label_selector = s.label_selector()?;
-        let concurrency = s.concurrency()?;
-        let retry = s.retry()?;
-        let queue_max_entries = s.queue_max_entries()?;
-        let (shutdown_timeout, request_timeout, resync_interval) = s.timeouts()?;
-        let listen = s.listen()?;
-        let mut warnings: Vec<String> = url
+        let dry_run = explicit_dry_run || !url_given;
+        let environment = keep(&mut invalid, "environment", s.environment())
+            .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+        let state_dir = keep(&mut invalid, "state_dir", s.state_dir(dry_run)).flatten();
+        let (docker_host, docker_host_source) = keep(&mut invalid, "docker_host", s.docker_host())
+            .unwrap_or_else(|| (DEFAULT_DOCKER_HOST.into(), "the default".into()));
+        let name_template = keep(&mut invalid, "name_template", s.name_template()).flatten();
+        let host_name = keep(&mut invalid, "host_name", s.host_name()).flatten();
+        let label_selector =
+            keep(&mut invalid, "label_selector", s.label_selector()).unwrap_or_default();
+        let concurrency =
+            keep(&mut invalid, "concurrency", s.concurrency()).unwrap_or(DEFAULT_CONCURRENCY);
+        let retry = keep(&mut invalid, "retry", s.retry()).unwrap_or(DEFAULT_RETRY);
+        let queue_max_entries = keep(&mut invalid, "queue_max_entries", s.queue_max_entries())
+            .unwrap_or(DEFAULT_QUEUE_MAX);
+        let (shutdown_timeout, request_timeout, resync_interval) =
+            keep(&mut invalid, "timeouts", s.timeouts()).unwrap_or(DEFAULT_TIMEOUTS);
+        let listen = keep(&mut invalid, "listen", s.listen()).flatten();
+        let mut warnings: Vec<Warning> = url
             .as_ref()
             .and_then(plain_http_warning)
+            .map(|message| Warning {
+                about: "endpoint",
+                message,
+            })
             .into_iter()
             .collect();
-        let ca_certificates = s.ca_certificates()?;
-        let registry_credentials = s.registry_credentials()?;
-        let (token, token_source) = s.token(&mut warnings)?;
-        if !dry_run && token.is_none() {
-            return Err(ConfigError::new(
-                "token",
-                "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
-            ));
+        let ca_certificates =
+            keep(&mut invalid, "ca_file", s.ca_certificates()).unwrap_or_default();
+        let registry_credentials =
+            keep(&mut invalid, "docker_config", s.registry_credentials()).flatten();
+        let token = keep(&mut invalid, "token", s.token(&mut warnings, &docker_host));
+        let (token, token_source) = token.clone().unwrap_or_default();
+        if !dry_run && token.is_none() && !invalid.iter().any(|i| i.key == "token") {
+            invalid.push(Invalid {
+                key: "token",
+                error: ConfigError::new(
+                    "token",
+                    "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
+                ),
+            });
         }
-        Ok(Config {
+        if let (Some(url), Some(source)) = (&url, &token_source) {
+            if let Err(error) = s.one_credential(url, source) {
+                invalid.push(Invalid { key: "url", error });
+            }
+        }
+        let config = Config {
             url,
             token,
+            token_reload: s.token_reload(token_source.as_deref()),
             token_source,
             config_file: file.origin.clone(),
             environment,
@@ -272,9 +312,80 @@ impl Config {
             listen,
             ca_certificates,
             warnings,
-        })
+        };
+        // The README's order: the URL's conflict with the token is the URL's error.
+        let order = |key: &str| SETTING_ORDER.iter().position(|k| *k == key);
+        invalid.sort_by_key(|i| order(i.key));
+        (config, invalid)
     }
 }
+
+/// A setting `Config::build_each` found invalid: its key and the error.
+#[derive(Debug)]
+pub struct Invalid {
+    /// `url`, `token`, `environment`, `state_dir`, `docker_host`, ... (`retry` and `timeouts`
+    /// stand for their group of settings).
+    pub key: &'static str,
+    pub error: ConfigError,
+}
+
+/// The settings in the order of the README's table, which is the order errors come in.
+const SETTING_ORDER: &[&str] = &[
+    "url",
+    "token",
+    "environment",
+    "state_dir",
+    "docker_host",
+    "name_template",
+    "host_name",
+    "label_selector",
+    "docker_config",
+    "concurrency",
+    "retry",
+    "queue_max_entries",
+    "timeouts",
+    "ca_file",
+    "listen",
+];
+
+/// The value, or the error recorded under `key`.
+fn keep<T>(
+    invalid: &mut Vec<Invalid>,
+    key: &'static str,
+    result: Result<T, ConfigError>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            invalid.push(Invalid { key, error });
+            None
+        }
+    }
+}
+
+/// A setting that works but deserves a look: logged at start, a WARN line of `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// What `check` files it under: `endpoint`, `token`.
+    pub about: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+const DEFAULT_CONCURRENCY: usize = 4;
+const DEFAULT_QUEUE_MAX: u64 = 100_000;
+const DEFAULT_RETRY: Backoff = Backoff::jittered(Duration::from_secs(1), Duration::from_secs(300));
+/// Shutdown, request, resync.
+const DEFAULT_TIMEOUTS: (Duration, Duration, Duration) = (
+    Duration::from_secs(10),
+    Duration::from_secs(15),
+    Duration::from_secs(600),
+);
 
 /// `pick` for a setting whose flag field and file key share a name.
 macro_rules! pick {
@@ -515,19 +626,68 @@ impl Sources<'_> {
             .map_err(|e| ConfigError::new(origin, e.to_string()))
     }
 
-    /// The token and where it came from; a token file others can read draws a warning.
+    /// The token and where it came from; a token file every user can read draws a warning.
+    /// `docker_host` tells whether the agent runs in a container, for the fix of a file it
+    /// cannot read.
     fn token(
         &self,
-        warnings: &mut Vec<String>,
+        warnings: &mut Vec<Warning>,
+        docker_host: &str,
     ) -> Result<(Option<Token>, Option<String>), ConfigError> {
         let (token_file, origin) = pick!(self, "--token-file", token_file);
-        if let Some(warning) = token_file.as_deref().and_then(token_file_warning) {
-            warnings.push(warning);
+        if let Some(message) = token_file.as_deref().and_then(token_file_warning) {
+            warnings.push(Warning {
+                about: "token",
+                message,
+            });
         }
-        Ok(match load_token(token_file.as_deref(), &origin)? {
-            Some((token, source)) => (Some(token), Some(source)),
-            None => (None, None),
+        let in_container = crate::engine::runs_in_container(docker_host);
+        Ok(
+            match load_token(token_file.as_deref(), &origin, in_container)? {
+                Some((token, source)) => (Some(token), Some(source)),
+                None => (None, None),
+            },
+        )
+    }
+
+    /// The file the token was read from (`source`), as `load_token` chose it: the token file,
+    /// else none for `DEPLOYTRACK_TOKEN`, else the systemd credential.
+    fn token_reload(&self, source: Option<&str>) -> Option<TokenFile> {
+        let source = source?.to_string();
+        let (token_file, _) = pick!(self, "--token-file", token_file);
+        if let Some(path) = token_file {
+            return Some(TokenFile {
+                path,
+                source,
+                credential: false,
+            });
+        }
+        if std::env::var_os("DEPLOYTRACK_TOKEN").is_some() {
+            return None;
+        }
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        Some(TokenFile {
+            path: Path::new(&dir).join("token"),
+            source,
+            credential: true,
         })
+    }
+
+    /// One `Authorization` header: a URL with `user:password@` beside a token is refused,
+    /// as the request would carry both (Basic and Bearer) and the API's credential is the
+    /// token.
+    fn one_credential(&self, url: &reqwest::Url, token_source: &str) -> Result<(), ConfigError> {
+        if url.username().is_empty() && url.password().is_none() {
+            return Ok(());
+        }
+        let (_, origin) = pick!(self, "--url", url);
+        Err(ConfigError::new(
+            origin,
+            format!(
+                "{} holds a user name and password (user:password@), and the token from {token_source} is set: a request would carry both in two Authorization headers; remove user:password@ from the URL (the endpoint's credential is the token)",
+                redact_url(url.as_str())
+            ),
+        ))
     }
 }
 
@@ -570,17 +730,40 @@ fn load_ca_file(path: &Path, setting: &str) -> Result<Vec<reqwest::Certificate>,
     Ok(certificates)
 }
 
-/// A token file other users can read is a leaked token waiting to happen.
-fn token_file_warning(path: &Path) -> Option<String> {
+/// A token file every user can read is a leaked token waiting to happen. Its group may
+/// read it: 0440 with the group the agent runs in is how a Compose secret is given
+/// (packaging/INSTALL.md), and 0600 for the agent's own user is as good.
+pub fn token_file_warning(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o004 != 0).then(|| {
         format!(
-            "the token file {} is readable by every user (mode {:o}); chmod 600 it",
+            "the token file {} is readable by every user (mode {:o}): chmod o-r {} (0600 for the user the agent runs as, or 0440 with a group it runs in, as the Compose install does)",
             path.display(),
-            mode & 0o7777
+            mode & 0o7777,
+            path.display(),
         )
     })
+}
+
+/// What to change when the agent, in a container, may not read its token file: the file's
+/// group must be one the container's user has, which packaging/compose.yaml gives it with
+/// `group_add: ["${DOCKER_GID}"]`.
+fn token_fix_in_container(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(path)
+        .map(|m| {
+            format!(
+                " (it is owned by {}:{} with mode {:o})",
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{owner}; the agent runs in a container, whose user must be able to read the file: give it mode 0440 and the Docker socket's group (install -m 0440 -g \"$DOCKER_GID\" ...), and set DOCKER_GID to that group (stat -c %g /var/run/docker.sock) so that Compose adds it to the container with group_add (Swarm: user: \"65532:${{DOCKER_GID}}\")"
+    )
 }
 
 /// The state dir alone, for `queue` commands (which need no token or endpoint).
@@ -599,10 +782,20 @@ fn first_path(value: &std::ffi::OsStr) -> PathBuf {
 
 pub fn parse_url(text: &str) -> Result<reqwest::Url, ConfigError> {
     let url = reqwest::Url::parse(text.trim()).map_err(|e| {
-        ConfigError::new(
-            "--url",
-            format!("{:?} is not a URL ({e})", redact_url(text)),
-        )
+        let shown = redact_url(text);
+        let hint = match e {
+            // `example.com/hook`: the scheme is missing.
+            _ if !text.contains("://") && !text.trim().is_empty() => {
+                let example = if text.trim().contains(char::is_whitespace) {
+                    String::new()
+                } else {
+                    format!(", as in https://{}", shown.trim())
+                };
+                format!(": it has no scheme; an endpoint's URL starts with https:// (or http://){example}")
+            }
+            _ => format!(" ({e})"),
+        };
+        ConfigError::new("--url", format!("{shown:?} is not a URL{hint}"))
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::new(
@@ -625,11 +818,22 @@ pub fn redact_url(text: &str) -> String {
 }
 
 /// The token from `--token-file` (named by `setting`), else `DEPLOYTRACK_TOKEN`, else
-/// `$CREDENTIALS_DIRECTORY/token`; with a description of where it came from.
-fn load_token(file: Option<&Path>, setting: &str) -> Result<Option<(Token, String)>, ConfigError> {
+/// `$CREDENTIALS_DIRECTORY/token`; with a description of where it came from. In a container
+/// a token file the agent may not read names the fix of the Compose install.
+fn load_token(
+    file: Option<&Path>,
+    setting: &str,
+    in_container: bool,
+) -> Result<Option<(Token, String)>, ConfigError> {
     let (source, text) = if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(setting, format!("cannot read {}: {e}", path.display()))
+            let fix = match e.kind() {
+                std::io::ErrorKind::PermissionDenied if in_container => {
+                    token_fix_in_container(path)
+                }
+                _ => String::new(),
+            };
+            ConfigError::new(setting, format!("cannot read {}: {e}{fix}", path.display()))
         })?;
         (format!("{setting} {}", path.display()), text)
     } else if let Ok(text) = std::env::var("DEPLOYTRACK_TOKEN") {
@@ -653,20 +857,44 @@ fn load_token(file: Option<&Path>, setting: &str) -> Result<Option<(Token, Strin
         return Ok(None);
     };
     let setting = if file.is_some() { setting } else { "token" };
+    let token = token_of(&text, &source).map_err(|reason| ConfigError::new(setting, reason))?;
+    Ok(Some((token, source)))
+}
+
+/// A token file's text as the token: without the newline an editor leaves, not empty, and
+/// fit for an HTTP header.
+fn token_of(text: &str, source: &str) -> Result<Token, String> {
     let token = text.trim();
     if token.is_empty() {
-        return Err(ConfigError::new(
-            setting,
-            format!("the token from {source} is empty"),
-        ));
+        return Err(format!("the token from {source} is empty"));
     }
     if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
-        return Err(ConfigError::new(
-            setting,
-            format!("the token from {source} holds characters an HTTP header cannot carry"),
+        return Err(format!(
+            "the token from {source} holds characters an HTTP header cannot carry"
         ));
     }
-    Ok(Some((Token(token.to_string()), source)))
+    Ok(Token(token.to_string()))
+}
+
+/// The file a token came from, read again when the endpoint rejects the token, so that a
+/// rotated token needs no restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFile {
+    pub path: PathBuf,
+    /// As `Config::token_source` says it: `--token-file /etc/x`, `the systemd credential ...`.
+    pub source: String,
+    /// systemd's copy of a credential (`LoadCredential=`), made at start: a change to the
+    /// file it copies reaches the agent only through a restart.
+    pub credential: bool,
+}
+
+impl TokenFile {
+    /// The token the file holds now, under the rules of the one read at start.
+    pub fn read(&self) -> Result<Token, String> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        token_of(&text, &self.source)
+    }
 }
 
 #[cfg(test)]
@@ -708,6 +936,17 @@ mod tests {
     }
 
     #[test]
+    fn a_token_in_the_file_points_to_token_file() {
+        let err = FileConfig::parse("token = \"s3cret\"", "/etc/d.toml").unwrap_err();
+        assert_eq!(err.setting, "/etc/d.toml: key token");
+        assert!(
+            err.reason.starts_with("there is no such setting: the token never goes in the config file; write it to a file of its own (mode 0600) and set token_file = "),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
     fn unknown_file_key_is_an_error_with_a_suggestion() {
         let err = FileConfig::parse("environmnet = \"x\"", "/etc/d.toml").unwrap_err();
         assert_eq!(err.setting, "/etc/d.toml: key environmnet");
@@ -726,8 +965,8 @@ mod tests {
                 "key environment: expected a string in quotes, found the number 10",
             ),
             (
-                "dry_run = \"yes\"",
-                "key dry_run: expected true or false, without quotes, found the string \"yes\"",
+                "dry_run = \"maybe\"",
+                "key dry_run: expected true or false (or 1, 0, \"yes\", \"no\"), found the string \"maybe\"",
             ),
             (
                 "label_selector = \"a=b\"",
@@ -881,6 +1120,176 @@ mod tests {
             assert!(validate_host_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_host_name("edge-7.example").is_ok());
+    }
+
+    /// A token file with this text and mode, in a fresh directory.
+    fn token_file(text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "deploytrack-unit-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn yes_or_no_in_the_file_takes_the_words_every_source_takes() {
+        for (value, want) in [
+            ("true", true),
+            ("\"yes\"", true),
+            ("1", true),
+            ("\"1\"", true),
+            ("\"No\"", false),
+            ("0", false),
+        ] {
+            let file = FileConfig::parse(&format!("report_stops = {value}"), "f.toml")
+                .unwrap_or_else(|e| panic!("{value}: {e}"));
+            let config = Config::build(&args(), &file).unwrap();
+            assert_eq!(config.report_stops, want, "{value}");
+        }
+        for value in ["2", "\"maybe\"", "\"on\""] {
+            let err = FileConfig::parse(&format!("require_label = {value}"), "f.toml").unwrap_err();
+            assert_eq!(err.setting, "f.toml: key require_label", "{value}");
+            assert!(
+                err.reason
+                    .starts_with("expected true or false (or 1, 0, \"yes\", \"no\")"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_rule_for_the_environment_from_every_source() {
+        let mut a = args();
+        a.environment = Some(" prod ".into());
+        let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+        assert_eq!(err.setting, "--environment");
+        assert!(err.reason.contains("begins or ends with a space"), "{err}");
+        a.from_env = vec![("--environment".into(), "DEPLOYTRACK_ENVIRONMENT".into())];
+        let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+        assert_eq!(err.setting, "DEPLOYTRACK_ENVIRONMENT");
+        let file = FileConfig::parse("environment = \"prod \"", "f.toml").unwrap();
+        let err = Config::build(&args(), &file).unwrap_err();
+        assert_eq!(err.setting, "f.toml: key environment");
+        assert!(err.reason.contains("begins or ends with a space"), "{err}");
+    }
+
+    #[test]
+    fn a_url_with_a_password_beside_a_token_is_refused() {
+        let token = token_file("s3cret\n", 0o600);
+        let mut a = args();
+        a.url = Some("https://user:pa55@example.com/hook".into());
+        a.token_file = Some(token.clone());
+        let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+        assert_eq!(err.setting, "--url");
+        assert!(
+            err.reason.starts_with(&format!(
+                "https://<redacted>@example.com/hook holds a user name and password (user:password@), and the token from --token-file {} is set: a request would carry both in two Authorization headers",
+                token.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("pa55"), "{err}");
+        // Without the user part it is fine; a dry run without a token too.
+        a.url = Some("https://example.com/hook".into());
+        assert!(Config::build(&a, &FileConfig::default()).is_ok());
+        let mut a = args();
+        a.url = Some("https://user:pa55@example.com/hook".into());
+        a.dry_run = Some(true);
+        assert!(Config::build(&a, &FileConfig::default()).is_ok());
+        let _ = std::fs::remove_dir_all(token.parent().unwrap());
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_gets_a_hint() {
+        let err = parse_url("webhook.example.com/atomist/resource/1").unwrap_err();
+        assert_eq!(
+            err.reason,
+            "\"webhook.example.com/atomist/resource/1\" is not a URL: it has no scheme; an endpoint's URL starts with https:// (or http://), as in https://webhook.example.com/atomist/resource/1"
+        );
+        let err = parse_url("https://exa mple.com/").unwrap_err();
+        assert!(!err.reason.contains("no scheme"), "{err}");
+    }
+
+    #[test]
+    fn only_a_token_file_every_user_can_read_draws_a_warning() {
+        for mode in [0o600, 0o400, 0o440, 0o640] {
+            let token = token_file("t\n", mode);
+            assert_eq!(token_file_warning(&token), None, "{mode:o}");
+            let _ = std::fs::remove_dir_all(token.parent().unwrap());
+        }
+        let token = token_file("t\n", 0o644);
+        let warning = token_file_warning(&token).unwrap();
+        assert!(
+            warning.contains("is readable by every user (mode 644): chmod o-r")
+                && warning.contains("0440 with a group it runs in")
+                && !warning.contains("chmod 600"),
+            "{warning}"
+        );
+        let mut a = args();
+        a.url = Some("http://127.0.0.1:1/x".into());
+        a.token_file = Some(token.clone());
+        let config = Config::build(&a, &FileConfig::default()).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert_eq!(config.warnings[0].about, "token");
+        let _ = std::fs::remove_dir_all(token.parent().unwrap());
+    }
+
+    #[test]
+    fn every_invalid_setting_is_named_and_the_others_still_hold() {
+        let token = token_file("\n", 0o600);
+        let mut a = args();
+        a.url = Some("https://example.com/hook".into());
+        a.token_file = Some(token.clone());
+        a.environment = Some("prod\t".into());
+        a.docker_host = Some("unix:///run/other.sock".into());
+        let (config, invalid) = Config::build_each(&a, &FileConfig::default());
+        let keys: Vec<&str> = invalid.iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["token", "environment"]);
+        assert!(
+            invalid[0]
+                .error
+                .to_string()
+                .starts_with("invalid --token-file: the token from --token-file"),
+            "{}",
+            invalid[0].error
+        );
+        // The engine and the endpoint can still be checked.
+        assert_eq!(config.docker_host, "unix:///run/other.sock");
+        assert_eq!(
+            config.url.as_ref().map(|u| u.as_str()),
+            Some("https://example.com/hook")
+        );
+        assert!(!config.dry_run);
+        // `build` names the first, as before.
+        let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+        assert_eq!(err.setting, "--token-file");
+        // An invalid URL is no dry run: the missing token is named too.
+        let mut a = args();
+        a.url = Some("example.com/hook".into());
+        let (_, invalid) = Config::build_each(&a, &FileConfig::default());
+        let keys: Vec<&str> = invalid.iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["url", "token"]);
+        let _ = std::fs::remove_dir_all(token.parent().unwrap());
+    }
+
+    #[test]
+    fn in_a_container_an_unreadable_token_file_names_the_compose_fix() {
+        let token = token_file("t\n", 0o440);
+        let fix = token_fix_in_container(&token);
+        assert!(
+            fix.starts_with(" (it is owned by ")
+                && fix.contains("with mode 440)")
+                && fix.contains("DOCKER_GID")
+                && fix.contains("group_add"),
+            "{fix}"
+        );
+        let _ = std::fs::remove_dir_all(token.parent().unwrap());
     }
 
     #[test]

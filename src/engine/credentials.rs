@@ -128,6 +128,15 @@ impl RegistryAuth {
         &self.server_address
     }
 
+    /// The user and password for an `Authorization: Basic` header (a registry's own challenge
+    /// or its token service); `None` for an identity token. Never logged.
+    pub fn basic(&self) -> Option<(&str, &str)> {
+        match &self.login {
+            Login::Password { username, password } => Some((username, &password.0)),
+            Login::IdentityToken(_) => None,
+        }
+    }
+
     /// `None` for an identity token.
     pub fn username(&self) -> Option<&str> {
         match &self.login {

@@ -487,7 +487,7 @@ impl EventReader {
                 Err(e) => {
                     self.telemetry.engine_connected(false);
                     let delay = retries.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "engine unreachable");
+                    tracing::warn!(error = %e, retry_in = %crate::clock::human(delay), "engine unreachable");
                     delay
                 }
             };

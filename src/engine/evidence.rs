@@ -3,15 +3,18 @@
 //! engine records one only when it pulls or pushes. On the containerd image store and on
 //! Podman every local name gets a repo digest, pushed or not (`docker tag
 //! registry.example/app:1 app:prod` adds `docker.io/library/app@…`), so a candidate needs
-//! evidence: a pull or push the agent saw, the engine's `Identity`, or, on Docker, the
-//! registry's confirmation through the engine (`GET /distribution/{repository}@{digest}/json`,
-//! with the Docker CLI's credentials for that registry in `X-Registry-Auth`). Each lookup is
-//! bounded in time, so a slow or unreachable registry delays a report by a few seconds at most.
+//! evidence: a pull or push the agent saw (Docker), the engine's `Identity`, or the registry's
+//! confirmation, asked through the engine on Docker (`GET
+//! /distribution/{repository}@{digest}/json`, with the Docker CLI's credentials for that
+//! registry in `X-Registry-Auth`) and of the registry itself on Podman, which has no such
+//! endpoint (`engine::registry`). Each lookup is bounded in time, so a slow or unreachable
+//! registry delays a report by a few seconds at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, RegistryAuth};
+use super::registry::RegistryClient;
 use super::Engine;
 use crate::clock::now_ms;
 use crate::evidence::{self, Change, Ledger, Refusal, Source, Wait};
@@ -27,7 +30,8 @@ pub enum ImageStore {
     /// Docker's containerd image store (`driver-type io.containerd.snapshotter.v1`): every
     /// local name has a repo digest.
     Containerd,
-    /// Podman: every local name has a repo digest, and there is no `/distribution` to ask.
+    /// Podman: every local name has a repo digest; there is no `/distribution`, so the
+    /// registry itself is asked.
     Podman,
 }
 
@@ -62,6 +66,8 @@ impl ImageStore {
 
 /// One lookup's bound: a registry round trip through the engine.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a resolution waiting for another's lookup of the same candidate looks again.
+const ASK_POLL: Duration = Duration::from_millis(50);
 
 /// Why no repository can be named for an image, as far as the agent can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +80,6 @@ pub enum Unseen {
     Credentials { registry: String, had: bool },
     /// The registry did not answer; asked again later.
     Unreachable { registry: String },
-    /// Podman: no pull or push was seen, and there is no lookup.
-    NotSeen,
     /// Refused before, or the registry's hourly lookup budget is spent: asked again later.
     Later,
 }
@@ -88,7 +92,6 @@ impl Unseen {
             Unseen::Credentials { registry, had: false } => format!("{registry} refused the lookup without credentials, and none are configured for it (a registry that does not hold the repository may say the same): docker login, then give the agent that config with --docker-config, or pull the image again while the agent runs"),
             Unseen::Credentials { registry, had: true } => format!("{registry} refused the configured credentials: docker login again (or pull the image again while the agent runs)"),
             Unseen::Unreachable { registry } => format!("{registry} did not answer the lookup; asked again later"),
-            Unseen::NotSeen => "Podman: no pull or push of it was seen while the agent ran, and Podman cannot ask a registry: pull it again while the agent runs, or --report-unverified".to_string(),
             Unseen::Later => "a registry refused it before or its hourly lookup budget is spent; asked again later (or pull it again while the agent runs)".to_string(),
         }
     }
@@ -98,6 +101,8 @@ impl Unseen {
 /// Docker CLI's credentials, and the lookups.
 pub struct Registries {
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Podman's lookups go to the registry itself (made at the first).
+    direct: std::sync::OnceLock<Option<RegistryClient>>,
     ledger: Mutex<Ledger>,
     outbox: Option<Outbox>,
     credentials: Option<Arc<Credentials>>,
@@ -118,6 +123,7 @@ impl Registries {
     ) -> Self {
         Registries {
             telemetry: None,
+            direct: std::sync::OnceLock::new(),
             ledger: Mutex::new(ledger),
             outbox,
             credentials,
@@ -231,19 +237,29 @@ impl Registries {
         if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
             return Ok(named);
         }
-        if store == ImageStore::Podman {
-            return Err(Unseen::NotSeen);
-        }
         let mut why: Option<Unseen> = None;
         for pinned in std::iter::once(pinned) {
-            let allowed = self
-                .ledger
-                .lock()
-                .map(|mut l| l.may_look_up(pinned, now_ms()))
-                .unwrap_or(Err(Wait::Budget { until_ms: 0 }));
+            // Another resolution asking the same now (two containers of one image): its
+            // answer is this one's too, so wait for it rather than name another candidate.
+            let mut waited = Duration::ZERO;
+            let allowed = loop {
+                let allowed = self
+                    .ledger
+                    .lock()
+                    .map(|mut l| l.may_look_up(pinned, now_ms()))
+                    .unwrap_or(Err(Wait::Budget { until_ms: 0 }));
+                if allowed != Err(Wait::Asking) || waited >= LOOKUP_TIMEOUT * 2 {
+                    break allowed;
+                }
+                tokio::time::sleep(ASK_POLL).await;
+                waited += ASK_POLL;
+                if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
+                    return Ok(named);
+                }
+            };
             let registry = evidence::registry_of(pinned);
             let outcome = match allowed {
-                Ok(()) => self.look_up(engine, pinned, &registry).await,
+                Ok(()) => self.look_up(engine, store, pinned, &registry).await,
                 Err(Wait::Refused(r)) => Err((r.why, false)),
                 Err(Wait::Budget { .. } | Wait::Asking) => {
                     why.get_or_insert(Unseen::Later);
@@ -269,9 +285,18 @@ impl Registries {
     async fn look_up(
         &self,
         engine: &Engine,
+        store: ImageStore,
         pinned: &str,
         registry: &str,
     ) -> Result<(), (Refusal, bool)> {
+        if store == ImageStore::Podman {
+            let auth = match &self.credentials {
+                Some(c) => c.for_registry(registry).await,
+                None => None,
+            };
+            let refusal = self.ask_registry(pinned, auth.as_ref()).await;
+            return self.settle(pinned, refusal, auth.is_some());
+        }
         let auth = match &self.credentials {
             Some(c) if engine.in_clear() => {
                 self.warn_clear(engine);
@@ -304,6 +329,26 @@ impl Registries {
                 Some(Refusal::Unreachable)
             }
         };
+        self.settle(pinned, refusal, auth.is_some())
+    }
+
+    /// Podman: the registry itself, as `engine::registry` asks it.
+    async fn ask_registry(&self, pinned: &str, auth: Option<&RegistryAuth>) -> Option<Refusal> {
+        let client = self
+            .direct
+            .get_or_init(|| RegistryClient::new().ok())
+            .as_ref()?;
+        client.holds(pinned, auth).await.err()
+    }
+
+    /// Count and remember a lookup's answer. Err: the refusal, and whether credentials were
+    /// sent.
+    fn settle(
+        &self,
+        pinned: &str,
+        refusal: Option<Refusal>,
+        had: bool,
+    ) -> Result<(), (Refusal, bool)> {
         if let Some(t) = &self.telemetry {
             t.registry_lookup(refusal.map_or("confirmed", Refusal::as_str));
         }
@@ -321,7 +366,7 @@ impl Registries {
         self.keep(changes);
         match refusal {
             None => Ok(()),
-            Some(r) => Err((r, auth.is_some())),
+            Some(r) => Err((r, had)),
         }
     }
 
@@ -373,8 +418,7 @@ fn worst(a: Option<Unseen>, b: Unseen) -> Unseen {
         Unseen::Credentials { .. } => 0,
         Unseen::Unreachable { .. } => 1,
         Unseen::Later => 2,
-        Unseen::NotSeen => 3,
-        Unseen::Local => 4,
+        Unseen::Local => 3,
     };
     match a {
         Some(a) if rank(&a) <= rank(&b) => a,

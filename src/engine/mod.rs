@@ -5,10 +5,13 @@ pub mod events;
 pub mod evidence;
 pub mod lenient;
 pub mod pulls;
+pub mod registry;
 pub mod resolve;
 pub mod transport;
 
 use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -27,8 +30,8 @@ const STREAM_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 pub enum EngineError {
     #[error("the Docker socket {0} does not exist: is the Docker Engine running? (--docker-host selects another engine)")]
     NoSocket(String),
-    #[error("permission denied on the Docker socket {0}: add the user running deploytrack to the `docker` group (usermod -aG docker USER, then log in again) or run it as root")]
-    Permission(String),
+    #[error("permission denied on the Docker socket {socket}: {}", if *.in_container { SOCKET_FIX_IN_CONTAINER } else { SOCKET_FIX_ON_HOST })]
+    Permission { socket: String, in_container: bool },
     #[error("cannot reach the Docker Engine at {host}: {reason}")]
     Unreachable { host: String, reason: String },
     #[error("the Docker Engine answered {status}: {message}")]
@@ -88,9 +91,10 @@ impl EngineError {
 
     fn from_io(host: &str, io: &std::io::Error) -> Self {
         match io.kind() {
-            ErrorKind::PermissionDenied => {
-                EngineError::Permission(socket_path(host).unwrap_or(host).to_string())
-            }
+            ErrorKind::PermissionDenied => EngineError::Permission {
+                socket: socket_path(host).unwrap_or(host).to_string(),
+                in_container: runs_in_container(host),
+            },
             ErrorKind::NotFound if socket_path(host).is_some() => {
                 EngineError::NoSocket(socket_path(host).unwrap_or(host).to_string())
             }
@@ -108,8 +112,27 @@ impl EngineError {
 
     /// Errors that retrying cannot fix.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, EngineError::Permission(_) | EngineError::Setup { .. })
+        matches!(
+            self,
+            EngineError::Permission { .. } | EngineError::Setup { .. }
+        )
     }
+}
+
+const SOCKET_FIX_ON_HOST: &str = "add the user running deploytrack to the `docker` group (usermod -aG docker USER, then log in again) or run it as root";
+const SOCKET_FIX_IN_CONTAINER: &str = "the agent runs in a container, whose user needs the socket's group: set DOCKER_GID to it (stat -c %g /var/run/docker.sock on the host) for packaging/compose.yaml, which adds it with group_add (docker run: --group-add \"$DOCKER_GID\"; Swarm: user: \"65532:${DOCKER_GID}\"), then recreate the container";
+
+/// Whether the agent runs in a container, where the fix of a permission is the container's
+/// groups rather than the host's: an engine reached where packaging/compose.yaml and
+/// swarm.yaml mount the host's /var/run (`unix:///host/run/docker.sock`), or the marker
+/// file Docker (`/.dockerenv`) or Podman (`/run/.containerenv`) puts in every container.
+pub fn runs_in_container(docker_host: &str) -> bool {
+    static MARKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    docker_host.starts_with("unix:///host/")
+        || *MARKED.get_or_init(|| {
+            std::path::Path::new("/.dockerenv").exists()
+                || std::path::Path::new("/run/.containerenv").exists()
+        })
 }
 
 /// The parts of a `/version` answer that decide the API version.
@@ -163,6 +186,8 @@ pub struct Engine {
     pub api: Docker,
     pub stream: Docker,
     transport: Transport,
+    /// Set by the handshake when `/version` names Podman, whose RepoDigests prove nothing.
+    podman: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -226,7 +251,13 @@ impl Engine {
             api: transport.client(REQUEST_TIMEOUT_SECS),
             stream: transport.client(STREAM_TIMEOUT_SECS),
             transport,
+            podman: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether the engine is Podman (known after the first handshake).
+    pub fn is_podman(&self) -> bool {
+        self.podman.load(Ordering::Relaxed)
     }
 
     /// Whether plain HTTP carries requests to the engine (`tcp://` without TLS): a secret in a
@@ -271,6 +302,8 @@ impl Engine {
         })?;
         let before = self.transport.version();
         self.transport.set_version(negotiated.using);
+        self.podman
+            .store(negotiated.product.contains("Podman"), Ordering::Relaxed);
         if before != Some(negotiated.using) {
             let note = if negotiated.using > transport::NEWEST_TESTED {
                 "; the engine refuses every version deploytrack is tested with, so answers may hold surprises"
@@ -318,12 +351,14 @@ impl Engine {
             .info()
             .await
             .map_err(|e| EngineError::from_bollard(&self.host, e))?;
-        // Podman gives every local name a repo digest too, but its `pull` event comes also
-        // for a local image that `podman run` finds (Podman 4.3 with no image id), so it
-        // cannot tell a pull yet: its RepoDigests are taken as on the classic store.
-        let store = evidence::ImageStore::from_driver_status(
-            info.driver_status.as_deref().unwrap_or_default(),
-        );
+        // Podman gives every local name a repo digest, as the containerd store does.
+        let store = if self.is_podman() {
+            evidence::ImageStore::Podman
+        } else {
+            evidence::ImageStore::from_driver_status(
+                info.driver_status.as_deref().unwrap_or_default(),
+            )
+        };
         let name = info
             .name
             .filter(|n| !n.is_empty())
@@ -417,12 +452,27 @@ mod tests {
 
     #[tokio::test]
     async fn permission_denied_names_the_group() {
+        // On a host: the user's groups.
+        let err = EngineError::Permission {
+            socket: "/var/run/docker.sock".into(),
+            in_container: false,
+        };
+        assert!(err.to_string().contains("`docker` group"), "{err}");
+        assert!(err.to_string().contains("usermod -aG docker"), "{err}");
+        // Where packaging/compose.yaml mounts the host's socket: the container's groups.
         let err = EngineError::from_bollard(
-            "unix:///var/run/docker.sock",
+            "unix:///host/run/docker.sock",
             bollard::errors::Error::IOError {
                 err: std::io::Error::from(ErrorKind::PermissionDenied),
             },
         );
-        assert!(err.to_string().contains("`docker` group"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("permission denied on the Docker socket /host/run/docker.sock: the agent runs in a container")
+                && text.contains("DOCKER_GID")
+                && text.contains("group_add")
+                && !text.contains("usermod"),
+            "{text}"
+        );
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! On Docker an event names the reference as typed (`busybox:latest`), not the image, so
 //! the reference is inspected at once; an event older than `FRESH` (replayed after a
-//! reconnect) is not trusted, as the tag may have moved since. Podman names the image's id,
-//! which cannot move.
+//! reconnect) is not trusted, as the tag may have moved since. Podman's events are no
+//! evidence (see `ImageEvents::handle`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,6 +153,13 @@ impl ImageEvents {
     /// Remember what the event proves, and ask for a reconciliation when it is new and some
     /// image waits for evidence.
     async fn handle(&self, event: ImageEvent) {
+        // Podman sends `pull` also when `podman run` finds the image locally (and 4.3 even
+        // for a pull that failed), so its events prove nothing; an image it pulled is
+        // confirmed by its registry at the reconciliation this asks for.
+        if self.engine.is_podman() {
+            self.reconcile_if_waiting();
+            return;
+        }
         if !event.trusted(now_nanos()) {
             tracing::debug!(reference = %event.actor, "an old image event replayed: its tag may have moved since, so it is not evidence");
             return;
@@ -173,6 +180,11 @@ impl ImageEvents {
             "remembered which repository holds the image: the engine {} it",
             if event.source == Source::Pull { "pulled" } else { "pushed" }
         );
+        self.reconcile_if_waiting();
+    }
+
+    /// A reconciliation, when some image waits for evidence.
+    fn reconcile_if_waiting(&self) {
         if self.resolver.has_unseen() {
             if let Some(tx) = self.reconcile.upgrade() {
                 let _ = tx.try_send(EngineEvent::Connected);

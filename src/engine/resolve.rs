@@ -276,11 +276,28 @@ impl Resolver {
         platform: Platform,
     ) -> Deployment {
         let labels = &container.labels;
-        let environment = labels
+        let environment = match labels
             .get(LABEL_ENVIRONMENT)
-            .filter(|e| crate::deployment::validate_environment(e).is_ok())
-            .cloned()
-            .unwrap_or_else(|| self.default_environment.clone());
+            .map(|e| (e, crate::deployment::validate_environment(e)))
+        {
+            Some((e, Ok(()))) => e.clone(),
+            // The flag's rule, but a label is the container's: one warning, and the default.
+            Some((_, Err(reason))) => {
+                let name = match container.name.trim_start_matches('/') {
+                    "" => id,
+                    name => name,
+                };
+                self.warn_once(&format!("environment {id}"), || {
+                    tracing::warn!(
+                        container = %name.escape_default(), environment = %self.default_environment,
+                        // `reason` quotes the value escaped (`"prod\t"`).
+                        "the label {LABEL_ENVIRONMENT} of the container is not an environment name: {reason}; reported under the default environment"
+                    );
+                });
+                self.default_environment.clone()
+            }
+            None => self.default_environment.clone(),
+        };
         let name = match labels.get(LABEL_NAME).filter(|n| !n.trim().is_empty()) {
             Some(n) => n.clone(),
             // An answer without a name: the event's, else the short id.

@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::deployment::{Deployment, DeploymentKey};
 use crate::evidence::{Change, Held, Refused};
+use crate::key_settings::KeySettings;
 use crate::telemetry::Telemetry;
 
 pub use file::open_file;
@@ -146,6 +147,9 @@ pub struct Restored {
     /// What shows which repository holds which digest (see `crate::evidence`).
     pub evidence: Vec<Held>,
     pub refusals: Vec<(String, Refused)>,
+    /// The settings that shape keys, as the state dir last delivered with them (none in a
+    /// new queue, or one an earlier release wrote).
+    pub settings: Option<KeySettings>,
     /// Set when a damaged file was moved aside: (damaged, moved to).
     pub moved_aside: Option<(PathBuf, PathBuf)>,
 }
@@ -183,6 +187,29 @@ pub fn evidence_in(state_dir: &Path) -> rusqlite::Result<Remembered> {
     Ok((held, refused))
 }
 
+/// The settings the queue file in `state_dir` remembers, read without taking the agent's
+/// lock (for `check`). None when there is no queue, or it remembers none.
+pub fn settings_in(state_dir: &Path) -> rusqlite::Result<Option<KeySettings>> {
+    let path = state_dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_meta = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")?
+        .exists([])?;
+    if !has_meta {
+        return Ok(None);
+    }
+    Ok(schema::read_meta(&conn, schema::SETTINGS)?
+        .as_deref()
+        .and_then(KeySettings::from_json))
+}
+
 /// Handle to the queue thread; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
@@ -213,6 +240,10 @@ impl Outbox {
             running: schema::read_running(&opened.conn).map_err(sql_err)?,
             evidence: schema::read_evidence(&opened.conn).map_err(sql_err)?,
             refusals: schema::read_refusals(&opened.conn).map_err(sql_err)?,
+            settings: schema::read_meta(&opened.conn, schema::SETTINGS)
+                .map_err(sql_err)?
+                .as_deref()
+                .and_then(KeySettings::from_json),
             moved_aside: opened.moved_aside,
         };
         let mut store = Store::new(opened.conn, max_entries, telemetry).map_err(sql_err)?;
@@ -295,6 +326,16 @@ impl Outbox {
         if !changes.is_empty() {
             let _ = self.tx.send(Command::Evidence(changes));
         }
+    }
+
+    /// Remember the settings that shape keys (see `crate::key_settings`); the returned future
+    /// completes when they are on disk.
+    pub fn remember_settings(
+        &self,
+        settings: &KeySettings,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let json = settings.to_json();
+        self.ask(|reply| Command::Settings(json, reply))
     }
 
     pub async fn stats(&self) -> Result<Stats, String> {

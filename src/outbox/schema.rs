@@ -91,6 +91,9 @@ pub(super) fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The `meta` key of the settings that shape keys (`crate::key_settings`), as JSON.
+pub(super) const SETTINGS: &str = "settings";
+
 pub(super) fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
-use super::schema::{next_version, pending_row, write_evidence, NOT_SUPERSEDED};
+use super::schema::{next_version, pending_row, write_evidence, NOT_SUPERSEDED, SETTINGS};
 use super::{Batch, EnqueueOutcome, Pending, Settle, Stats};
 use crate::clock::now_ms;
 use crate::deployment::{Deployment, DeploymentKey};
@@ -38,6 +38,8 @@ pub(super) enum Command {
     ResetBackoff,
     /// What the evidence tables remember changed (see `crate::evidence`).
     Evidence(Vec<Change>),
+    /// The settings that shape keys, as JSON (see `crate::key_settings`).
+    Settings(String, Reply<()>),
     Stats(Reply<Stats>),
     Flush(Reply<()>),
 }
@@ -51,6 +53,7 @@ impl Command {
                 | Command::Settle(..)
                 | Command::ResetBackoff
                 | Command::Evidence(..)
+                | Command::Settings(..)
         )
     }
 }
@@ -345,6 +348,18 @@ impl Store {
                 }
                 false
             }
+            Command::Settings(json, reply) => {
+                match self.atomically(|s| s.write_meta(SETTINGS, &json)) {
+                    Ok(()) => {
+                        self.changes += 1;
+                        waiting.push(Box::new(move |r| {
+                            let _ = reply.send(r);
+                        }));
+                    }
+                    Err(e) => drop(reply.send(Err(e.to_string()))),
+                }
+                false
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats().map_err(|e| e.to_string()));
                 false
@@ -397,12 +412,14 @@ impl Store {
             .prepare_cached("SELECT body FROM pending WHERE environment = ?1 AND name = ?2")?
             .query_row(params![d.key.environment, d.key.name], |r| r.get(0))
             .optional()?;
+        // Unchanged is what the receiver keeps, not the bytes: a release that adds a field
+        // re-sends nothing (`Deployment::unchanged_from`).
         let unchanged = !force
             && match &pending {
-                Some(p) => *p == body,
+                Some(p) => d.unchanged_from(p),
                 None => self
                     .last_delivered(&d.key)?
-                    .is_some_and(|sent| sent == body),
+                    .is_some_and(|sent| d.unchanged_from(&sent)),
             };
         if unchanged {
             return Ok(false);
@@ -601,7 +618,7 @@ fn fail(command: Command, error: &str) {
         Command::Enqueue(_, r) => drop(r.send(Err(e))),
         Command::Due { reply, .. } => drop(reply.send(Err(e))),
         Command::Stats(r) => drop(r.send(Err(e))),
-        Command::Flush(r) => drop(r.send(Err(e))),
+        Command::Flush(r) | Command::Settings(_, r) => drop(r.send(Err(e))),
         Command::Settle(..) | Command::ResetBackoff | Command::Evidence(..) => {}
     }
 }

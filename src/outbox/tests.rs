@@ -351,6 +351,146 @@ fn a_queue_of_schema_1_is_migrated_and_keeps_what_it_delivered() {
     );
 }
 
+/// A queue file as the release before `container.since` (and before arm64's `v8`) left it:
+/// schema 1, and the bodies it sent, byte for byte as that release serialised them.
+fn previous_release_queue(dir: &Path) {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    // Running, without `since`; the arm64 one without `variant` and without `container`.
+    let sent = |name: &str, platform: &str, id: Option<&str>| {
+        let container = id.map_or(String::new(), |id| {
+            format!(r#","container":{{"id":"{id}","state":"running"}}"#)
+        });
+        format!(
+            r#"{{"image":{{"url":"example.com/app@sha256:1","name":"{name}"}},"environment":{{"name":"test"}},"platform":{platform}{container}}}"#
+        )
+    };
+    let amd64 = r#"{"os":"linux","architecture":"amd64"}"#;
+    let arm64 = r#"{"os":"linux","architecture":"arm64"}"#;
+    let rows = [
+        ("stops", sent("stops", amd64, Some("c1"))),
+        ("arm", sent("arm", arm64, None)),
+        ("moved", sent("moved", amd64, Some("c2"))),
+        ("stopped", sent("stopped", amd64, Some("c3"))),
+    ];
+    conn.execute_batch(
+        "CREATE TABLE pending (environment TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
+            version INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT, PRIMARY KEY (environment, name)) WITHOUT ROWID;
+         CREATE TABLE delivered (environment TEXT NOT NULL, name TEXT NOT NULL,
+            body TEXT NOT NULL, delivered_ms INTEGER NOT NULL,
+            PRIMARY KEY (environment, name)) WITHOUT ROWID;
+         CREATE TABLE dead (id INTEGER PRIMARY KEY, environment TEXT NOT NULL,
+            name TEXT NOT NULL, body TEXT NOT NULL, status INTEGER NOT NULL,
+            response TEXT NOT NULL, failed_ms INTEGER NOT NULL);
+         CREATE TABLE running (container_id TEXT PRIMARY KEY, environment TEXT NOT NULL,
+            name TEXT NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    for (name, body) in rows {
+        conn.execute(
+            "INSERT INTO delivered VALUES ('test', ?1, ?2, ?3)",
+            rusqlite::params![name, body, crate::clock::now_ms()],
+        )
+        .unwrap();
+    }
+}
+
+/// `deployment(name, "1")` as this release reports it with `--report-stops`: running since
+/// its start.
+fn running(name: &str, id: &str) -> Deployment {
+    Deployment {
+        container: Some(crate::deployment::ContainerStatus {
+            id: id.into(),
+            state: crate::deployment::ContainerState::Running,
+            exit_code: None,
+            since: Some("2026-11-28T23:27:04.422003518Z".into()),
+        }),
+        ..deployment(name, "1")
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_re_sends_nothing_the_receiver_already_keeps() {
+    let dir = tempdir();
+    previous_release_queue(&dir);
+    let outbox = open(&dir);
+    // The bodies gained `since` and arm64's `v8`: the receiver keeps the same either way.
+    let arm = Deployment {
+        platform: Platform::new("linux", "arm64", None),
+        ..deployment("arm", "1")
+    };
+    let out = outbox
+        .enqueue(batch(vec![running("stops", "c1"), arm]))
+        .await
+        .unwrap();
+    assert_eq!((out.queued, out.unchanged), (0, 2));
+    assert!(outbox.due(10, false).await.unwrap().0.is_empty());
+    // What the receiver keeps did change: another container under the name, a stop, a
+    // digest. Each is sent.
+    let stopped = running("stopped", "c3").stopped(Some(0), None);
+    let out = outbox
+        .enqueue(batch(vec![
+            running("moved", "c9"),
+            stopped,
+            deployment("arm", "2"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!((out.queued, out.unchanged), (3, 0));
+}
+
+#[tokio::test]
+async fn a_new_start_of_the_same_container_is_sent_when_both_say_since_when() {
+    let dir = tempdir();
+    let outbox = open(&dir);
+    outbox
+        .enqueue(batch(vec![running("a", "c1")]))
+        .await
+        .unwrap();
+    let (due, _) = outbox.due(10, true).await.unwrap();
+    outbox.settle(
+        due[0].key.clone(),
+        due[0].version,
+        Settle::Delivered { status: 200 },
+    );
+    // The same container started again (a restart whose stop was coalesced away): a
+    // receiver ordering reports by `since` must see the later start.
+    let mut again = running("a", "c1");
+    again.container.as_mut().unwrap().since = Some("2026-11-29T08:00:00Z".into());
+    let out = outbox.enqueue(batch(vec![again])).await.unwrap();
+    assert_eq!((out.queued, out.unchanged), (1, 0));
+}
+
+#[tokio::test]
+async fn the_settings_that_shape_keys_are_remembered_in_the_queue_file() {
+    let dir = tempdir();
+    previous_release_queue(&dir);
+    // An earlier release's file remembers none.
+    assert_eq!(settings_in(&dir).unwrap(), None);
+    let (outbox, restored) = Outbox::open(Some(&dir), 10, Arc::new(Telemetry::new())).unwrap();
+    assert_eq!(restored.settings, None);
+    let settings = KeySettings {
+        environment: "staging".into(),
+        host_name: "edge-1".into(),
+        ..KeySettings::default()
+    };
+    outbox.remember_settings(&settings).await.unwrap();
+    // Read beside the agent (check), and at the next open.
+    assert_eq!(settings_in(&dir).unwrap().as_ref(), Some(&settings));
+    drop(outbox);
+    let reopened = loop {
+        match Outbox::open(Some(&dir), 10, Arc::new(Telemetry::new())) {
+            Ok((_, restored)) => break restored,
+            Err(OutboxError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(reopened.settings, Some(settings));
+}
+
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "deploytrack-outbox-{}-{}",

@@ -124,7 +124,11 @@ fn invalid_values_exit_64_naming_the_setting() {
     let cases: &[(&str, &[u8], &str)] = &[
         ("not-toml.toml", b"this is not = = toml [", "--config"),
         ("binary.toml", b"\x00\xff\xfe\x01garbage", "--config"),
-        ("bool-as-string.toml", b"dry_run = \"yes\"\n", "key dry_run"),
+        (
+            "bool-as-string.toml",
+            b"dry_run = \"maybe\"\n",
+            "key dry_run",
+        ),
         (
             "string-not-list.toml",
             b"label_selector = \"a=b\"\n",
@@ -322,8 +326,8 @@ fn command_line_errors_keep_their_subject_in_one_line() {
         ),
         (
             &["run"],
-            &[("DEPLOYTRACK_DRY_RUN", "1")],
-            "invalid value '1' for '--dry-run [<BOOL>]' (from the environment variable DEPLOYTRACK_DRY_RUN); [possible values: true, false]",
+            &[("DEPLOYTRACK_DRY_RUN", "maybe")],
+            "invalid value 'maybe' for '--dry-run [<BOOL>]' (from the environment variable DEPLOYTRACK_DRY_RUN); [possible values: true, false, 1, 0, yes, no]",
         ),
         (
             &["queue", "--state-dir", "/nonexistent", "purge"],
@@ -501,4 +505,418 @@ fn a_queue_the_user_cannot_read_is_a_permission_problem() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn agent_only_flags_on_one_shot_commands_exit_64_naming_the_flag() {
+    let out = Scope::command_only(&[
+        "report",
+        "--image",
+        PINNED,
+        "--dry-run",
+        "--report-stops",
+        "--listen",
+        "127.0.0.1:9464",
+        "--label-selector",
+        "app=web",
+        "--name-template",
+        "{host}/{container}",
+    ]);
+    assert_usage_error(
+        &out,
+        "report does not take --report-stops: it is a setting of `run` and `sync`",
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    let out = Scope::command_only(&["check", "--listen", "127.0.0.1:9464"]);
+    assert_usage_error(
+        &out,
+        "check does not take --listen: it is a setting of `run` only",
+    );
+    let out = Scope::command_only(&["sync", "--once", "--resync-interval", "1m"]);
+    assert_usage_error(
+        &out,
+        "sync does not take --resync-interval: it is a setting of `run` only",
+    );
+    // Each command's help lists what it takes, and nothing of the agent's.
+    for (command, takes, not) in [
+        (
+            "report",
+            &["--url", "--image", "--platform", "--retry-max"][..],
+            &[
+                "--listen",
+                "--report-stops",
+                "--label-selector",
+                "--name-template",
+                "--state-dir",
+                "--docker-host",
+                "--concurrency",
+            ][..],
+        ),
+        (
+            "check",
+            &["--url", "--docker-host", "--state-dir", "--host-name"][..],
+            &[
+                "--listen",
+                "--report-stops",
+                "--concurrency",
+                "--retry-max",
+                "--resync-interval",
+            ][..],
+        ),
+        (
+            "sync",
+            &["--once", "--url", "--report-stops", "--concurrency"][..],
+            &["--listen", "--resync-interval", "--shutdown-timeout"][..],
+        ),
+    ] {
+        let out = Scope::command_only(&[command, "--help"]);
+        assert!(out.status.success(), "{}", out.stderr);
+        for flag in takes {
+            assert!(
+                out.stdout.contains(&format!("{flag} ")),
+                "{command}: {flag}\n{}",
+                out.stdout
+            );
+        }
+        for flag in not {
+            assert!(
+                !out.stdout.contains(flag),
+                "{command}: {flag}\n{}",
+                out.stdout
+            );
+        }
+    }
+    // The agent's own variables, set where a one-shot command runs too (a Compose service
+    // that `docker compose exec ... check` runs in), are not the command's: no error.
+    let out = with_env(
+        &["check", "--docker-host", "unix:///nonexistent/docker.sock"],
+        &[
+            ("DEPLOYTRACK_LISTEN", "0.0.0.0:9464"),
+            ("DEPLOYTRACK_REPORT_STOPS", "1"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stdout.contains("FAIL engine"), "{}", out.stdout);
+}
+
+#[test]
+fn report_platforms_are_those_docker_knows_with_their_aliases() {
+    let report = |platform: &str| {
+        Scope::command_only(&[
+            "report",
+            "--dry-run",
+            "--image",
+            PINNED,
+            "--platform",
+            platform,
+        ])
+    };
+    for (given, arch, variant) in [
+        ("aarch64", "arm64", Some("v8")),
+        ("linux/x86_64", "amd64", None),
+        ("armhf", "arm", Some("v7")),
+        ("linux/arm/7", "arm", Some("v7")),
+    ] {
+        let out = report(given);
+        assert!(out.status.success(), "{given}: {}", out.stderr);
+        let body: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(body["platform"]["architecture"], arch, "{given}");
+        assert_eq!(body["platform"]["variant"].as_str(), variant, "{given}");
+    }
+    let out = report("linux/amd65");
+    assert_usage_error(
+        &out,
+        "invalid --platform: \"linux/amd65\": \"amd65\" is not an architecture Docker knows",
+    );
+    let out = report("linux/arm/v9");
+    assert_usage_error(&out, "\"v9\" is not a variant of arm");
+}
+
+#[test]
+fn one_rule_per_value_whatever_its_source() {
+    let dir = scratch("one-rule");
+    // Yes or no: the same words from the flag, the environment and the file.
+    for env in [("DEPLOYTRACK_DRY_RUN", "1"), ("DEPLOYTRACK_DRY_RUN", "yes")] {
+        let out = with_env(&["report", "--image", PINNED], &[env]);
+        assert!(out.status.success(), "{env:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("dry run: deployment printed"),
+            "{}",
+            out.stderr
+        );
+    }
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "dry_run = \"yes\"\n").unwrap();
+    let out = Scope::command_only(&[
+        "--config",
+        file.to_str().unwrap(),
+        "report",
+        "--image",
+        PINNED,
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let out = Scope::command_only(&["report", "--image", PINNED, "--dry-run", "No"]);
+    assert_usage_error(&out, "invalid --url: report needs the endpoint");
+    // The environment: no space at either end, from any source.
+    let out = Scope::command_only(&[
+        "report",
+        "--dry-run",
+        "--image",
+        PINNED,
+        "--environment",
+        " prod ",
+    ]);
+    assert_usage_error(
+        &out,
+        "invalid --environment: \" prod \" begins or ends with a space",
+    );
+    let out = with_env(
+        &["report", "--dry-run", "--image", PINNED],
+        &[("DEPLOYTRACK_ENVIRONMENT", "prod ")],
+    );
+    assert_usage_error(
+        &out,
+        "invalid DEPLOYTRACK_ENVIRONMENT: \"prod \" begins or ends with a space",
+    );
+    std::fs::write(&file, "environment = \" prod\"\n").unwrap();
+    let out = Scope::command_only(&[
+        "--config",
+        file.to_str().unwrap(),
+        "report",
+        "--dry-run",
+        "--image",
+        PINNED,
+    ]);
+    assert_usage_error(
+        &out,
+        "key environment: \" prod\" begins or ends with a space",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn one_authorization_header_a_password_in_the_url_beside_a_token_is_refused() {
+    let out = with_env(
+        &[
+            "report",
+            "--image",
+            PINNED,
+            "--url",
+            "https://deploy:pa55word@example.com/hook",
+        ],
+        &[("DEPLOYTRACK_TOKEN", "tok")],
+    );
+    assert_usage_error(
+        &out,
+        "invalid --url: https://<redacted>@example.com/hook holds a user name and password (user:password@), and the token from DEPLOYTRACK_TOKEN is set: a request would carry both in two Authorization headers; remove user:password@ from the URL",
+    );
+    assert!(!out.stderr.contains("pa55word"), "{}", out.stderr);
+}
+
+#[test]
+fn the_smaller_mistakes_name_their_fix() {
+    let dir = scratch("hints");
+    // A URL without its scheme.
+    let out = Scope::command_only(&[
+        "report",
+        "--image",
+        PINNED,
+        "--url",
+        "webhook.example.com/atomist/resource/1",
+    ]);
+    assert_usage_error(
+        &out,
+        "invalid --url: \"webhook.example.com/atomist/resource/1\" is not a URL: it has no scheme; an endpoint's URL starts with https:// (or http://), as in https://webhook.example.com/atomist/resource/1",
+    );
+    // The token in the config file.
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        "url = \"https://example.com/x\"\ntoken = \"s3cret\"\n",
+    )
+    .unwrap();
+    let out = Scope::command_only(&["--config", file.to_str().unwrap(), "run"]);
+    assert_usage_error(
+        &out,
+        "key token: there is no such setting: the token never goes in the config file; write it to a file of its own (mode 0600) and set token_file = ",
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+    // A queue that is not there.
+    let missing = dir.join("nowhere");
+    let out = Scope::command_only(&["queue", "--state-dir", missing.to_str().unwrap(), "list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "deploytrack: no queue at {}/deploytrack.db: no agent has run with this state dir; give the agent's with --state-dir",
+            missing.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent in a container as packaging/compose.yaml runs it (the host's /var/run at
+/// /host/run, the token as a file secret), but without the socket's group: the errors name
+/// the Compose fix (DOCKER_GID, group_add), not the host's (usermod); with the group, both
+/// work. The binary under test runs in a Debian 12 container as the image's user 65532.
+#[test]
+fn in_a_container_permission_errors_name_the_compose_fix() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    crate::common::ensure_engine();
+    let dir = scratch("compose-fix");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "tok\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let socket_gid = std::fs::metadata("/var/run/docker.sock").unwrap().gid();
+    let binary = env!("CARGO_BIN_EXE_deploytrack");
+    let in_container = |group: Option<u32>, command: &str| {
+        let mount = |from: &str, to: &str| format!("{from}:{to}:ro");
+        let mut args = vec![
+            "run".to_string(),
+            "--rm".into(),
+            "--network".into(),
+            "none".into(),
+            "--label".into(),
+            "deploytrack.enable=false".into(),
+            "--user".into(),
+            "65532:65532".into(),
+            "-v".into(),
+            mount(binary, "/usr/local/bin/deploytrack"),
+            "-v".into(),
+            mount("/var/run", "/host/run"),
+            "-v".into(),
+            mount(token.to_str().unwrap(), "/run/secrets/deploytrack_token"),
+            "-e".into(),
+            "DOCKER_HOST=unix:///host/run/docker.sock".into(),
+            "-e".into(),
+            "DEPLOYTRACK_TOKEN_FILE=/run/secrets/deploytrack_token".into(),
+            "-e".into(),
+            "DEPLOYTRACK_URL=http://127.0.0.1:9/x".into(),
+            "-e".into(),
+            "DEPLOYTRACK_STATE_DIR=/tmp/state".into(),
+        ];
+        if let Some(gid) = group {
+            args.extend(["--group-add".into(), gid.to_string()]);
+        }
+        args.extend([
+            "--entrypoint".into(),
+            "/usr/local/bin/deploytrack".into(),
+            "deploytrack-test/systemd:bookworm".into(),
+            command.into(),
+        ]);
+        let out = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // DOCKER_GID unset: neither the token (root's, 0440) nor the socket can be read.
+    let (code, stdout, _) = in_container(None, "check");
+    assert_eq!(code, Some(1), "{stdout}");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{stdout}"))
+            .to_string()
+    };
+    let token_line = line("FAIL token: invalid DEPLOYTRACK_TOKEN_FILE: cannot read /run/secrets/deploytrack_token: Permission denied");
+    assert!(
+        token_line.contains("(it is owned by 0:0 with mode 440); the agent runs in a container")
+            && token_line.contains("DOCKER_GID")
+            && token_line.contains("group_add"),
+        "{token_line}"
+    );
+    let engine_line = line("FAIL engine: permission denied on the Docker socket /host/run/docker.sock: the agent runs in a container");
+    assert!(
+        engine_line.contains("set DOCKER_GID") && engine_line.contains("group_add"),
+        "{engine_line}"
+    );
+    assert!(!stdout.contains("usermod"), "{stdout}");
+    // The agent itself stops at the token, with the same sentence.
+    let (code, _, stderr) = in_container(None, "run");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("DOCKER_GID") && stderr.contains("group_add"),
+        "{stderr}"
+    );
+    // As INSTALL.md says: the token 0440 in the socket's group, and that group added.
+    std::os::unix::fs::chown(&token, None, Some(socket_gid)).unwrap();
+    let (_, stdout, _) = in_container(Some(socket_gid), "check");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "OK   token: from DEPLOYTRACK_TOKEN_FILE /run/secrets/deploytrack_token"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("OK   engine: reachable at unix:///host/run/docker.sock")),
+        "{stdout}"
+    );
+    // 0440 is what INSTALL.md prescribes: no warning about the token's mode.
+    assert!(!stdout.contains("WARN token"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The .deb's post-install script, run as dpkg runs it (`postinst configure`) in a fresh
+/// Debian 12: it says what comes next until the token exists, and warns when the host has
+/// no `docker` group, without which the unit cannot start.
+#[test]
+fn the_package_says_what_comes_next_and_warns_without_a_docker_group() {
+    crate::common::ensure_engine();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/debian/postinst");
+    let configure = |before: &str| {
+        let out = std::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--label",
+                "deploytrack.enable=false",
+                "-v",
+                &format!("{script}:/postinst:ro"),
+                "--entrypoint",
+                "/bin/sh",
+                "deploytrack-test/systemd:bookworm",
+                "-c",
+                &format!("set -e; {before} sh /postinst configure"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = configure("");
+    assert!(
+        stderr.contains("deploytrack: warning: this host has no 'docker' group, which the service runs in to reach the Docker socket: it cannot start without it (status 216/GROUP)"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.starts_with(
+            "deploytrack is installed and enabled; the service starts once it has its token:\n  1. install -m 0600 /dev/stdin /etc/deploytrack/token"
+        ) && stdout.contains("systemctl start deploytrack"),
+        "{stdout}"
+    );
+    // With the group and the token (an upgrade of a configured host): nothing to say.
+    let (stdout, stderr) = configure(
+        "groupadd -r docker; install -d /etc/deploytrack; echo tok > /etc/deploytrack/token;",
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
 }

@@ -18,12 +18,12 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const CLASSIC: &str = "unix:///var/run/docker.sock";
+pub(crate) const CLASSIC: &str = "unix:///var/run/docker.sock";
 const SYSTEMD_IMAGE: &str = "deploytrack-test/systemd:bookworm";
-const STATE: &str = "/var/lib/deploytrack";
-const NONROOT: u32 = 65532;
+pub(crate) const STATE: &str = "/var/lib/deploytrack";
+pub(crate) const NONROOT: u32 = 65532;
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -77,7 +77,7 @@ fn artifacts() -> &'static Artifacts {
 }
 
 /// Run a command to success; its trimmed stdout.
-fn succeed(mut command: Command) -> String {
+pub(crate) fn succeed(mut command: Command) -> String {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
@@ -90,20 +90,20 @@ fn succeed(mut command: Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn docker_on(host: &str, args: &[&str]) -> Command {
+pub(crate) fn docker_on(host: &str, args: &[&str]) -> Command {
     let mut command = Command::new("docker");
     command.env("DOCKER_HOST", host).args(args);
     command
 }
 
-fn inspect(host: &str, what: &str) -> Value {
+pub(crate) fn inspect(host: &str, what: &str) -> Value {
     let text = succeed(docker_on(host, &["inspect", what]));
     let list: Value = serde_json::from_str(&text).unwrap();
     list[0].clone()
 }
 
 /// A container's log, both streams.
-fn logs(host: &str, id: &str) -> String {
+pub(crate) fn logs(host: &str, id: &str) -> String {
     let out = docker_on(host, &["logs", id]).output().unwrap();
     format!(
         "{}{}",
@@ -112,14 +112,14 @@ fn logs(host: &str, id: &str) -> String {
     )
 }
 
-fn socket_gid(socket: &Path) -> u32 {
+pub(crate) fn socket_gid(socket: &Path) -> u32 {
     std::fs::metadata(socket)
         .unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
         .gid()
 }
 
 /// The token as an operator gives it to a Compose service: mode 0440, the socket's group.
-fn group_token_file(scope: &Scope, gid: u32) -> PathBuf {
+pub(crate) fn group_token_file(scope: &Scope, gid: u32) -> PathBuf {
     let path = scope.token_file();
     std::os::unix::fs::chown(&path, Some(0), Some(gid)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
@@ -181,7 +181,7 @@ fn process_ids(pid: u64) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
 /// What every agent container is, however it was started: not root, in the socket's group,
 /// a read-only root file system, and its queue in the named volume, which a fresh volume
 /// made writable for it by taking the image directory's owner and mode.
-fn check_agent_container(host: &str, id: &str, socket_gid: u32, volume: &str) {
+pub(crate) fn check_agent_container(host: &str, id: &str, socket_gid: u32, volume: &str) {
     let container = inspect(host, id);
     assert_eq!(container["State"]["Running"], true, "{container}");
     assert_eq!(
@@ -255,7 +255,7 @@ async fn reports_others_not_itself(
 }
 
 /// No report names the agent's own container.
-fn assert_not_reported(receiver: &Receiver, container_name: &str) {
+pub(crate) fn assert_not_reported(receiver: &Receiver, container_name: &str) {
     let own = format!("/{}", container_name.trim_start_matches('/'));
     let got: Vec<String> = receiver
         .received()
@@ -276,12 +276,105 @@ fn count(receiver: &Receiver, name: &str) -> usize {
         .count()
 }
 
-async fn admin_ready(listen: std::net::SocketAddr) {
+pub(crate) async fn admin_ready(listen: std::net::SocketAddr) {
     eventually_async("the agent's /readyz", || async move {
         let answer = reqwest::get(format!("http://{listen}/readyz")).await.ok()?;
         answer.status().is_success().then_some(())
     })
     .await;
+}
+
+/// An image's files, as `docker export` of a container of it (created, never started)
+/// writes them: the tar, kept to read files out of, and its listing.
+pub(crate) struct ImageFiles {
+    tar: PathBuf,
+    listing: String,
+}
+
+impl ImageFiles {
+    pub(crate) fn export(host: &str, image: &str, dir: &Path) -> ImageFiles {
+        let id = succeed(docker_on(
+            host,
+            &[
+                "create",
+                "--label",
+                &format!("{RUN_LABEL}=image-contract"),
+                image,
+            ],
+        ));
+        let tar = dir.join(format!("export-{id}.tar"));
+        let mut export = docker_on(host, &["export", "-o", tar.to_str().unwrap(), &id]);
+        let exported = export.output().unwrap();
+        let _ = docker_on(host, &["rm", "-f", &id]).output();
+        assert!(
+            exported.status.success(),
+            "docker export of {image}: {}",
+            String::from_utf8_lossy(&exported.stderr)
+        );
+        let mut list = Command::new("tar");
+        list.args(["-tv", "--numeric-owner", "-f"]).arg(&tar);
+        let listing = succeed(list);
+        ImageFiles { tar, listing }
+    }
+
+    /// The mode string and owner of `path` ("drwx------", "65532/65532"), if it is there.
+    pub(crate) fn entry(&self, path: &str) -> Option<(String, String)> {
+        // "drwx------ 65532/65532 0 2026-01-01 00:00 var/lib/deploytrack/"
+        self.listing.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let name = fields.get(5)?.trim_end_matches('/');
+            (name == path).then(|| (fields[0].to_string(), fields[1].to_string()))
+        })
+    }
+
+    /// The content of a regular file.
+    pub(crate) fn read(&self, path: &str) -> Vec<u8> {
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&self.tar)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path} is not in the image");
+        out.stdout
+    }
+
+    /// The files of the contract: the state directory, the CA certificates, no shell, and
+    /// the dpkg status entries.
+    pub(crate) fn keep_the_contract(&self) {
+        assert_eq!(
+            self.entry("var/lib/deploytrack"),
+            Some(("drwx------".into(), "65532/65532".into())),
+            "the state directory"
+        );
+        let certs = self
+            .entry("etc/ssl/certs/ca-certificates.crt")
+            .expect("no CA certificates");
+        assert!(certs.0.starts_with('-'), "{certs:?}");
+        for shell in [
+            "bin/sh",
+            "usr/bin/sh",
+            "bin/bash",
+            "usr/bin/bash",
+            "bin/busybox",
+        ] {
+            assert_eq!(self.entry(shell), None, "{shell} is in the image");
+        }
+        for package in ["libc6", "libgcc-s1", "ca-certificates"] {
+            assert!(
+                self.entry(&format!("var/lib/dpkg/status.d/{package}"))
+                    .is_some(),
+                "no dpkg status entry for {package}:\n{}",
+                self.listing
+            );
+        }
+    }
+}
+
+impl Drop for ImageFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tar);
+    }
 }
 
 // ------------------------------------------------------------------------------- the image
@@ -319,57 +412,8 @@ fn image_keeps_its_contract() {
     }
 
     // The files, as `docker export` of a container of it lists them.
-    let id = succeed(docker_on(
-        CLASSIC,
-        &[
-            "create",
-            "--label",
-            &format!("{RUN_LABEL}=image-contract"),
-            &artifacts.image,
-        ],
-    ));
-    let mut export = docker_on(CLASSIC, &["export", &id])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let listing = Command::new("tar")
-        .args(["-tv", "--numeric-owner"])
-        .stdin(export.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    let _ = export.wait();
-    let _ = docker_on(CLASSIC, &["rm", "-f", &id]).output();
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    // "drwx------ 65532/65532 0 2026-01-01 00:00 var/lib/deploytrack/"
-    let entry = |path: &str| -> Option<(String, String)> {
-        listing.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let name = fields.get(5)?.trim_end_matches('/');
-            (name == path).then(|| (fields[0].to_string(), fields[1].to_string()))
-        })
-    };
-    assert_eq!(
-        entry("var/lib/deploytrack"),
-        Some(("drwx------".into(), "65532/65532".into())),
-        "the state directory"
-    );
-    let certs = entry("etc/ssl/certs/ca-certificates.crt").expect("no CA certificates");
-    assert!(certs.0.starts_with('-'), "{certs:?}");
-    for shell in [
-        "bin/sh",
-        "usr/bin/sh",
-        "bin/bash",
-        "usr/bin/bash",
-        "bin/busybox",
-    ] {
-        assert_eq!(entry(shell), None, "{shell} is in the image");
-    }
-    for package in ["libc6", "libgcc-s1", "ca-certificates"] {
-        assert!(
-            entry(&format!("var/lib/dpkg/status.d/{package}")).is_some(),
-            "no dpkg status entry for {package}:\n{listing}"
-        );
-    }
+    let files = ImageFiles::export(CLASSIC, &artifacts.image, &std::env::temp_dir());
+    files.keep_the_contract();
     // The status entries are dpkg's own, so scanners read a package and its version.
     let run = docker_on(
         CLASSIC,
@@ -474,7 +518,7 @@ fn dockerfile_declares_the_same_contract() {
 
 /// A Compose project of packaging/compose.yaml and a test override. Dropping it tears it
 /// down with its volume, the way an operator would: with no variable set.
-struct ComposeProject {
+pub(crate) struct ComposeProject {
     name: String,
     host: String,
     override_file: PathBuf,
@@ -484,7 +528,12 @@ struct ComposeProject {
 }
 
 impl ComposeProject {
-    fn new(scope: &Scope, host: &str, override_yaml: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn new(
+        scope: &Scope,
+        host: &str,
+        override_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let override_file = scope.dir.join("compose.override.yaml");
         std::fs::write(&override_file, override_yaml).unwrap();
         ComposeProject {
@@ -530,14 +579,14 @@ impl ComposeProject {
         command
     }
 
-    fn up(&self, extra: &[&str]) {
+    pub(crate) fn up(&self, extra: &[&str]) {
         let mut args = vec!["up", "-d", "--quiet-pull"];
         args.extend_from_slice(extra);
         succeed(self.command(true, &args));
     }
 
     /// The running agent container's id, once there is exactly one.
-    async fn container(&self, not: Option<&str>) -> String {
+    pub(crate) async fn container(&self, not: Option<&str>) -> String {
         eventually("the agent container", || {
             let out = docker_on(
                 &self.host,
@@ -557,7 +606,7 @@ impl ComposeProject {
         .await
     }
 
-    fn volume(&self) -> String {
+    pub(crate) fn volume(&self) -> String {
         format!("{}_deploytrack-state", self.name)
     }
 

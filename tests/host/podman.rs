@@ -356,3 +356,167 @@ async fn podman58_starts_stops_and_reconciliation_are_reported() {
 async fn podman61_starts_stops_and_reconciliation_are_reported() {
     starts_stops_and_reconciliation_are_reported(Podman::V6, RunAs::TestUser).await;
 }
+
+/// `podman run -d` of `image` with the scope's label.
+fn podman_run_image(engine: Podman, label: &str, name: &str, image: &str) {
+    engine.podman(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--label",
+        label,
+        "--name",
+        name,
+        image,
+    ]);
+}
+
+/// Removes the test's own image names from that Podman, also when the test fails.
+struct PodmanImages(Podman, Vec<String>);
+
+impl Drop for PodmanImages {
+    fn drop(&mut self) {
+        for image in &self.1 {
+            let _ = self.0.cli().args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+/// Only a repository the registry shows to hold the digest is named: a local image (which
+/// Podman gives a repo digest for its local name) is skipped, a second local name of a
+/// pulled image is reported as the registry's repository, and an arm64 image as `v8`.
+async fn only_what_a_registry_holds_is_reported(engine: Podman) {
+    let scope = Scope::new(&format!("podevidence-{engine:?}").to_lowercase());
+    engine.ensure_up();
+    let _cleanup = PodmanScope(engine, scope.selector());
+    let label = scope.selector();
+    let unique = scope.name("x");
+    let local = format!("localhost:5001/deploytrack-test/podlocal-{unique}:1");
+    let alias = format!("127.0.0.1:5001/deploytrack-test/podalias-{unique}:1");
+    let _images = PodmanImages(engine, vec![local.clone(), alias.clone()]);
+    // A local image: a busybox rootfs, imported, never pushed.
+    let rootfs = scope.dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    std::fs::write(rootfs.join("marker"), &unique).unwrap();
+    let tar = scope.dir.join("rootfs.tar");
+    run_ok(
+        "tar",
+        &[
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+        None,
+    );
+    let out = engine
+        .cli()
+        .args([
+            "import",
+            "--change",
+            r#"CMD ["/bin/sleep","3600"]"#,
+            "-",
+            &local,
+        ])
+        .stdin(std::fs::File::open(&tar).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digests = |image: &str| {
+        engine.podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{join .RepoDigests \" \"}}",
+            image,
+        ])
+    };
+    // The hazard: a repo digest for a repository that never held the image.
+    assert!(
+        digests(&local).contains("localhost:5001/deploytrack-test/podlocal-"),
+        "{}",
+        digests(&local)
+    );
+    engine.podman(&["tag", APP1, &alias]);
+    engine.podman(&["pull", "-q", "--tls-verify=false", ARM1]);
+
+    let receiver = Receiver::start().await;
+    let host = engine.host();
+    let agent = scope.agent(&receiver.url(), &["--docker-host", host.as_str()]);
+    agent.ready().await;
+    let (on_local, on_alias, on_arm) =
+        (scope.name("local"), scope.name("alias"), scope.name("arm"));
+    podman_run_image(engine, &label, &on_local, &local);
+    podman_run_image(engine, &label, &on_alias, &alias);
+    podman_run_image(engine, &label, &on_arm, ARM1);
+    let receiver = &receiver;
+    let report = |name: &str| {
+        let suffix = format!("/{name}");
+        move || {
+            receiver
+                .accepted()
+                .into_iter()
+                .find(|r| r.name().ends_with(&suffix))
+        }
+    };
+    let alias_report =
+        eventually("the second local name of a pulled image", report(&on_alias)).await;
+    let app = digests(APP1)
+        .split_whitespace()
+        .find(|d| d.starts_with("localhost:5000/deploytrack-test/app@"))
+        .expect("podman has the app digest")
+        .to_string();
+    assert_eq!(
+        alias_report.url(),
+        app,
+        "the registry's repository, not the local name"
+    );
+    let arm_report = eventually("the arm64 container", report(&on_arm)).await;
+    assert!(
+        arm_report
+            .url()
+            .starts_with("localhost:5000/deploytrack-test/arm@"),
+        "{}",
+        arm_report.url()
+    );
+    assert_eq!(
+        arm_report.body["platform"],
+        serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})
+    );
+    agent
+        .logged("the local image skipped", |l| {
+            l.contains("no evidence that a registry holds this image") && l.contains("podlocal-")
+        })
+        .await;
+    assert!(
+        report(&on_local)().is_none(),
+        "the local image was reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_reports_only_what_a_registry_holds() {
+    only_what_a_registry_holds_is_reported(Podman::V4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman58_reports_only_what_a_registry_holds() {
+    only_what_a_registry_holds_is_reported(Podman::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman61_reports_only_what_a_registry_holds() {
+    only_what_a_registry_holds_is_reported(Podman::V6).await;
+}

@@ -377,7 +377,7 @@ async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() 
     }
     assert!(
         agent.stderr().contains(
-            "the label deploytrack.enable=\"maybe\" is neither true nor false; such containers are treated as unlabelled (use true or false)"
+            "the label deploytrack.enable=\"maybe\" is neither yes nor no; such containers are treated as unlabelled (use true, false, 1, 0, yes or no)"
         ),
         "{}",
         agent.stderr()
@@ -393,6 +393,87 @@ async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() 
         .unwrap();
     // Nothing was sent, so nothing is called queued (replayed events add to unchanged).
     assert!(line.contains("running=2 queued=0 unchanged="), "{line}");
+}
+
+/// A `deploytrack.environment` label that breaks the rule of `--environment` (a tab, a
+/// space at either end): one warning naming the container and the label, however often the
+/// container is seen, and the report goes to the default environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_label_that_breaks_the_rule_is_named_once_and_the_default_applies() {
+    let scope = Scope::new("envlabel");
+    let receiver = Receiver::start().await;
+    let host = engine_host_name();
+    let tabbed = scope.name("tabbed");
+    let spaced = scope.name("spaced");
+    scope.run(
+        &[
+            "--name",
+            &tabbed,
+            "--label",
+            "deploytrack.environment=prod\t",
+        ],
+        APP1,
+    );
+    let listen = unused_addr();
+    let listen_text = listen.to_string();
+    let agent = scope.agent(
+        &receiver.url(),
+        &["--environment", "staging", "--listen", &listen_text],
+    );
+    let got = receiver
+        .accepted_report("the tabbed container", &format!("{host}/{tabbed}"))
+        .await;
+    assert_eq!(got.environment(), "staging");
+    scope.run(
+        &[
+            "--name",
+            &spaced,
+            "--label",
+            "deploytrack.environment= prod",
+        ],
+        APP1,
+    );
+    let got = receiver
+        .accepted_report("the spaced container", &format!("{host}/{spaced}"))
+        .await;
+    assert_eq!(got.environment(), "staging");
+    // Resolved again after a restart (unchanged: nothing sent): still one warning each.
+    docker(&["restart", "-t", "0", &tabbed]);
+    eventually_async("the restart resolved as unchanged", || async {
+        metric(listen, "deploytrack_reports_unchanged_total")
+            .await
+            .filter(|n| *n >= 1.0)
+    })
+    .await;
+    let warned = |name: &str| {
+        agent
+            .stderr()
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains(
+                        "the label deploytrack.environment of the container is not an environment name",
+                    )
+                    && l.contains(&format!("container={name}"))
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let tab = warned(&tabbed);
+    assert_eq!(tab.len(), 1, "{}", agent.stderr());
+    assert!(
+        tab[0].contains(r#"not an environment name: "prod\t" holds control characters; reported under the default environment"#)
+            && tab[0].ends_with("environment=staging"),
+        "{}",
+        tab[0]
+    );
+    let space = warned(&spaced);
+    assert_eq!(space.len(), 1, "{}", agent.stderr());
+    assert!(
+        space[0].contains(r#"" prod" begins or ends with a space"#),
+        "{}",
+        space[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

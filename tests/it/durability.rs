@@ -146,7 +146,7 @@ async fn a_refused_report_is_dead_lettered_and_can_be_retried() {
     let dead = eventually("the dead letter", || {
         let out = scope.command(&["queue", "dead", "--state-dir", state]);
         out.stdout
-            .starts_with("1 dead letters")
+            .starts_with("1 dead letter\n")
             .then_some(out.stdout)
     })
     .await;
@@ -162,7 +162,7 @@ async fn a_refused_report_is_dead_lettered_and_can_be_retried() {
     receiver.clear_per_name();
     let out = scope.command(&["queue", "retry", "--state-dir", state]);
     assert!(
-        out.stdout.contains("1 dead letters moved back"),
+        out.stdout.contains("1 dead letter moved back"),
         "{}",
         out.stdout
     );

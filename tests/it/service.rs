@@ -54,8 +54,7 @@ async fn admin_endpoints_report_health_metrics_and_deployments() {
     // Counted once committed, which may follow the delivery by up to a second.
     let metrics = eventually_async("the metrics of one report and one skip", || async {
         let (status, metrics) = get(&format!("{base}/metrics")).await;
-        (status == 200 && want.iter().all(|w| metrics.lines().any(|l| l == *w)))
-            .then_some(metrics)
+        (status == 200 && want.iter().all(|w| metrics.lines().any(|l| l == *w))).then_some(metrics)
     })
     .await;
     assert!(metrics.contains("deploytrack_last_delivery_timestamp_seconds"));
@@ -308,6 +307,129 @@ async fn check_reports_each_check() {
     );
 }
 
+/// `check` probes the endpoint with a POST of a report the API must refuse (no image.url):
+/// nothing is recorded, a refusal is the healthy answer, an endpoint that takes it is a
+/// warning. Every check runs, whatever failed before it, and one line sums them up.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_probes_without_side_effects_and_runs_every_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let scope = Scope::new("probe");
+    let receiver = Receiver::start().await;
+    let token = scope.token_file();
+    let state = scope.state_dir();
+    let url = receiver.url();
+    // Only this test's containers (none): the others' images are no business of its lines.
+    let selector = scope.selector();
+    let check = |token: &std::path::Path| {
+        scope.command(&[
+            "check",
+            "--url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+        ])
+    };
+    let out = check(&token);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines.contains(&format!("OK   endpoint: {url} is there: it read the probe (a report without image.url) and refused it (400), as it must, without refusing the token").as_str()),
+        "{}",
+        out.stdout
+    );
+    let oks = lines.iter().filter(|l| l.starts_with("OK")).count();
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("all {oks} checks OK").as_str()),
+        "{}",
+        out.stdout
+    );
+    let probes = receiver.received();
+    assert_eq!(probes.len(), 1, "{probes:#?}");
+    assert_eq!(probes[0].method, "POST");
+    assert_eq!(
+        probes[0].authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert!(probes[0].url().is_empty(), "{:?}", probes[0].body);
+    assert!(receiver.accepted().is_empty());
+    assert!(!state.exists(), "check created the state dir");
+
+    // An endpoint that takes an invalid report: a warning, not a failure.
+    receiver.accept_invalid(true);
+    let out = check(&token);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with(&format!(
+            "WARN endpoint: {url} accepted the probe, a report without image.url (200)"
+        ))),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .ends_with("checks OK, 1 warning"),
+        "{}",
+        out.stdout
+    );
+    receiver.accept_invalid(false);
+
+    // A token every user can read: its own WARN line beside the OK of its source.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&token);
+    assert!(out.status.success(), "{}", out.stdout);
+    let warned = format!(
+        "WARN token: the token file {} is readable by every user (mode 644): chmod o-r {}",
+        token.display(),
+        token.display()
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with(&warned)),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stderr.contains("readable by every user"),
+        "{}",
+        out.stderr
+    );
+
+    // An empty token file fails its line; the engine, the state dir and the endpoint are
+    // still checked, and the endpoint is not sent a request without a token.
+    let empty = scope.dir.join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let before = receiver.received().len();
+    let out = check(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    for prefix in [
+        "OK   config:",
+        "FAIL token: invalid --token-file: the token from --token-file",
+        "OK   engine: reachable at",
+        "OK   state dir:",
+        "FAIL endpoint:",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(prefix)),
+            "no {prefix:?} in:\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        lines.last().unwrap_or(&"").starts_with("2 checks failed, "),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(receiver.received().len(), before);
+}
+
 #[test]
 fn man_page_and_completions_come_from_the_cli() {
     let out = Scope::command_only(&["man"]);
@@ -401,4 +523,108 @@ async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it() {
         )
         .await;
     assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
+}
+
+/// A state dir remembers the settings that shape names: a `sync --once` whose settings
+/// differ refuses, naming both values, unless told to go on; `check` shows the difference;
+/// the agent says it once at start and remembers the new settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_remembers_the_settings_that_shape_names() {
+    let scope = Scope::new("settings");
+    let receiver = Receiver::start().await;
+    let url = receiver.url();
+    let state = scope.state_dir();
+    scope.run(&["--name", &scope.name("web")], APP1);
+    let mut agent = scope.agent(&url, &["--environment", "staging"]);
+    eventually("the report under staging", || {
+        (receiver.accepted().len() == 1).then_some(())
+    })
+    .await;
+    agent.stop().await;
+
+    // An operator's sync that forgets --environment: refused, nothing sent.
+    let out = scope.sync_once(&url, &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+    let refusal = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        refusal,
+        format!(
+            "deploytrack: sync refused: the state dir {} last delivered with --environment \"staging\", and this sync has --environment \"deployed\": its reports would open new streams at the endpoint, which keeps every stream it was ever sent; give the same settings, or pass --accept-settings to deliver with these and remember them",
+            state.display()
+        )
+    );
+    assert_eq!(receiver.received().len(), 1, "{:#?}", receiver.received());
+
+    // `check` shows it, and agrees when the settings are the same.
+    let token = scope.token_file();
+    let selector = scope.selector();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--url",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--label-selector",
+            &selector,
+        ];
+        args.extend_from_slice(extra);
+        scope.command(&args).stdout
+    };
+    let out = check(&[]);
+    let warned = format!(
+        "WARN settings: {} last delivered with --environment \"staging\", and these have --environment \"deployed\": ",
+        state.display()
+    );
+    assert!(out.lines().any(|l| l.starts_with(&warned)), "{out}");
+    let out = check(&["--environment", "staging"]);
+    let same = format!(
+        "OK   settings: those {} last delivered with: --environment \"staging\", --name-template (the default), --host-name {:?}, --require-label false, --label-selector {selector:?}",
+        state.display(),
+        engine_host_name()
+    );
+    assert!(out.lines().any(|l| l == same), "{out}");
+
+    // Told to go on, it delivers under the new settings and remembers them.
+    let out = scope.sync_once(&url, &["--accept-settings"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        receiver
+            .accepted()
+            .iter()
+            .any(|r| r.environment() == "deployed"),
+        "{:#?}",
+        receiver.accepted()
+    );
+
+    // The agent back on staging: one warning at start, with both values, then nothing more.
+    let changed = format!(
+        "the settings that shape report names changed since the state dir {} last delivered: --environment \"deployed\" before, --environment \"staging\" now",
+        state.display()
+    );
+    let mut agent = scope.agent(&url, &["--environment", "staging"]);
+    agent.ready().await;
+    let said = agent
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(&changed))
+        .count();
+    assert_eq!(said, 1, "{}", agent.stderr());
+    assert!(agent
+        .stderr()
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains(&changed)));
+    agent.stop().await;
+    let mut agent = scope.agent(&url, &["--environment", "staging"]);
+    agent.ready().await;
+    assert!(
+        !agent.stderr().contains("settings that shape"),
+        "{}",
+        agent.stderr()
+    );
+    agent.stop().await;
+    let out = scope.sync_once(&url, &["--environment", "staging"]);
+    assert!(out.status.success(), "{}", out.stderr);
 }

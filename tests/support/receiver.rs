@@ -97,6 +97,9 @@ struct State {
     default: Answer,
     /// Bodies whose image.name equals this get this answer, always.
     per_name: Vec<(String, Answer)>,
+    /// Take a report without `image.url` as any other (a lenient endpoint); by default it is
+    /// refused with 400, as the API requires the field.
+    accept_invalid: bool,
 }
 
 /// Ends the accept loop when the last handle to the receiver is dropped.
@@ -178,6 +181,7 @@ impl Receiver {
             script: VecDeque::new(),
             default: Answer::status(200),
             per_name: Vec::new(),
+            accept_invalid: false,
         }));
         let (distinct_tx, distinct) = watch::channel(0usize);
         let distinct_tx = Arc::new(distinct_tx);
@@ -232,6 +236,11 @@ impl Receiver {
 
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
         self.state.lock().unwrap().script.extend(answers);
+    }
+
+    /// Accept reports without `image.url` too, as a lenient endpoint would.
+    pub fn accept_invalid(&self, accept: bool) {
+        self.state.lock().unwrap().accept_invalid = accept;
     }
 
     pub fn answer_for_name(&self, name: &str, answer: Answer) {
@@ -396,6 +405,8 @@ async fn handle(
             (name, body)
         }
     };
+    // What the API requires; checked only where the tests keep bodies (not the benchmarks').
+    let invalid = keep == Keep::Everything && method == "POST" && body["image"]["url"].is_null();
     let answer = {
         let mut s = state.lock().unwrap();
         let answer = s
@@ -405,6 +416,14 @@ async fn handle(
             .map(|(_, a)| a.clone())
             .or_else(|| s.script.pop_front())
             .unwrap_or_else(|| s.default.clone());
+        // An endpoint that takes the report otherwise refuses it for the missing field.
+        let answer = match answer.status {
+            200..=299 if invalid && !s.accept_invalid => Answer {
+                body: r#"{"error":"image.url is required"}"#.into(),
+                ..Answer::status(400)
+            },
+            _ => answer,
+        };
         s.requests += 1;
         if s.keep == Keep::Everything {
             s.received.push(Received {
