@@ -450,12 +450,13 @@ async fn only_what_a_registry_holds_is_reported(engine: Podman) {
         digests(&local)
     );
     engine.podman(&["tag", APP1, &alias]);
-    engine.podman(&["pull", "-q", "--tls-verify=false", ARM1]);
 
     let receiver = Receiver::start().await;
     let host = engine.host();
     let agent = scope.agent(&receiver.url(), &["--docker-host", host.as_str()]);
     agent.ready().await;
+    // Pulled while the agent runs.
+    engine.podman(&["pull", "-q", "--tls-verify=false", ARM1]);
     let (on_local, on_alias, on_arm) =
         (scope.name("local"), scope.name("alias"), scope.name("arm"));
     podman_run_image(engine, &label, &on_local, &local);
