@@ -170,21 +170,7 @@ impl Drop for PodmanScope {
 
 /// `podman run -d` of APP1 with the scope's label.
 fn podman_run(engine: Podman, label: &str, name: &str) {
-    engine.podman(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--label",
-        label,
-        "--name",
-        name,
-        APP1,
-    ]);
+    podman_run_image(engine, label, name, APP1);
 }
 
 /// How the agent runs: as the test's user (root), or as the rootless Podman's user.
