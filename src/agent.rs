@@ -229,18 +229,7 @@ fn log_start(config: &Config, host: &str, store: ImageStore) {
 /// The registries the agent has credentials for, and where from (never the secrets).
 fn log_credentials(config: &Config) {
     match &config.registry_credentials {
-        Some(c) => {
-            let found: Vec<String> = c
-                .describe()
-                .into_iter()
-                .map(|(registry, source)| format!("{registry} ({source})"))
-                .collect();
-            if found.is_empty() {
-                tracing::info!("registry credentials: none in {}", c.path().display());
-            } else {
-                tracing::info!("registry credentials: {}", found.join(", "));
-            }
-        }
+        Some(c) => tracing::info!("registry credentials: {}", c.summary()),
         None => tracing::debug!("registry credentials: none (no Docker CLI config.json found)"),
     }
 }

@@ -331,18 +331,22 @@ pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
     for warning in config.warnings.iter().filter(|w| w.about == "token") {
         list.warn("token", &warning.message);
     }
-    match error("docker_host") {
-        Some(e) => list.line(false, "engine", e),
-        None => {
-            check_engine(&config, &mut list).await;
-            check_registries(&config, &mut list).await;
+    let engine = match error("docker_host") {
+        Some(e) => {
+            list.line(false, "engine", e);
+            None
         }
-    }
+        None => {
+            let engine = check_engine(&config, &mut list).await;
+            check_registries(&config, engine.as_ref(), &mut list).await;
+            engine
+        }
+    };
     match error("state_dir") {
         Some(e) => list.line(false, "state dir", e),
         None => check_state_dir_of(&config, &mut list),
     }
-    check_settings(&config, &mut list).await;
+    check_settings(&config, engine.as_ref(), &mut list).await;
     match (error("url"), error("token")) {
         (Some(e), _) => list.line(false, "endpoint", e),
         (None, Some(_)) if !config.dry_run => list.line(
@@ -414,15 +418,18 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 /// The engine: reachable, its API version, its host name.
-async fn check_engine(config: &Config, list: &mut Checklist) {
+/// The engine: reachable, its API version, its host name. The engine, for the checks
+/// that ask it more, when it answered.
+async fn check_engine(config: &Config, list: &mut Checklist) -> Option<Engine> {
     let engine = match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
         Ok(engine) => engine,
         Err(e) => {
-            return list.line(
+            list.line(
                 false,
                 "engine",
                 format!("{e} (the address is from {})", config.docker_host_source),
-            )
+            );
+            return None;
         }
     };
     list.line(
@@ -463,28 +470,18 @@ async fn check_engine(config: &Config, list: &mut Checklist) {
         },
         Err(e) => list.line(false, "host name", e.to_string()),
     }
+    Some(engine)
 }
 
 /// The registry credentials, and what runs that no evidence covers (where RepoDigests prove
 /// nothing), with what would fix it. Warnings, not failures: the agent still runs.
-async fn check_registries(config: &Config, list: &mut Checklist) {
+async fn check_registries(config: &Config, engine: Option<&Engine>, list: &mut Checklist) {
     let detail = match &config.registry_credentials {
-        Some(c) => {
-            let found: Vec<String> = c
-                .describe()
-                .into_iter()
-                .map(|(registry, source)| format!("{registry} ({source})"))
-                .collect();
-            if found.is_empty() {
-                format!("none in {}", c.path().display())
-            } else {
-                found.join(", ")
-            }
-        }
+        Some(c) => c.summary(),
         None => "none (no Docker CLI config.json found; give --docker-config DIR for registries that want credentials)".into(),
     };
     list.line(true, "registry credentials", detail);
-    let Ok(engine) = Engine::connect(&config.docker_host, Duration::from_secs(2)).await else {
+    let Some(engine) = engine else {
         return;
     };
     let Ok((host, store)) = engine.host_facts().await else {
@@ -525,7 +522,7 @@ async fn check_registries(config: &Config, list: &mut Checklist) {
         None,
         config.registry_credentials.clone(),
     ));
-    let Ok(ids) = crate::observe::running_ids(&engine, resolver.selection()).await else {
+    let Ok(ids) = crate::observe::running_ids(engine, resolver.selection()).await else {
         return;
     };
     for id in &ids {
@@ -572,7 +569,7 @@ fn check_state_dir_of(config: &Config, list: &mut Checklist) {
 /// The settings that shape keys beside those the state dir last delivered with: a change
 /// opens new streams at the endpoint, which the agent logs once and takes, and `sync --once`
 /// refuses without `--accept-settings`. A warning, not a failure.
-async fn check_settings(config: &Config, list: &mut Checklist) {
+async fn check_settings(config: &Config, engine: Option<&Engine>, list: &mut Checklist) {
     use crate::key_settings::{values, KeySettings};
     let Some(dir) = config.queue_dir() else {
         return;
@@ -585,9 +582,9 @@ async fn check_settings(config: &Config, list: &mut Checklist) {
     // Without the engine's host name (the engine line failed), the host is not compared.
     let host = match &config.host_name {
         Some(set) => set.clone(),
-        None => match Engine::connect(&config.docker_host, Duration::from_secs(2)).await {
-            Ok(engine) => engine.host_name().await.ok(),
-            Err(_) => None,
+        None => match engine {
+            Some(engine) => engine.host_name().await.ok(),
+            None => None,
         }
         .unwrap_or_else(|| before.host_name.clone()),
     };

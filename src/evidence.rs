@@ -399,7 +399,23 @@ pub fn preferred(reference: &str, candidates: &[String]) -> usize {
 }
 
 /// The first candidate with evidence, from what is remembered or from the repositories the
-/// engine says the image was pulled from (`identity_pulls`, normalised repositories).
+/// engine says the image was pulled from (`identity_pulls`, normalised repositories: see
+/// `named_by_identity`).
+pub fn named(
+    candidates: &[String],
+    ledger: &Ledger,
+    identity_pulls: &[String],
+) -> Option<(String, Source)> {
+    let by_identity = named_by_identity(candidates, identity_pulls);
+    candidates.iter().find_map(|c| {
+        if let Some(source) = ledger.holds(c) {
+            return Some((c.clone(), source));
+        }
+        (by_identity == Some(c)).then(|| (c.clone(), Source::Identity))
+    })
+}
+
+/// The first of `candidates` that the engine says the image was pulled from.
 ///
 /// containerd records `Identity.Pull` without the registry's port (it keys its
 /// distribution-source label by the host name alone), so an image pulled from
@@ -409,11 +425,10 @@ pub fn preferred(reference: &str, candidates: &[String]) -> usize {
 /// repository also is: when two candidates differ only by their port (`localhost:5000/app`
 /// and `localhost:5001/app`, or `localhost/app` and `localhost:5000/app`), the entry could
 /// stand for either, so neither is named by it (a registry lookup may still name one).
-pub fn named(
-    candidates: &[String],
-    ledger: &Ledger,
+pub fn named_by_identity<'a>(
+    candidates: &'a [String],
     identity_pulls: &[String],
-) -> Option<(String, Source)> {
+) -> Option<&'a String> {
     /// The port of a repository's registry (`5000` in `localhost:5000/app`), if any.
     fn registry_port(repository: &str) -> Option<&str> {
         let (registry, _) = repository.split_once('/')?;
@@ -447,15 +462,12 @@ pub fn named(
                     == 1
         }
     };
-    candidates.iter().find_map(|c| {
-        if let Some(source) = ledger.holds(c) {
-            return Some((c.clone(), source));
-        }
-        let (repository, _) = split_pinned(c)?;
-        identity_pulls
-            .iter()
-            .any(|pulled| names(pulled, repository))
-            .then(|| (c.clone(), Source::Identity))
+    candidates.iter().find(|c| {
+        split_pinned(c).is_some_and(|(repository, _)| {
+            identity_pulls
+                .iter()
+                .any(|pulled| names(pulled, repository))
+        })
     })
 }
 

@@ -327,6 +327,21 @@ impl Credentials {
         &self.path
     }
 
+    /// [`Credentials::describe`] as one line, for the log and `check`: `registry (source)`,
+    /// comma-separated, or `none in <path>`.
+    pub fn summary(&self) -> String {
+        let found: Vec<String> = self
+            .describe()
+            .into_iter()
+            .map(|(registry, source)| format!("{registry} ({source})"))
+            .collect();
+        if found.is_empty() {
+            format!("none in {}", self.path().display())
+        } else {
+            found.join(", ")
+        }
+    }
+
     /// For `check`: each registry with credentials and where they come from, without
     /// secrets; `*` stands for every registry (`credsStore`). Sorted by registry, `*` last,
     /// a registry's helper before the `auths` entry it overrides.

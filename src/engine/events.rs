@@ -142,6 +142,15 @@ impl EventCursor {
     }
 }
 
+/// When an event happened, in Unix nanoseconds: `timeNano`, else `time`. No time, or a
+/// nonsensical one, is 0: unknown, never moving a cursor back.
+pub(crate) fn time_nano_of(msg: &bollard::models::EventMessage) -> i64 {
+    msg.time_nano
+        .or(msg.time.map(|t| t.saturating_mul(1_000_000_000)))
+        .filter(|t| *t > 0)
+        .unwrap_or(0)
+}
+
 pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,14 +228,9 @@ impl ContainerEvent {
             return None;
         }
         let action = Action::parse(msg.action.as_deref()?)?;
+        let time_nano = time_nano_of(&msg);
         let actor = msg.actor?;
         let id = actor.id.filter(|id| !id.is_empty())?;
-        // No time, or a nonsensical one, is 0: unknown, never moving the cursor back.
-        let time_nano = msg
-            .time_nano
-            .or(msg.time.map(|t| t.saturating_mul(1_000_000_000)))
-            .filter(|t| *t > 0)
-            .unwrap_or(0);
         Some(Self::from_parts(
             id,
             action,

@@ -64,8 +64,9 @@ impl ImageStore {
     }
 }
 
-/// One lookup's bound: a registry round trip through the engine.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// One lookup's bound: a registry round trip through the engine, or to the registry itself
+/// (its token request included).
+pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a resolution waiting for another's lookup of the same candidate looks again.
 const ASK_POLL: Duration = Duration::from_millis(50);
 
@@ -215,8 +216,9 @@ impl Registries {
                 .find_map(|c| l.holds(c).map(|s| (c.clone(), s)))
         });
         let known = held.or_else(|| {
-            evidence::named(all, &Ledger::default(), identity_pulls)
-                .filter(|(pinned, _)| subset.contains(pinned))
+            evidence::named_by_identity(all, identity_pulls)
+                .filter(|pinned| subset.contains(pinned))
+                .map(|pinned| (pinned.clone(), Source::Identity))
         });
         if let Some((pinned, Source::Identity)) = &known {
             self.saw(std::slice::from_ref(pinned), Source::Identity);
@@ -237,47 +239,38 @@ impl Registries {
         if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
             return Ok(named);
         }
-        let mut why: Option<Unseen> = None;
-        for pinned in std::iter::once(pinned) {
-            // Another resolution asking the same now (two containers of one image): its
-            // answer is this one's too, so wait for it rather than name another candidate.
-            let mut waited = Duration::ZERO;
-            let allowed = loop {
-                let allowed = self
-                    .ledger
-                    .lock()
-                    .map(|mut l| l.may_look_up(pinned, now_ms()))
-                    .unwrap_or(Err(Wait::Budget { until_ms: 0 }));
-                if allowed != Err(Wait::Asking) || waited >= LOOKUP_TIMEOUT * 2 {
-                    break allowed;
-                }
-                tokio::time::sleep(ASK_POLL).await;
-                waited += ASK_POLL;
-                if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
-                    return Ok(named);
-                }
-            };
-            let registry = evidence::registry_of(pinned);
-            let outcome = match allowed {
-                Ok(()) => self.look_up(engine, store, pinned, &registry).await,
-                Err(Wait::Refused(r)) => Err((r.why, false)),
-                Err(Wait::Budget { .. } | Wait::Asking) => {
-                    why.get_or_insert(Unseen::Later);
-                    continue;
-                }
-            };
-            match outcome {
-                Ok(()) => return Ok((pinned.clone(), Source::Lookup)),
-                Err((refusal, had)) => {
-                    why = Some(match refusal {
-                        Refusal::Credentials => Unseen::Credentials { registry, had },
-                        Refusal::Unreachable => Unseen::Unreachable { registry },
-                        Refusal::Unknown => Unseen::Local,
-                    });
-                }
+        // Another resolution asking the same now (two containers of one image): its answer
+        // is this one's too, so wait for it rather than name another candidate.
+        let mut waited = Duration::ZERO;
+        let allowed = loop {
+            let allowed = self
+                .ledger
+                .lock()
+                .map(|mut l| l.may_look_up(pinned, now_ms()))
+                .unwrap_or(Err(Wait::Budget { until_ms: 0 }));
+            if allowed != Err(Wait::Asking) || waited >= LOOKUP_TIMEOUT * 2 {
+                break allowed;
             }
-        }
-        Err(why.unwrap_or(Unseen::Local))
+            tokio::time::sleep(ASK_POLL).await;
+            waited += ASK_POLL;
+            if let Some(named) = self.known(std::slice::from_ref(pinned), all, identity_pulls) {
+                return Ok(named);
+            }
+        };
+        let registry = evidence::registry_of(pinned);
+        let (refusal, had) = match allowed {
+            Ok(()) => match self.look_up(engine, store, pinned, &registry).await {
+                Ok(()) => return Ok((pinned.clone(), Source::Lookup)),
+                Err(refused) => refused,
+            },
+            Err(Wait::Refused(r)) => (r.why, false),
+            Err(Wait::Budget { .. } | Wait::Asking) => return Err(Unseen::Later),
+        };
+        Err(match refusal {
+            Refusal::Credentials => Unseen::Credentials { registry, had },
+            Refusal::Unreachable => Unseen::Unreachable { registry },
+            Refusal::Unknown => Unseen::Local,
+        })
     }
 
     /// Ask the engine whether `pinned`'s registry serves it, with that registry's credentials.
@@ -298,9 +291,8 @@ impl Registries {
             return self.settle(pinned, refusal, auth.is_some());
         }
         let auth = match &self.credentials {
-            Some(c) if engine.in_clear() => {
+            Some(_) if engine.in_clear() => {
                 self.warn_clear(engine);
-                let _ = c;
                 None
             }
             Some(c) => c.for_registry(registry).await,

@@ -17,7 +17,7 @@ use bollard::query_parameters::EventsOptions;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
-use super::events::{nanos_param, now_nanos, EngineEvent, RECONNECT_RETRY};
+use super::events::{nanos_param, now_nanos, time_nano_of, EngineEvent, RECONNECT_RETRY};
 use super::resolve::Resolver;
 use super::Engine;
 use crate::evidence::{self, Source};
@@ -52,16 +52,13 @@ impl ImageEvent {
             "push" => Source::Push,
             _ => return None,
         };
+        let time_nano = time_nano_of(&msg);
         let actor = msg.actor?;
         let id = actor.id.filter(|id| !id.is_empty())?;
         let name = actor
             .attributes
             .and_then(|mut a| a.remove("name"))
             .filter(|n| !n.is_empty());
-        let time_nano = msg
-            .time_nano
-            .or(msg.time.map(|t| t.saturating_mul(1_000_000_000)))
-            .unwrap_or(0);
         Some(ImageEvent {
             source,
             actor: id,

@@ -9,16 +9,12 @@
 //! are asked over plain HTTP when HTTPS fails, as engines treat 127.0.0.0/8 as insecure;
 //! others only over HTTPS.
 
-use std::time::Duration;
-
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use super::credentials::RegistryAuth;
+use super::evidence::LOOKUP_TIMEOUT;
 use crate::evidence::Refusal;
-
-/// One lookup's bound, the token request included.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every manifest type a digest may name.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
