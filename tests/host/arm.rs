@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::packaging::{
-    admin_ready, assert_not_reported, check_agent_container, docker_on, group_token_file, inspect,
-    logs, repo, socket_gid, succeed, ComposeProject, ImageFiles, CLASSIC, NONROOT, STATE,
+    admin_ready, assert_not_reported, build_artifacts, check_agent_container, docker_on,
+    group_token_file, inspect, logs, socket_gid, succeed, ComposeProject, ImageFiles, CLASSIC,
+    NONROOT, STATE,
 };
 
 /// Debian 12 arm64 (minbase and adduser), made by scripts/test-arm-env.sh.
@@ -53,25 +54,7 @@ fn arm_artifacts() -> &'static ArmArtifacts {
     );
     ensure_engine();
     let built = BUILT.get_or_init(|| {
-        let script = repo().join("scripts/test-artifacts.sh");
-        let out = Command::new(&script)
-            .arg("--arm")
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} --arm failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_string)
-                .ok_or_else(|| format!("{} --arm printed no {key}=: {text}", script.display()))
-        };
+        let field = build_artifacts(&["--arm"])?;
         Ok(ArmArtifacts {
             version: field("version")?,
             image: field("image")?,

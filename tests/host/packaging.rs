@@ -43,24 +43,7 @@ fn artifacts() -> &'static Artifacts {
     );
     ensure_engine();
     let built = BUILT.get_or_init(|| {
-        let script = repo().join("scripts/test-artifacts.sh");
-        let out = Command::new(&script)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_string)
-                .ok_or_else(|| format!("{} printed no {key}=: {text}", script.display()))
-        };
+        let field = build_artifacts(&[])?;
         Ok(Artifacts {
             version: field("version")?,
             deb: PathBuf::from(field("deb")?),
@@ -74,6 +57,32 @@ fn artifacts() -> &'static Artifacts {
             std::env::var("CI").unwrap_or_default()
         ),
     }
+}
+
+/// Run scripts/test-artifacts.sh with `args`; what it printed, as a lookup of its `key=value`
+/// lines that names the script in its error.
+pub(crate) fn build_artifacts(
+    args: &[&str],
+) -> Result<impl Fn(&str) -> Result<String, String>, String> {
+    let script = repo().join("scripts/test-artifacts.sh");
+    let run = format!("{} {}", script.display(), args.join(" "));
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {run}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{run} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(move |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .ok_or_else(|| format!("{run} printed no {key}=: {text}"))
+    })
 }
 
 /// Run a command to success; its trimmed stdout.
