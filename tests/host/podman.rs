@@ -192,23 +192,7 @@ fn start_agent(scope: &Scope, run_as: RunAs, url: &str, extra: &[&str]) -> Agent
             for path in [&state, &token] {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
             }
-            let selector = scope.selector();
-            let mut args = vec![
-                "run",
-                "--url",
-                url,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--label-selector",
-                &selector,
-                "--retry-initial",
-                "200ms",
-                "--retry-max",
-                "2s",
-            ];
-            args.extend_from_slice(extra);
+            let args = scope.run_args(&state, &token, url, extra);
             // The user's own groups, not the Docker socket's (agent_command_as adds that).
             let mut cmd = Command::new("setpriv");
             cmd.args([

@@ -230,6 +230,12 @@ impl Scope {
     /// The agent with its queue in `state` and `env` added to its environment.
     pub fn agent_in(&self, state: &Path, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let token = self.token_file();
+        Agent::spawn(&self.dir, &self.run_args(state, &token, url, extra), env)
+    }
+
+    /// `run` as the scope's agents run: reporting to `url` with `token`, the queue in
+    /// `state`, watching only this scope's containers, retrying fast; then `extra`.
+    pub fn run_args(&self, state: &Path, token: &Path, url: &str, extra: &[&str]) -> Vec<String> {
         let selector = self.selector();
         let mut args: Vec<String> = [
             "run",
@@ -250,7 +256,7 @@ impl Scope {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Agent::spawn(&self.dir, &args, env)
+        args
     }
 
     /// The agent binary with any arguments, to completion.
