@@ -156,6 +156,14 @@ fn negotiated_from(text: &str) -> Option<Negotiated> {
     })
 }
 
+/// An engine's error answer as bollard reads it: its JSON `message`, else the whole answer.
+pub(crate) fn answer_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string())
+}
+
 /// An engine's message as one short line: its answers are untrusted input.
 fn one_line(message: &str) -> String {
     const MAX: usize = 300;
@@ -288,11 +296,11 @@ impl Engine {
         .map_err(|e| EngineError::from_bollard(&self.host, e))?;
         let text = String::from_utf8_lossy(&body);
         if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| text.to_string());
-            return Err(EngineError::from_status(&self.host, status, &message));
+            return Err(EngineError::from_status(
+                &self.host,
+                status,
+                &answer_message(&text),
+            ));
         }
         let negotiated = negotiated_from(&text).ok_or_else(|| {
             EngineError::Decode(format!(

@@ -601,15 +601,10 @@ impl Resolver {
         };
         let text = String::from_utf8_lossy(&body);
         if !(200..300).contains(&status) {
-            // As bollard reads an error: the JSON `message`, else the whole answer.
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| text.to_string());
             return Err(EngineError::from_status(
                 &self.engine.host,
                 status,
-                &message,
+                &super::answer_message(&text),
             ));
         }
         if let Err(e) = serde_json::from_str::<bollard::models::ImageInspect>(&text) {
