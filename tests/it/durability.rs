@@ -565,12 +565,16 @@ async fn dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried
     let state = scope.state_dir();
     let state = state.to_str().unwrap();
     let names: Vec<String> = ["a", "b", "c"].iter().map(|n| scope.name(n)).collect();
+    // A wrong URL: every report refused.
+    receiver.set_default(Answer::status(400));
+    // Started once the agent runs, so each container is reported once, from its start
+    // event: containers started just before the agent are seen twice (their replayed events
+    // and the reconciliation), and each report of a refused key is a dead letter of its own.
+    let mut agent = scope.agent(&receiver.url(), &[]);
+    agent.ready().await;
     for name in &names {
         scope.run(&["--name", name], APP1);
     }
-    // A wrong URL: every report refused.
-    receiver.set_default(Answer::status(400));
-    let mut agent = scope.agent(&receiver.url(), &[]);
     eventually("three dead letters", || {
         let out = scope.command(&["queue", "dead", "--state-dir", state]);
         out.stdout
