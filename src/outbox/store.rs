@@ -403,8 +403,10 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Queue one report, unless the same report already waits or was the last delivered for
-    /// its key (and `force` is off). Returns whether it was queued.
+    /// Queue one report, unless the same report already waits, or was the last the endpoint
+    /// answered for its key: delivered, or refused and not superseded since (a refusal is
+    /// not asked again by each reconciliation; `queue retry` sends it again). `force` queues
+    /// it regardless. Returns whether it was queued.
     fn write_report(&mut self, d: &Deployment, force: bool, now: i64) -> rusqlite::Result<bool> {
         let body = d.report_body();
         let pending: Option<String> = self
@@ -418,7 +420,7 @@ impl Store {
             && match &pending {
                 Some(p) => d.unchanged_from(p),
                 None => self
-                    .last_delivered(&d.key)?
+                    .last_answered(&d.key)?
                     .is_some_and(|sent| d.unchanged_from(&sent)),
             };
         if unchanged {
@@ -442,7 +444,20 @@ impl Store {
         Ok(true)
     }
 
-    fn last_delivered(&self, key: &DeploymentKey) -> rusqlite::Result<Option<String>> {
+    /// The body of the last report for `key` that the endpoint answered: its newest dead
+    /// letter not superseded by a delivery, else the last delivered.
+    fn last_answered(&self, key: &DeploymentKey) -> rusqlite::Result<Option<String>> {
+        let refused: Option<String> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT body FROM dead WHERE environment = ?1 AND name = ?2 AND {NOT_SUPERSEDED}
+                 ORDER BY failed_ms DESC, id DESC LIMIT 1"
+            ))?
+            .query_row(params![key.environment, key.name], |r| r.get(0))
+            .optional()?;
+        if refused.is_some() {
+            return Ok(refused);
+        }
         self.conn
             .prepare_cached("SELECT body FROM delivered WHERE environment = ?1 AND name = ?2")?
             .query_row(params![key.environment, key.name], |r| r.get(0))

@@ -148,6 +148,71 @@ async fn dead_letters_come_back() {
 }
 
 #[tokio::test]
+async fn a_refused_report_is_not_queued_again_unchanged_until_an_operator_retries() {
+    let dir = tempdir();
+    let outbox = open(&dir);
+    outbox
+        .enqueue(batch(vec![deployment("a", "1")]))
+        .await
+        .unwrap();
+    let (due, _) = outbox.due(10, true).await.unwrap();
+    outbox.settle(
+        due[0].key.clone(),
+        due[0].version,
+        Settle::Dead {
+            status: 422,
+            response: "refused".into(),
+        },
+    );
+    outbox.flush().await.unwrap();
+    // Each reconciliation finds the same container: the refused report stays a dead letter.
+    for _ in 0..3 {
+        let out = outbox
+            .enqueue(batch(vec![deployment("a", "1")]))
+            .await
+            .unwrap();
+        assert_eq!((out.queued, out.unchanged), (0, 1));
+    }
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 1));
+    // Other keys still flow, and the operator's retry sends the refused report again.
+    let out = outbox
+        .enqueue(batch(vec![deployment("b", "1")]))
+        .await
+        .unwrap();
+    assert_eq!(out.queued, 1);
+    outbox.flush().await.unwrap();
+    let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
+    assert_eq!(operator::retry_dead(&mut conn).unwrap(), (1, 0));
+    assert_eq!(operator::list_pending(&conn).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_image_for_a_refused_key_is_queued() {
+    let dir = tempdir();
+    let outbox = open(&dir);
+    outbox
+        .enqueue(batch(vec![deployment("a", "1")]))
+        .await
+        .unwrap();
+    let (due, _) = outbox.due(10, true).await.unwrap();
+    outbox.settle(
+        due[0].key.clone(),
+        due[0].version,
+        Settle::Dead {
+            status: 422,
+            response: "refused".into(),
+        },
+    );
+    outbox.flush().await.unwrap();
+    let out = outbox
+        .enqueue(batch(vec![deployment("a", "2")]))
+        .await
+        .unwrap();
+    assert_eq!((out.queued, out.unchanged), (1, 0));
+}
+
+#[tokio::test]
 async fn a_retry_beside_the_agent_never_takes_the_version_of_a_newer_report() {
     let dir = tempdir();
     let outbox = open(&dir);
