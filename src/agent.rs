@@ -367,13 +367,17 @@ pub async fn sync_once(
         if let Ok(msg) = fatal_rx.try_recv() {
             return Err(Fatal(msg));
         }
-        parts.outbox.flush().await?;
+        parts
+            .outbox
+            .flush()
+            .await
+            .map_err(|e| Fatal(e.to_string()))?;
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         parts
             .dispatcher
             .run(shutdown_rx, Duration::ZERO, true)
             .await
-            .map_err(Fatal)
+            .map_err(|e| Fatal(e.to_string()))
     };
     let remaining = timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(remaining, work).await {

@@ -452,7 +452,7 @@ impl Dispatcher {
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
         until_empty: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::outbox::Error> {
         let mut f = Flights::default();
         let mut reconciled = self.reconciled.clone();
         tokio::select! {
@@ -506,7 +506,7 @@ impl Dispatcher {
 
     /// While the queue is held, a reminder with the queue depth, the oldest report's age and
     /// the last error, at growing intervals.
-    async fn remind(&self, hold: &mut Hold) -> Result<(), String> {
+    async fn remind(&self, hold: &mut Hold) -> Result<(), crate::outbox::Error> {
         let Some(at) = hold.remind_at.filter(|at| *at <= Instant::now()) else {
             return Ok(());
         };
@@ -527,7 +527,7 @@ impl Dispatcher {
 
     /// Start as many requests as there is room for: `concurrency` at a time, one probe at a
     /// time while held, never two of one key at once.
-    async fn send_more(&self, f: &mut Flights) -> Result<(), String> {
+    async fn send_more(&self, f: &mut Flights) -> Result<(), crate::outbox::Error> {
         let now = Instant::now();
         let held = f.hold.until.is_some_and(|u| u > now);
         let capacity = if f.hold.until.is_some() {
