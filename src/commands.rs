@@ -1,9 +1,8 @@
 //! The commands beside `run`: `report`, `check` and `queue`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError, Invalid};
 use crate::deliver::{HttpSink, Outcome, Sink};
@@ -12,6 +11,7 @@ use crate::engine::evidence::Registries;
 use crate::engine::resolve::Resolver;
 use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
+use crate::error::Fatal;
 use crate::evidence::Ledger;
 use crate::outbox::{self, operator, DB_FILE};
 use crate::reference::ImageRef;
@@ -226,6 +226,24 @@ const KNOWN_ARCHITECTURES: &[&str] = &[
     "wasm",
 ];
 
+/// Why `report` did not deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the endpoint refused the report ({status}): {response}")]
+    Refused { status: u16, response: String },
+    #[error(
+        "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
+    )]
+    Unauthorized { status: u16 },
+    /// The endpoint cannot take reports until the configuration is fixed; the sentence
+    /// names what to fix.
+    #[error("{0}")]
+    Misconfigured(String),
+    /// `--timeout` passed: the last failure's reason, and why no attempt was left.
+    #[error("not delivered within {within}: {reason}")]
+    NotDelivered { within: String, reason: String },
+}
+
 /// Send one deployment and wait until it is delivered or `timeout` passes. A refusal, a
 /// rejected token or a misconfigured endpoint fail at once: retrying cannot help them.
 pub async fn report(
@@ -233,18 +251,19 @@ pub async fn report(
     timeout: Duration,
     config: Config,
 ) -> Result<(), Fatal> {
-    let sink = Sink::for_config(&config)?;
+    let sink = Sink::for_config(&config).map_err(Fatal::Endpoint)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
-    let within = humantime::format_duration(timeout);
+    let within = humantime::format_duration(timeout).to_string();
     let mut failures = 0;
     let mut last_reason: Option<String> = None;
     loop {
         let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(&body)).await else {
-            return Err(Fatal(format!(
-                "not delivered within {within}: {}",
-                last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into())
-            )));
+            return Err(ReportError::NotDelivered {
+                within,
+                reason: last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into()),
+            }
+            .into());
         };
         match outcome {
             Outcome::Delivered { .. } => {
@@ -252,20 +271,27 @@ pub async fn report(
                 return Ok(());
             }
             Outcome::Rejected { status, response } => {
-                return Err(Fatal(format!("the endpoint refused the report ({status}): {response}")))
+                return Err(ReportError::Refused { status, response }.into())
             }
             Outcome::Unauthorized { status } => {
-                return Err(Fatal(format!(
-                    "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
-                )))
+                return Err(ReportError::Unauthorized { status }.into())
             }
-            Outcome::Misconfigured { reason } => return Err(Fatal(reason)),
-            Outcome::Transient { reason, retry_after } => {
+            Outcome::Misconfigured { reason } => {
+                return Err(ReportError::Misconfigured(reason).into())
+            }
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
                 let delay = config.retry.delay_at_least(failures, retry_after);
                 failures += 1;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let delay = next_attempt(left, delay, retry_after)
-                    .map_err(|why| Fatal(format!("not delivered within {within}: {reason}{why}")))?;
+                let delay = next_attempt(left, delay, retry_after).map_err(|why| {
+                    ReportError::NotDelivered {
+                        within: within.clone(),
+                        reason: format!("{reason}{why}"),
+                    }
+                })?;
                 tracing::warn!(reason = %reason, retry_in = %crate::clock::human(delay), "report not delivered yet; retrying");
                 last_reason = Some(reason);
                 tokio::time::sleep(delay).await;
@@ -367,7 +393,9 @@ pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
     }
     println!("{}", list.summary());
     if list.failed > 0 {
-        return Err(Fatal(checks_failed(list.failed)));
+        return Err(Fatal::ChecksFailed {
+            failed: list.failed,
+        });
     }
     Ok(())
 }
@@ -410,6 +438,11 @@ impl Checklist {
             (n, _) => format!("{}{warnings}, {} OK", checks_failed(n), self.ok),
         }
     }
+}
+
+/// `1 check failed`, `2 checks failed`: the closing line's start, and the error of `check`.
+pub(crate) fn checks_failed(n: usize) -> String {
+    format!("{n} check{} failed", if n == 1 { "" } else { "s" })
 }
 
 /// `1 check`, `2 checks`.
@@ -695,10 +728,6 @@ fn endpoint_verdict(status: u16, location: Option<&str>) -> Verdict {
     }
 }
 
-fn checks_failed(n: usize) -> String {
-    format!("{n} check{} failed", if n == 1 { "" } else { "s" })
-}
-
 /// Host names that images and installers give every machine they set up: hosts cloned from
 /// one image share them.
 const DEFAULT_HOST_NAMES: &[&str] = &[
@@ -762,41 +791,53 @@ fn check_state_dir(dir: &Path) -> Result<String, String> {
 }
 
 /// `queue list|dead|retry|purge` against the queue file in the state dir.
-pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
+pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), QueueCommandError> {
     match queue_to(action, state_dir, &mut std::io::stdout().lock()) {
-        Err(QueueError::Fatal(f)) => Err(f),
         // A closed pipe (`| head`) is not an error of ours.
-        Err(QueueError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(QueueError::Io(e)) => Err(Fatal(format!("cannot write the output: {e}"))),
-        Ok(()) => Ok(()),
+        Err(QueueCommandError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
-enum QueueError {
-    Fatal(Fatal),
-    Io(std::io::Error),
-}
-
-impl From<Fatal> for QueueError {
-    fn from(f: Fatal) -> Self {
-        QueueError::Fatal(f)
-    }
-}
-
-impl From<std::io::Error> for QueueError {
-    fn from(e: std::io::Error) -> Self {
-        QueueError::Io(e)
-    }
+/// Why a `deploytrack queue` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueCommandError {
+    /// `purge` without `--yes` (exit 64, before the queue is opened).
+    #[error("queue purge deletes every pending report and dead letter: confirm with --yes")]
+    PurgeUnconfirmed,
+    #[error("no queue at {}: no agent has run with this state dir; give the agent's with --state-dir (or DEPLOYTRACK_STATE_DIR, or --config with the file that sets state_dir; the package's is /var/lib/deploytrack)", .0.display())]
+    NoQueue(PathBuf),
+    /// This user may not read the queue file; SQLite's refusal when it was the one to say so.
+    #[error("permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root{}", path.display(), sqlite.as_ref().map_or_else(String::new, |e| format!(" ({e})")))]
+    Denied {
+        path: PathBuf,
+        sqlite: Option<rusqlite::Error>,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 fn queue_to(
     action: &QueueAction,
     state_dir: &Path,
     out: &mut impl std::io::Write,
-) -> Result<(), QueueError> {
+) -> Result<(), QueueCommandError> {
+    if let QueueAction::Purge { yes: false } = action {
+        return Err(QueueCommandError::PurgeUnconfirmed);
+    }
     let path = state_dir.join(DB_FILE);
     let mut conn = open_queue(&path)?;
-    let db_err = |e: rusqlite::Error| QueueError::Fatal(queue_db_error(&path, e));
+    let db_err = |e: rusqlite::Error| queue_db_error(&path, e);
     let now = crate::clock::now_ms();
     match action {
         QueueAction::List => {
@@ -821,14 +862,7 @@ fn queue_to(
                 writeln!(out, "{moved} moved back into the queue")?;
             }
         }
-        QueueAction::Purge { yes } => {
-            if !yes {
-                return Err(Fatal(
-                    "queue purge deletes every pending report and dead letter: confirm with --yes"
-                        .into(),
-                )
-                .into());
-            }
+        QueueAction::Purge { .. } => {
             let (pending, dead) = operator::purge(&mut conn).map_err(db_err)?;
             writeln!(
                 out,
@@ -843,43 +877,48 @@ fn queue_to(
 
 /// The queue file for an operator command: it must exist, and this user must be able to read
 /// it (else one sentence says as whom to run the command).
-fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueError> {
+fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueCommandError> {
+    let path_buf = || path.to_path_buf();
     match std::fs::File::open(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Fatal(format!(
-                "no queue at {}: no agent has run with this state dir; give the agent's with --state-dir (or DEPLOYTRACK_STATE_DIR, or --config with the file that sets state_dir; the package's is /var/lib/deploytrack)",
-                path.display()
-            ))
-            .into())
+            return Err(QueueCommandError::NoQueue(path_buf()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(queue_denied(path).into())
+            return Err(QueueCommandError::Denied {
+                path: path_buf(),
+                sqlite: None,
+            })
         }
-        Err(e) => return Err(Fatal(format!("cannot open {}: {e}", path.display())).into()),
+        Err(source) => {
+            return Err(QueueCommandError::Open {
+                path: path_buf(),
+                source,
+            })
+        }
     }
-    Ok(outbox::open_file(path).map_err(|e| queue_db_error(path, e))?)
+    outbox::open_file(path).map_err(|e| queue_db_error(path, e))
 }
 
-fn queue_denied(path: &Path) -> Fatal {
-    Fatal(format!(
-        "permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root",
-        path.display()
-    ))
-}
-
-fn queue_db_error(path: &Path, e: rusqlite::Error) -> Fatal {
+/// SQLite's error on the queue file: a refusal to open or write it is a matter of the user
+/// the command runs as.
+fn queue_db_error(path: &Path, e: rusqlite::Error) -> QueueCommandError {
     match e.sqlite_error_code() {
         Some(
             rusqlite::ErrorCode::CannotOpen
             | rusqlite::ErrorCode::PermissionDenied
             | rusqlite::ErrorCode::ReadOnly,
-        ) => Fatal(format!("{} ({e})", queue_denied(path).0)),
-        _ => Fatal(format!("{}: {e}", path.display())),
+        ) => QueueCommandError::Denied {
+            path: path.to_path_buf(),
+            sqlite: Some(e),
+        },
+        _ => QueueCommandError::Database {
+            path: path.to_path_buf(),
+            source: e,
+        },
     }
 }
 
-/// How long before `now` a time in Unix milliseconds was, in words.
 fn ago(now: i64, ms: i64) -> String {
     humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64)).to_string()
 }
@@ -1131,11 +1170,24 @@ mod tests {
     }
 
     #[test]
+    fn purge_without_yes_is_refused_before_the_queue_is_opened() {
+        let dir = std::env::temp_dir().join(format!("deploytrack-nopurge-{}", std::process::id()));
+        assert!(matches!(
+            queue_to(&QueueAction::Purge { yes: false }, &dir, &mut Vec::new()),
+            Err(QueueCommandError::PurgeUnconfirmed)
+        ));
+        assert!(matches!(
+            queue_to(&QueueAction::Purge { yes: true }, &dir, &mut Vec::new()),
+            Err(QueueCommandError::NoQueue(path)) if path == dir.join(DB_FILE)
+        ));
+    }
+
+    #[test]
     fn a_missing_queue_points_to_the_state_dir() {
         let dir = std::env::temp_dir().join(format!("deploytrack-noqueue-{}", std::process::id()));
         let err = match queue_to(&QueueAction::List, &dir, &mut Vec::new()) {
-            Err(QueueError::Fatal(f)) => f.0,
-            _ => panic!("a missing queue listed"),
+            Err(e @ QueueCommandError::NoQueue(_)) => e.to_string(),
+            other => panic!("a missing queue was answered {other:?}"),
         };
         assert!(
             err.starts_with(&format!(
