@@ -576,7 +576,11 @@ impl Dispatcher {
         let Sink::Http(http) = f.sink.as_deref().unwrap_or(&self.sink) else {
             return;
         };
-        match file.read().and_then(|token| http.with_token(&token)) {
+        match file
+            .read()
+            .map_err(|e| e.to_string())
+            .and_then(|token| http.with_token(&token))
+        {
             Ok(Some(rotated)) => {
                 tracing::info!(
                     "read a new API token from {}; the next attempt sends it",
@@ -761,13 +765,14 @@ mod tests {
         assert!(rotated.authorization.is_sensitive());
         std::fs::write(&path, " \n").unwrap();
         assert_eq!(
-            file.read().unwrap_err(),
+            file.read().unwrap_err().to_string(),
             format!("the token from --token-file {} is empty", path.display())
         );
         std::fs::remove_file(&path).unwrap();
         assert!(file
             .read()
             .unwrap_err()
+            .to_string()
             .starts_with(&format!("cannot read {}: ", path.display())));
     }
 
