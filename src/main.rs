@@ -61,10 +61,16 @@ fn parse_command_line() -> Result<Option<Cli>, Fatal> {
             let _ = e.print();
             Ok(None)
         }
-        Err(e) => Err(Fatal::CommandLine {
-            kind: e.kind(),
-            message: command_line_error(&e),
-        }),
+        Err(e) => {
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Err(Fatal::CommandLine {
+                kind: e.kind(),
+                message: deploytrack::cli::command_line_error(&e, &args),
+            })
+        }
     }
 }
 
@@ -172,86 +178,6 @@ fn sync_timeout(once: bool, timeout: &Option<String>) -> Result<Duration, Config
         return Err(ConfigError::new("--timeout", "must be longer than zero"));
     }
     Ok(timeout)
-}
-
-/// A command-line error in one line, keeping what clap says in several: the missing
-/// argument, the suggestion, the accepted values; plus where a flag belongs and which
-/// environment variable an invalid value came from.
-fn command_line_error(e: &clap::Error) -> String {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let text = e.render().to_string();
-    // The sentence first, then clap's tips and accepted values.
-    let mut parts: Vec<String> = Vec::new();
-    for part in text.lines().map(str::trim) {
-        if part.is_empty() || part.starts_with("Usage:") || part.starts_with("For more information")
-        {
-            continue;
-        }
-        let part = part.trim_start_matches("error: ");
-        match parts.last_mut() {
-            Some(last) if last.ends_with(':') => {
-                last.push(' ');
-                last.push_str(part);
-            }
-            _ => parts.push(part.to_string()),
-        }
-    }
-    let argument = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => arg.clone(),
-        _ => String::new(),
-    };
-    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
-    let flag = argument
-        .split([' ', '='])
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let command = Cli::command();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let given = args
-        .iter()
-        .find(|a| command.find_subcommand(a.as_str()).is_some());
-    if let Some(sentence) = given.and_then(|c| deploytrack::cli::flag_of_another_command(e, c)) {
-        return sentence;
-    }
-    match e.kind() {
-        ErrorKind::UnknownArgument if flag.starts_with("--") => {
-            let long = flag.trim_start_matches("--");
-            let owners: Vec<&str> = command
-                .get_subcommands()
-                .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
-                .map(|c| c.get_name())
-                .collect();
-            let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
-            if let (Some(first), true) = (owners.first(), misplaced) {
-                let example = given.map_or(*first, String::as_str);
-                // In place of clap's tip, which names the pair but not the rule.
-                parts.truncate(1);
-                parts.push(format!(
-                    "options of a command go after it, as in `deploytrack {example} {flag} ...`"
-                ));
-            }
-        }
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            let env = command
-                .get_subcommands()
-                .chain([&command])
-                .flat_map(|c| c.get_arguments())
-                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
-                .and_then(|a| a.get_env())
-                .map(|v| v.to_string_lossy().into_owned());
-            let typed = args
-                .iter()
-                .any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
-            if let (Some(var), false, Some(first)) = (env, typed, parts.first_mut()) {
-                if std::env::var_os(&var).is_some() {
-                    first.push_str(&format!(" (from the environment variable {var})"));
-                }
-            }
-        }
-        _ => {}
-    }
-    format!("{} (see deploytrack --help)", parts.join("; "))
 }
 
 /// deploytrack(1): the command, each subcommand's options, exit status and files.
