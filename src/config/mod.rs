@@ -181,8 +181,10 @@ pub fn duration(
 
 /// A Docker host that is not a URL in a scheme the engine client can speak.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port")]
-pub struct DockerHostError(pub String);
+#[error("{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port")]
+pub struct DockerHostError {
+    pub host: String,
+}
 
 /// A Docker host URL in a scheme the engine client can speak.
 pub fn validate_host(host: &str) -> Result<(), DockerHostError> {
@@ -195,7 +197,9 @@ pub fn validate_host(host: &str) -> Result<(), DockerHostError> {
     if ok {
         Ok(())
     } else {
-        Err(DockerHostError(host.to_string()))
+        Err(DockerHostError {
+            host: host.to_string(),
+        })
     }
 }
 
@@ -985,7 +989,10 @@ mod tests {
         assert!(validate_host("unix:///var/run/docker.sock").is_ok());
         assert!(validate_host("tcp://10.0.0.1:2376").is_ok());
         for bad in ["unix://", "/var/run/docker.sock"] {
-            assert_eq!(validate_host(bad), Err(DockerHostError(bad.into())));
+            assert_eq!(
+                validate_host(bad),
+                Err(DockerHostError { host: bad.into() })
+            );
         }
     }
 
