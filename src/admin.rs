@@ -17,6 +17,14 @@ use crate::observe::View;
 use crate::outbox::Outbox;
 use crate::telemetry::Telemetry;
 
+/// The admin listener's address cannot be bound (in use, or not this host's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (--listen): {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
 #[derive(Clone)]
 pub struct Admin {
     pub telemetry: Arc<Telemetry>,
@@ -25,10 +33,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
         TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr} (--listen): {e}"))
+            .map_err(|source| ListenError { addr, source })
     }
 
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {

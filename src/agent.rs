@@ -15,6 +15,7 @@ use crate::engine::evidence::{ImageStore, Registries};
 use crate::engine::pulls::ImageEvents;
 use crate::engine::resolve::Resolver;
 use crate::engine::Engine;
+use crate::error::Fatal;
 use crate::evidence::Ledger;
 use crate::key_settings::KeySettings;
 use crate::observe::{Observer, View};
@@ -23,28 +24,6 @@ use crate::telemetry::Telemetry;
 
 /// How long `run` keeps trying to reach the engine at start before giving up.
 const ENGINE_PATIENCE: Duration = Duration::from_secs(10);
-
-/// A failure that ends the process with exit code 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
-
-impl From<String> for Fatal {
-    fn from(s: String) -> Self {
-        Fatal(s)
-    }
-}
-
-/// Why `sync --once` ended without delivering: a failure (exit 1), or a refusal to deliver
-/// under settings that shape keys differently from those its state dir last delivered with
-/// (exit 64, as for a setting that is wrong; see `crate::key_settings`).
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error(transparent)]
-    Fatal(#[from] Fatal),
-    #[error("{0}")]
-    SettingsChanged(String),
-}
 
 struct Parts {
     telemetry: Arc<Telemetry>,
@@ -69,8 +48,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         config.queue_dir(),
         config.queue_max_entries,
         telemetry.clone(),
-    )
-    .map_err(|e| Fatal(e.to_string()))?;
+    )?;
     telemetry.queue_opened();
     if let Some((damaged, aside)) = &restored.moved_aside {
         tracing::error!(
@@ -79,10 +57,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         );
     }
     let engine = wait_for_engine(config).await?;
-    let (host, store) = engine
-        .host_facts()
-        .await
-        .map_err(|e| Fatal(e.to_string()))?;
+    let (host, store) = engine.host_facts().await?;
     log_start(config, &host, store);
     log_credentials(config);
     let settings = (restored.settings, KeySettings::of(config, &host));
@@ -113,7 +88,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
-    let sink = Sink::for_config(config)?;
+    let sink = Sink::for_config(config).map_err(Fatal::Endpoint)?;
     let view = Arc::new(View::restore(restored.running));
     let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
     let cursor_time = cursor.as_ref().map(|c| c.time_nano).filter(|t| *t > 0);
@@ -154,8 +129,9 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
 
 /// Compare the settings that shape keys with those the state dir last delivered with, and
 /// remember them. A change is a warning for the agent (`refuse` false) and, for a one-shot
-/// command not told to go on, a refusal that leaves the state dir as it was.
-async fn remember_settings(config: &Config, parts: &Parts, refuse: bool) -> Result<(), SyncError> {
+/// command not told to go on, a refusal that leaves the state dir as it was (exit 64, as for
+/// a setting that is wrong).
+async fn remember_settings(config: &Config, parts: &Parts, refuse: bool) -> Result<(), Fatal> {
     let Some(dir) = config.queue_dir() else {
         // A dry run's queue is in memory: it delivers nothing under any settings.
         return Ok(());
@@ -164,9 +140,10 @@ async fn remember_settings(config: &Config, parts: &Parts, refuse: bool) -> Resu
     let changes = before.as_ref().map(|b| b.changes(now)).unwrap_or_default();
     let dir = dir.display().to_string();
     if refuse && !changes.is_empty() {
-        return Err(SyncError::SettingsChanged(crate::key_settings::refusal(
-            &dir, &changes,
-        )));
+        return Err(Fatal::SettingsChanged {
+            state_dir: dir,
+            changes,
+        });
     }
     if !changes.is_empty() {
         tracing::warn!("{}", crate::key_settings::warning(&dir, &changes));
@@ -176,7 +153,7 @@ async fn remember_settings(config: &Config, parts: &Parts, refuse: bool) -> Resu
             .outbox
             .remember_settings(now)
             .await
-            .map_err(|e| Fatal(format!("cannot remember the settings in the queue: {e}")))?;
+            .map_err(Fatal::SettingsNotRemembered)?;
     }
     Ok(())
 }
@@ -196,7 +173,7 @@ async fn wait_for_engine(config: &Config) -> Result<Engine, Fatal> {
             connect.await
         }
     }
-    .map_err(|e| Fatal(e.to_string()))
+    .map_err(Fatal::Engine)
 }
 
 /// What the agent runs against, in one line, after a word on a dry run.
@@ -237,11 +214,9 @@ fn log_credentials(config: &Config) {
 /// The agent: runs until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1).
 pub async fn run(config: Config) -> Result<(), Fatal> {
     let parts = assemble(&config, false, crate::deliver::REMINDER_FIRST).await?;
-    remember_settings(&config, &parts, false)
-        .await
-        .map_err(|e| Fatal(e.to_string()))?;
+    remember_settings(&config, &parts, false).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<Fatal>();
     let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(EVENT_BUFFER);
 
     if let Some(addr) = config.listen {
@@ -271,7 +246,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         let grace = config.shutdown_timeout;
         tokio::spawn(async move {
             if let Err(e) = parts.dispatcher.run(shutdown, grace, false).await {
-                let _ = fatal.send(format!("delivery stopped: {e}"));
+                let _ = fatal.send(Fatal::DeliveryStopped(e));
             }
         })
     };
@@ -299,7 +274,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
     log_what_stays_queued(&parts.outbox, config.dry_run).await;
     match failure {
-        Some(msg) => Err(Fatal(msg)),
+        Some(fatal) => Err(fatal),
         None => {
             tracing::info!("stopped");
             Ok(())
@@ -338,7 +313,7 @@ pub async fn sync_once(
     force: bool,
     accept_settings: bool,
     timeout: Duration,
-) -> Result<(), SyncError> {
+) -> Result<(), Fatal> {
     let started = tokio::time::Instant::now();
     let parts = assemble(&config, force, SYNC_REMINDER).await?;
     remember_settings(&config, &parts, !accept_settings).await?;
@@ -358,14 +333,14 @@ pub async fn sync_once(
     };
     let work = async {
         let (events_tx, events_rx) = mpsc::channel(1);
-        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<Fatal>();
         let _ = events_tx.try_send(EngineEvent::Connected);
         // One listing: nothing holds the channel open for a retry.
         let retry = events_tx.downgrade();
         drop(events_tx);
         parts.observer.run(events_rx, retry, fatal_tx).await;
-        if let Ok(msg) = fatal_rx.try_recv() {
-            return Err(Fatal(msg));
+        if let Ok(fatal) = fatal_rx.try_recv() {
+            return Err(fatal);
         }
         parts.outbox.flush().await?;
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -373,7 +348,7 @@ pub async fn sync_once(
             .dispatcher
             .run(shutdown_rx, Duration::ZERO, true)
             .await
-            .map_err(Fatal)
+            .map_err(Fatal::Queue)
     };
     let remaining = timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(remaining, work).await {
@@ -382,14 +357,13 @@ pub async fn sync_once(
             tracing::info!("sync finished: {}", summary(pending));
             Ok(())
         }
-        Ok(Err(e)) => Err(e.into()),
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             let pending = outbox.stats().await.map(|s| s.pending).unwrap_or(-1);
-            Err(SyncError::Fatal(Fatal(format!(
-                "sync gave up after {}: {}; they stay queued for the agent or the next sync",
-                humantime::format_duration(timeout),
-                summary(pending)
-            ))))
+            Err(Fatal::SyncGaveUp {
+                after: humantime::format_duration(timeout).to_string(),
+                summary: summary(pending),
+            })
         }
     }
 }

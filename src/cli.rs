@@ -486,6 +486,257 @@ pub fn flag_of_another_command(e: &clap::Error, command: &str) -> Option<String>
     ))
 }
 
+/// A command-line error in one line, from clap's error kind and context (never its
+/// rendered text): the sentence, the accepted values and clap's tips; plus where a flag
+/// belongs and which environment variable an invalid value came from. `args`: the command
+/// line, without the program's name.
+pub fn command_line_error(e: &clap::Error, args: &[String]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let given = args
+        .iter()
+        .find(|a| command.find_subcommand(a.as_str()).is_some());
+    if let Some(sentence) = given.and_then(|c| flag_of_another_command(e, c)) {
+        return sentence;
+    }
+    let mut parts = one_line_parts(e);
+    let argument = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.as_str(),
+        _ => "",
+    };
+    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
+    let flag = argument.split([' ', '=']).next().unwrap_or_default();
+    match e.kind() {
+        ErrorKind::UnknownArgument if flag.starts_with("--") => {
+            let long = flag.trim_start_matches("--");
+            let owners: Vec<&str> = command
+                .get_subcommands()
+                .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
+                .map(|c| c.get_name())
+                .collect();
+            let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
+            if let (Some(first), true) = (owners.first(), misplaced) {
+                let example = given.map_or(*first, String::as_str);
+                // In place of clap's tip, which names the pair but not the rule.
+                parts.truncate(1);
+                parts.push(format!(
+                    "options of a command go after it, as in `deploytrack {example} {flag} ...`"
+                ));
+            }
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let env = command
+                .get_subcommands()
+                .chain([&command])
+                .flat_map(|c| c.get_arguments())
+                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
+                .and_then(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned());
+            let typed = args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            if let (Some(var), false, Some(first)) = (env, typed, parts.first_mut()) {
+                if std::env::var_os(&var).is_some() {
+                    first.push_str(&format!(" (from the environment variable {var})"));
+                }
+            }
+        }
+        _ => {}
+    }
+    format!("{} (see deploytrack --help)", parts.join("; "))
+}
+
+/// What clap's error says, from its kind and context: the sentence (a list it introduces
+/// with a colon continues it), the accepted values, then each tip.
+fn one_line_parts(e: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let list = |kind| match e.get(kind) {
+        Some(ContextValue::Strings(v)) => v.as_slice(),
+        _ => &[],
+    };
+    let number = |kind| match e.get(kind) {
+        Some(ContextValue::Number(n)) => Some(*n),
+        _ => None,
+    };
+    // A value with a space (or none) is quoted, as clap lists it.
+    let shown = |v: &String| {
+        if v.is_empty() || v.contains(char::is_whitespace) {
+            format!("{v:?}")
+        } else {
+            v.clone()
+        }
+    };
+    let values = |name: &str, kind| {
+        let values = list(kind);
+        (!values.is_empty()).then(|| {
+            let values: Vec<String> = values.iter().map(shown).collect();
+            format!("[{name}: {}]", values.join(", "))
+        })
+    };
+    let were = |n: isize| if n > 1 { "were" } else { "was" };
+    let arg = text(ContextKind::InvalidArg);
+    let value = text(ContextKind::InvalidValue);
+    // The sentence, and the items of a list it ends with a colon.
+    let (sentence, items): (Option<String>, Vec<String>) = match e.kind() {
+        ErrorKind::ArgumentConflict => {
+            let prior = e.get(ContextKind::PriorArg);
+            let repeated = arg.is_some()
+                && matches!(prior, Some(ContextValue::String(p)) if Some(p.as_str()) == arg);
+            let head = match (arg, text(ContextKind::InvalidSubcommand)) {
+                (Some(a), _) if repeated => {
+                    format!("the argument '{a}' cannot be used multiple times")
+                }
+                (Some(a), _) => format!("the argument '{a}' cannot be used with"),
+                (None, Some(sub)) => format!("the subcommand '{sub}' cannot be used with"),
+                (None, None) => e.kind().as_str().unwrap_or_default().to_string(),
+            };
+            match prior {
+                _ if repeated => (Some(head), Vec::new()),
+                Some(ContextValue::Strings(others)) => (Some(format!("{head}:")), others.clone()),
+                Some(ContextValue::String(other)) => {
+                    (Some(format!("{head} '{other}'")), Vec::new())
+                }
+                Some(_) => (
+                    Some(format!(
+                        "{head} one or more of the other specified arguments"
+                    )),
+                    Vec::new(),
+                ),
+                None => (Some(head), Vec::new()),
+            }
+        }
+        ErrorKind::NoEquals => (
+            arg.map(|a| format!("equal sign is needed when assigning values to '{a}'")),
+            Vec::new(),
+        ),
+        ErrorKind::InvalidValue => match (arg, value) {
+            (Some(a), Some("")) => (
+                Some(format!(
+                    "a value is required for '{a}' but none was supplied"
+                )),
+                Vec::new(),
+            ),
+            (Some(a), Some(v)) => (Some(format!("invalid value '{v}' for '{a}'")), Vec::new()),
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::InvalidSubcommand => (
+            text(ContextKind::InvalidSubcommand).map(|s| format!("unrecognized subcommand '{s}'")),
+            Vec::new(),
+        ),
+        ErrorKind::MissingRequiredArgument => match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::Strings(missing)) => (
+                Some("the following required arguments were not provided:".to_string()),
+                missing.clone(),
+            ),
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::MissingSubcommand => (
+            text(ContextKind::InvalidSubcommand)
+                .map(|s| format!("'{s}' requires a subcommand but one was not provided")),
+            Vec::new(),
+        ),
+        ErrorKind::TooManyValues => match (arg, value) {
+            (Some(a), Some(v)) => (
+                Some(format!(
+                    "unexpected value '{v}' for '{a}' found; no more were expected"
+                )),
+                Vec::new(),
+            ),
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::TooFewValues => match (
+            arg,
+            number(ContextKind::ActualNumValues),
+            number(ContextKind::MinValues),
+        ) {
+            (Some(a), Some(actual), Some(min)) => (
+                Some(format!(
+                    "{min} values required by '{a}'; only {actual} {} provided",
+                    were(actual)
+                )),
+                Vec::new(),
+            ),
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::ValueValidation => match (arg, value) {
+            (Some(a), Some(v)) => {
+                let why =
+                    std::error::Error::source(e).map_or_else(String::new, |s| format!(": {s}"));
+                (
+                    Some(format!("invalid value '{v}' for '{a}'{why}")),
+                    Vec::new(),
+                )
+            }
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::WrongNumberOfValues => match (
+            arg,
+            number(ContextKind::ActualNumValues),
+            number(ContextKind::ExpectedNumValues),
+        ) {
+            (Some(a), Some(actual), Some(expected)) => (
+                Some(format!(
+                    "{expected} values required for '{a}' but {actual} {} provided",
+                    were(actual)
+                )),
+                Vec::new(),
+            ),
+            _ => (None, Vec::new()),
+        },
+        ErrorKind::UnknownArgument => (
+            arg.map(|a| format!("unexpected argument '{a}' found")),
+            Vec::new(),
+        ),
+        _ => (None, Vec::new()),
+    };
+    let sentence = sentence.unwrap_or_else(|| match e.kind().as_str() {
+        Some(words) => words.to_string(),
+        None => {
+            std::error::Error::source(e).map_or_else(|| "unknown cause".into(), |s| s.to_string())
+        }
+    });
+    let mut parts = Vec::new();
+    let mut items = items.into_iter();
+    match items.next() {
+        Some(first) => {
+            parts.push(format!("{sentence} {first}"));
+            parts.extend(items);
+        }
+        None => parts.push(sentence),
+    }
+    parts.extend(match e.kind() {
+        ErrorKind::InvalidValue => values("possible values", ContextKind::ValidValue),
+        ErrorKind::MissingSubcommand => values("subcommands", ContextKind::ValidSubcommand),
+        _ => None,
+    });
+    for (what, kind) in [
+        ("subcommand", ContextKind::SuggestedSubcommand),
+        ("argument", ContextKind::SuggestedArg),
+        ("value", ContextKind::SuggestedValue),
+    ] {
+        let similar: Vec<String> = match e.get(kind) {
+            Some(ContextValue::String(s)) => vec![s.clone()],
+            Some(ContextValue::Strings(v)) => v.clone(),
+            _ => continue,
+        };
+        let quoted: Vec<String> = similar.iter().map(|s| format!("'{s}'")).collect();
+        parts.push(match quoted.as_slice() {
+            [] => format!("tip: some similar {what}s exist: "),
+            [one] => format!("tip: a similar {what} exists: {one}"),
+            _ => format!("tip: some similar {what}s exist: {}", quoted.join(", ")),
+        });
+    }
+    if let Some(ContextValue::StyledStrs(tips)) = e.get(ContextKind::Suggested) {
+        parts.extend(tips.iter().map(|tip| format!("tip: {tip}")));
+    }
+    parts
+}
+
 /// `report`: the endpoint and the retries, and the deployment.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -577,6 +828,84 @@ mod tests {
         // A flag no command has is clap's own error.
         let e = parse(&["report", "--image", PINNED, "--frobnicate"]).unwrap_err();
         assert_eq!(flag_of_another_command(&e, "report"), None);
+    }
+
+    /// The one line of a command-line error, and clap's kind of it.
+    fn one_line(args: &[&str]) -> (ErrorKind, String) {
+        let e = parse(args).unwrap_err();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        (e.kind(), command_line_error(&e, &args))
+    }
+
+    #[test]
+    fn command_line_errors_are_said_from_their_kind_and_context() {
+        let cases: &[(&[&str], ErrorKind, &str)] = &[
+            (
+                &["report"],
+                ErrorKind::MissingRequiredArgument,
+                "the following required arguments were not provided: --image <REF>",
+            ),
+            (
+                &["completions", "bas"],
+                ErrorKind::InvalidValue,
+                "invalid value 'bas' for '<SHELL>'; [possible values: bash, elvish, fish, powershell, zsh]; tip: a similar value exists: 'bash'",
+            ),
+            (
+                &["--url", "https://example.com/x", "run"],
+                ErrorKind::UnknownArgument,
+                "unexpected argument '--url' found; options of a command go after it, as in `deploytrack run --url ...`",
+            ),
+            (
+                &["runn"],
+                ErrorKind::InvalidSubcommand,
+                "unrecognized subcommand 'runn'; tip: a similar subcommand exists: 'run'",
+            ),
+            (
+                &["run", "--urll", "x"],
+                ErrorKind::UnknownArgument,
+                "unexpected argument '--urll' found; tip: a similar argument exists: '--url'",
+            ),
+            (
+                &["run", "--url"],
+                ErrorKind::InvalidValue,
+                "a value is required for '--url <URL>' but none was supplied",
+            ),
+            (
+                &["run", "--dry-run=maybe"],
+                ErrorKind::InvalidValue,
+                "invalid value 'maybe' for '--dry-run [<BOOL>]'; [possible values: true, false, 1, 0, yes, no]",
+            ),
+            (
+                &["run", "--url", "a", "--url", "b"],
+                ErrorKind::ArgumentConflict,
+                "the argument '--url <URL>' cannot be used multiple times",
+            ),
+            (
+                &["queue", "purge", "--yes=x"],
+                ErrorKind::TooManyValues,
+                "unexpected value 'x' for '--yes' found; no more were expected",
+            ),
+            (
+                &["--", "run"],
+                ErrorKind::UnknownArgument,
+                "unexpected argument 'run' found; tip: subcommand 'run' exists; to use it, remove the '--' before it",
+            ),
+            (
+                &["check", "--image", PINNED],
+                ErrorKind::UnknownArgument,
+                "check does not take --image: it is a setting of `report` only (deploytrack check --help lists what check takes)",
+            ),
+        ];
+        for (args, kind, want) in cases {
+            let (got_kind, line) = one_line(args);
+            assert_eq!(got_kind, *kind, "{args:?}");
+            let want = if want.contains("--help lists") {
+                want.to_string()
+            } else {
+                format!("{want} (see deploytrack --help)")
+            };
+            assert_eq!(line, want, "{args:?}");
+        }
     }
 
     /// The long flags of a subcommand's help (`--help` and `--version` aside).

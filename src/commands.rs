@@ -1,20 +1,20 @@
 //! The commands beside `run`: `report`, `check` and `queue`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError, Invalid};
 use crate::deliver::{HttpSink, Outcome, Sink};
-use crate::deployment::{Deployment, DeploymentKey, Platform, Selection};
+use crate::deployment::{Deployment, DeploymentKey, Platform, PlatformError, Selection};
 use crate::engine::evidence::Registries;
 use crate::engine::resolve::Resolver;
 use crate::engine::transport::ApiVersion;
 use crate::engine::Engine;
+use crate::error::Fatal;
 use crate::evidence::Ledger;
 use crate::outbox::{self, operator, DB_FILE};
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, ReferenceError};
 
 /// `report`: one deployment from a pipeline, retried on transient failures until `--timeout`.
 /// What `report` sends and how long it may try, from its flags; a bad one is a usage error.
@@ -22,16 +22,12 @@ pub fn report_request(
     args: &ReportArgs,
     config: &Config,
 ) -> Result<(Deployment, Duration), ConfigError> {
-    let image =
-        ImageRef::parse(&args.image).map_err(|e| ConfigError::new("--image", e.to_string()))?;
+    let image = ImageRef::parse(&args.image).map_err(|e| ConfigError::new("--image", e))?;
     validate_repository(&image).map_err(|e| ConfigError::new("--image", e))?;
     let Some(url) = image.pinned() else {
         return Err(ConfigError::new(
             "--image",
-            format!(
-                "{:?} is not pinned by digest (REPOSITORY[:TAG]@sha256:...)",
-                args.image
-            ),
+            ReferenceError::Unpinned(args.image.clone()),
         ));
     };
     let platform = match &args.platform {
@@ -72,15 +68,13 @@ pub fn report_request(
 
 /// The repository as Docker accepts it: lowercase path components of letters and digits
 /// joined by `.`, `_`, `__` or dashes (the registry host may hold capitals).
-fn validate_repository(image: &ImageRef) -> Result<(), String> {
+fn validate_repository(image: &ImageRef) -> Result<(), ReferenceError> {
     let path = image
         .repository
         .split_once('/')
         .map_or(image.repository.as_str(), |(_, path)| path);
     if path.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "the repository name {path:?} must be lowercase, as Docker requires"
-        ));
+        return Err(ReferenceError::UppercaseRepository(path.to_string()));
     }
     let component_ok = |c: &str| {
         let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
@@ -92,9 +86,7 @@ fn validate_repository(image: &ImageRef) -> Result<(), String> {
             && !c.contains("___")
     };
     if let Some(bad) = path.split('/').find(|c| !component_ok(c)) {
-        return Err(format!(
-            "{bad:?} is not a repository name component (lowercase letters and digits, separated by ., _, __ or -)"
-        ));
+        return Err(ReferenceError::BadComponent(bad.to_string()));
     }
     if let Some(tag) = &image.tag {
         let ok = tag.len() <= 128
@@ -103,7 +95,7 @@ fn validate_repository(image: &ImageRef) -> Result<(), String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok {
-            return Err(format!("{tag:?} is not a tag"));
+            return Err(ReferenceError::BadTag(tag.clone()));
         }
     }
     Ok(())
@@ -114,10 +106,10 @@ fn validate_repository(image: &ImageRef) -> Result<(), String> {
 /// (`x86_64` is `amd64`, `aarch64` is `arm64`, `armhf` is `arm/v7`, `armel` is `arm/v6`,
 /// `i386` is `386`) and `7` as `v7`. An OS, an architecture or an arm variant Docker does not
 /// know is refused: the receiver would match nothing by it.
-fn normalize_platform(text: &str) -> Result<Platform, String> {
+fn normalize_platform(text: &str) -> Result<Platform, PlatformError> {
     let lower = text.trim().to_ascii_lowercase();
     let parts: Vec<&str> = lower.split('/').collect();
-    let shape = || format!("{text:?} is not a platform like linux/amd64, linux/arm64/v8 or arm64");
+    let shape = || PlatformError::Shape(text.to_string());
     let (os, arch, variant) = match parts.as_slice() {
         [arch] if !KNOWN_OSES.contains(arch) => ("linux", *arch, None),
         [os, arch] => (*os, *arch, None),
@@ -131,9 +123,10 @@ fn normalize_platform(text: &str) -> Result<Platform, String> {
         return Err(shape());
     }
     if !KNOWN_OSES.contains(&os) {
-        return Err(format!(
-            "{text:?}: {os:?} is not an operating system Docker knows (linux, windows, ...)"
-        ));
+        return Err(PlatformError::UnknownOs {
+            text: text.to_string(),
+            os: os.to_string(),
+        });
     }
     let (architecture, implied) = match arch {
         "x86_64" | "x86-64" => ("amd64", None),
@@ -143,9 +136,10 @@ fn normalize_platform(text: &str) -> Result<Platform, String> {
         "armel" => ("arm", Some("v6")),
         other if KNOWN_ARCHITECTURES.contains(&other) => (other, None),
         other => {
-            return Err(format!(
-                "{text:?}: {other:?} is not an architecture Docker knows (amd64, arm64, arm, 386, ppc64le, s390x, riscv64, ...; aliases x86_64, aarch64, armhf, armel, i386)"
-            ))
+            return Err(PlatformError::UnknownArchitecture {
+                text: text.to_string(),
+                architecture: other.to_string(),
+            })
         }
     };
     let variant = match variant {
@@ -168,10 +162,11 @@ fn normalize_platform(text: &str) -> Result<Platform, String> {
         (_, Some(v)) => v.bytes().all(|b| b.is_ascii_alphanumeric()),
     };
     if !known_variant {
-        return Err(format!(
-            "{text:?}: {:?} is not a variant of {architecture} Docker knows",
-            variant.unwrap_or_default()
-        ));
+        return Err(PlatformError::UnknownVariant {
+            text: text.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.unwrap_or_default(),
+        });
     }
     Ok(Platform::new(os, architecture, variant.as_deref()))
 }
@@ -226,6 +221,40 @@ const KNOWN_ARCHITECTURES: &[&str] = &[
     "wasm",
 ];
 
+/// Why `report` did not deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the endpoint refused the report ({status}): {response}")]
+    Refused { status: u16, response: String },
+    #[error(
+        "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
+    )]
+    Unauthorized { status: u16 },
+    /// The endpoint cannot take reports until the configuration is fixed; the sentence
+    /// names what to fix.
+    #[error("{0}")]
+    Misconfigured(String),
+    /// `--timeout` passed, or will before the endpoint may be asked again: the last
+    /// failure's reason, and why no attempt is left.
+    #[error("not delivered within {within}: {reason}{gave_up}")]
+    NotDelivered {
+        within: String,
+        reason: String,
+        gave_up: GaveUp,
+    },
+}
+
+/// Why `report` makes no further attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GaveUp {
+    /// Nothing is left of `--timeout`.
+    #[error("")]
+    Deadline,
+    /// The endpoint asked to be left alone (`Retry-After`) past the deadline.
+    #[error(", and it asked to wait {} (Retry-After), longer than what is left of --timeout ({}); try again later, or give a longer --timeout", crate::clock::human(*wait), crate::clock::human(*left))]
+    RetryAfterPastDeadline { wait: Duration, left: Duration },
+}
+
 /// Send one deployment and wait until it is delivered or `timeout` passes. A refusal, a
 /// rejected token or a misconfigured endpoint fail at once: retrying cannot help them.
 pub async fn report(
@@ -233,18 +262,20 @@ pub async fn report(
     timeout: Duration,
     config: Config,
 ) -> Result<(), Fatal> {
-    let sink = Sink::for_config(&config)?;
+    let sink = Sink::for_config(&config).map_err(Fatal::Endpoint)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
-    let within = humantime::format_duration(timeout);
+    let within = humantime::format_duration(timeout).to_string();
     let mut failures = 0;
     let mut last_reason: Option<String> = None;
     loop {
         let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(&body)).await else {
-            return Err(Fatal(format!(
-                "not delivered within {within}: {}",
-                last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into())
-            )));
+            return Err(ReportError::NotDelivered {
+                within,
+                reason: last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into()),
+                gave_up: GaveUp::Deadline,
+            }
+            .into());
         };
         match outcome {
             Outcome::Delivered { .. } => {
@@ -252,20 +283,28 @@ pub async fn report(
                 return Ok(());
             }
             Outcome::Rejected { status, response } => {
-                return Err(Fatal(format!("the endpoint refused the report ({status}): {response}")))
+                return Err(ReportError::Refused { status, response }.into())
             }
             Outcome::Unauthorized { status } => {
-                return Err(Fatal(format!(
-                    "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
-                )))
+                return Err(ReportError::Unauthorized { status }.into())
             }
-            Outcome::Misconfigured { reason } => return Err(Fatal(reason)),
-            Outcome::Transient { reason, retry_after } => {
+            Outcome::Misconfigured { reason } => {
+                return Err(ReportError::Misconfigured(reason).into())
+            }
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
                 let delay = config.retry.delay_at_least(failures, retry_after);
                 failures += 1;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let delay = next_attempt(left, delay, retry_after)
-                    .map_err(|why| Fatal(format!("not delivered within {within}: {reason}{why}")))?;
+                let delay = next_attempt(left, delay, retry_after).map_err(|gave_up| {
+                    ReportError::NotDelivered {
+                        within: within.clone(),
+                        reason: reason.clone(),
+                        gave_up,
+                    }
+                })?;
                 tracing::warn!(reason = %reason, retry_in = %crate::clock::human(delay), "report not delivered yet; retrying");
                 last_reason = Some(reason);
                 tokio::time::sleep(delay).await;
@@ -277,20 +316,15 @@ pub async fn report(
 /// How long `report` waits before it tries again, with `left` until `--timeout`: the
 /// backoff's `delay` (never shorter than a `Retry-After`), the last attempt falling on the
 /// deadline rather than being skipped. An endpoint that asked to be left alone past the
-/// deadline is not asked again before its time: `report` gives up at once, saying why (the
-/// error's tail).
+/// deadline is not asked again before its time: `report` gives up at once, saying why.
 fn next_attempt(
     left: Duration,
     delay: Duration,
     retry_after: Option<Duration>,
-) -> Result<Duration, String> {
+) -> Result<Duration, GaveUp> {
     match retry_after {
-        _ if left.is_zero() => Err(String::new()),
-        Some(wait) if wait > left => Err(format!(
-            ", and it asked to wait {} (Retry-After), longer than what is left of --timeout ({}); try again later, or give a longer --timeout",
-            crate::clock::human(wait),
-            crate::clock::human(left)
-        )),
+        _ if left.is_zero() => Err(GaveUp::Deadline),
+        Some(wait) if wait > left => Err(GaveUp::RetryAfterPastDeadline { wait, left }),
         _ => Ok(delay.min(left)),
     }
 }
@@ -367,7 +401,9 @@ pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
     }
     println!("{}", list.summary());
     if list.failed > 0 {
-        return Err(Fatal(checks_failed(list.failed)));
+        return Err(Fatal::ChecksFailed {
+            failed: list.failed,
+        });
     }
     Ok(())
 }
@@ -410,6 +446,11 @@ impl Checklist {
             (n, _) => format!("{}{warnings}, {} OK", checks_failed(n), self.ok),
         }
     }
+}
+
+/// `1 check failed`, `2 checks failed`: the closing line's start, and the error of `check`.
+pub(crate) fn checks_failed(n: usize) -> String {
+    format!("{n} check{} failed", if n == 1 { "" } else { "s" })
 }
 
 /// `1 check`, `2 checks`.
@@ -561,7 +602,7 @@ fn check_state_dir_of(config: &Config, list: &mut Checklist) {
         ),
         (Some(dir), _) => match check_state_dir(dir) {
             Ok(detail) => list.line(true, "state dir", detail),
-            Err(e) => list.line(false, "state dir", e),
+            Err(e) => list.line(false, "state dir", e.to_string()),
         },
     }
 }
@@ -695,10 +736,6 @@ fn endpoint_verdict(status: u16, location: Option<&str>) -> Verdict {
     }
 }
 
-fn checks_failed(n: usize) -> String {
-    format!("{n} check{} failed", if n == 1 { "" } else { "s" })
-}
-
 /// Host names that images and installers give every machine they set up: hosts cloned from
 /// one image share them.
 const DEFAULT_HOST_NAMES: &[&str] = &[
@@ -737,16 +774,34 @@ pub fn looks_like_a_default_host_name(name: &str) -> bool {
     DEFAULT_HOST_NAMES.contains(&bare)
 }
 
+/// Why `check` fails the state dir.
+#[derive(Debug, thiserror::Error)]
+enum StateDirError {
+    /// `dir`: the state dir, or its nearest existing parent.
+    #[error("{} is not writable: {source}", dir.display())]
+    NotWritable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", db.display())]
+    Queue {
+        db: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
 /// Writable, or creatable: a missing state dir is not created by a check (the agent does
 /// that), but the nearest existing parent must let it be.
-fn check_state_dir(dir: &Path) -> Result<String, String> {
+fn check_state_dir(dir: &Path) -> Result<String, StateDirError> {
     let existing = dir
         .ancestors()
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
     let probe = existing.join(format!(".deploytrack-check-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .map_err(|e| format!("{} is not writable: {e}", existing.display()))?;
+    std::fs::write(&probe, b"ok").map_err(|source| StateDirError::NotWritable {
+        dir: existing.to_path_buf(),
+        source,
+    })?;
     let _ = std::fs::remove_file(&probe);
     if existing != dir {
         return Ok(format!(
@@ -756,47 +811,59 @@ fn check_state_dir(dir: &Path) -> Result<String, String> {
     }
     let db = dir.join(DB_FILE);
     if db.exists() {
-        outbox::open_file(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+        outbox::open_file(&db).map_err(|source| StateDirError::Queue { db, source })?;
     }
     Ok(format!("{} is writable", dir.display()))
 }
 
 /// `queue list|dead|retry|purge` against the queue file in the state dir.
-pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), Fatal> {
+pub fn queue(action: &QueueAction, state_dir: &Path) -> Result<(), QueueCommandError> {
     match queue_to(action, state_dir, &mut std::io::stdout().lock()) {
-        Err(QueueError::Fatal(f)) => Err(f),
         // A closed pipe (`| head`) is not an error of ours.
-        Err(QueueError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(QueueError::Io(e)) => Err(Fatal(format!("cannot write the output: {e}"))),
-        Ok(()) => Ok(()),
+        Err(QueueCommandError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
-enum QueueError {
-    Fatal(Fatal),
-    Io(std::io::Error),
-}
-
-impl From<Fatal> for QueueError {
-    fn from(f: Fatal) -> Self {
-        QueueError::Fatal(f)
-    }
-}
-
-impl From<std::io::Error> for QueueError {
-    fn from(e: std::io::Error) -> Self {
-        QueueError::Io(e)
-    }
+/// Why a `deploytrack queue` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueCommandError {
+    /// `purge` without `--yes` (exit 64, before the queue is opened).
+    #[error("queue purge deletes every pending report and dead letter: confirm with --yes")]
+    PurgeUnconfirmed,
+    #[error("no queue at {}: no agent has run with this state dir; give the agent's with --state-dir (or DEPLOYTRACK_STATE_DIR, or --config with the file that sets state_dir; the package's is /var/lib/deploytrack)", .0.display())]
+    NoQueue(PathBuf),
+    /// This user may not read the queue file; SQLite's refusal when it was the one to say so.
+    #[error("permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root{}", path.display(), sqlite.as_ref().map_or_else(String::new, |e| format!(" ({e})")))]
+    Denied {
+        path: PathBuf,
+        sqlite: Option<rusqlite::Error>,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 fn queue_to(
     action: &QueueAction,
     state_dir: &Path,
     out: &mut impl std::io::Write,
-) -> Result<(), QueueError> {
+) -> Result<(), QueueCommandError> {
+    if let QueueAction::Purge { yes: false } = action {
+        return Err(QueueCommandError::PurgeUnconfirmed);
+    }
     let path = state_dir.join(DB_FILE);
     let mut conn = open_queue(&path)?;
-    let db_err = |e: rusqlite::Error| QueueError::Fatal(queue_db_error(&path, e));
+    let db_err = |e: rusqlite::Error| queue_db_error(&path, e);
     let now = crate::clock::now_ms();
     match action {
         QueueAction::List => {
@@ -821,14 +888,7 @@ fn queue_to(
                 writeln!(out, "{moved} moved back into the queue")?;
             }
         }
-        QueueAction::Purge { yes } => {
-            if !yes {
-                return Err(Fatal(
-                    "queue purge deletes every pending report and dead letter: confirm with --yes"
-                        .into(),
-                )
-                .into());
-            }
+        QueueAction::Purge { .. } => {
             let (pending, dead) = operator::purge(&mut conn).map_err(db_err)?;
             writeln!(
                 out,
@@ -843,43 +903,48 @@ fn queue_to(
 
 /// The queue file for an operator command: it must exist, and this user must be able to read
 /// it (else one sentence says as whom to run the command).
-fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueError> {
+fn open_queue(path: &Path) -> Result<rusqlite::Connection, QueueCommandError> {
+    let path_buf = || path.to_path_buf();
     match std::fs::File::open(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Fatal(format!(
-                "no queue at {}: no agent has run with this state dir; give the agent's with --state-dir (or DEPLOYTRACK_STATE_DIR, or --config with the file that sets state_dir; the package's is /var/lib/deploytrack)",
-                path.display()
-            ))
-            .into())
+            return Err(QueueCommandError::NoQueue(path_buf()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(queue_denied(path).into())
+            return Err(QueueCommandError::Denied {
+                path: path_buf(),
+                sqlite: None,
+            })
         }
-        Err(e) => return Err(Fatal(format!("cannot open {}: {e}", path.display())).into()),
+        Err(source) => {
+            return Err(QueueCommandError::Open {
+                path: path_buf(),
+                source,
+            })
+        }
     }
-    Ok(outbox::open_file(path).map_err(|e| queue_db_error(path, e))?)
+    outbox::open_file(path).map_err(|e| queue_db_error(path, e))
 }
 
-fn queue_denied(path: &Path) -> Fatal {
-    Fatal(format!(
-        "permission denied: this user cannot read the queue {}; run the command as the user the agent runs as (for example sudo -u deploytrack), or as root",
-        path.display()
-    ))
-}
-
-fn queue_db_error(path: &Path, e: rusqlite::Error) -> Fatal {
+/// SQLite's error on the queue file: a refusal to open or write it is a matter of the user
+/// the command runs as.
+fn queue_db_error(path: &Path, e: rusqlite::Error) -> QueueCommandError {
     match e.sqlite_error_code() {
         Some(
             rusqlite::ErrorCode::CannotOpen
             | rusqlite::ErrorCode::PermissionDenied
             | rusqlite::ErrorCode::ReadOnly,
-        ) => Fatal(format!("{} ({e})", queue_denied(path).0)),
-        _ => Fatal(format!("{}: {e}", path.display())),
+        ) => QueueCommandError::Denied {
+            path: path.to_path_buf(),
+            sqlite: Some(e),
+        },
+        _ => QueueCommandError::Database {
+            path: path.to_path_buf(),
+            source: e,
+        },
     }
 }
 
-/// How long before `now` a time in Unix milliseconds was, in words.
 fn ago(now: i64, ms: i64) -> String {
     humantime::format_duration(Duration::from_secs(((now - ms).max(0) / 1000) as u64)).to_string()
 }
@@ -1008,18 +1073,46 @@ mod tests {
         );
         // What Docker does not know is refused, naming the part.
         let err = p("linux/amd65").unwrap_err();
+        assert_eq!(
+            err,
+            PlatformError::UnknownArchitecture {
+                text: "linux/amd65".into(),
+                architecture: "amd65".into()
+            }
+        );
         assert!(
-            err.starts_with(r#""linux/amd65": "amd65" is not an architecture Docker knows"#),
+            err.to_string()
+                .starts_with(r#""linux/amd65": "amd65" is not an architecture Docker knows"#),
             "{err}"
         );
         let err = p("lniux/amd64").unwrap_err();
-        assert!(
-            err.contains(r#""lniux" is not an operating system"#),
-            "{err}"
+        assert_eq!(
+            err,
+            PlatformError::UnknownOs {
+                text: "lniux/amd64".into(),
+                os: "lniux".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            r#""lniux/amd64": "lniux" is not an operating system Docker knows (linux, windows, ...)"#
         );
         let err = p("linux/arm/v9").unwrap_err();
-        assert!(err.contains(r#""v9" is not a variant of arm"#), "{err}");
-        assert!(p("linux//v7").is_err() && p("a/b/c/d").is_err());
+        assert_eq!(
+            err,
+            PlatformError::UnknownVariant {
+                text: "linux/arm/v9".into(),
+                architecture: "arm".into(),
+                variant: "v9".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            r#""linux/arm/v9": "v9" is not a variant of arm Docker knows"#
+        );
+        for bad in ["linux//v7", "a/b/c/d"] {
+            assert_eq!(p(bad), Err(PlatformError::Shape(bad.into())));
+        }
     }
 
     #[test]
@@ -1035,9 +1128,26 @@ mod tests {
             assert_eq!(check(&format!("{good}{digest}")), Ok(()), "{good}");
         }
         let err = check(&format!("Nginx{digest}")).unwrap_err();
-        assert!(err.contains("must be lowercase"), "{err}");
-        for bad in ["example.com/-app", "example.com/a..b", "app:.tag"] {
-            assert!(check(&format!("{bad}{digest}")).is_err(), "{bad}");
+        assert_eq!(
+            err,
+            ReferenceError::UppercaseRepository("library/Nginx".into())
+        );
+        assert_eq!(
+            err.to_string(),
+            r#"the repository name "library/Nginx" must be lowercase, as Docker requires"#
+        );
+        for (bad, refusal) in [
+            (
+                "example.com/-app",
+                ReferenceError::BadComponent("-app".into()),
+            ),
+            (
+                "example.com/a..b",
+                ReferenceError::BadComponent("a..b".into()),
+            ),
+            ("app:.tag", ReferenceError::BadTag(".tag".into())),
+        ] {
+            assert_eq!(check(&format!("{bad}{digest}")), Err(refusal), "{bad}");
         }
     }
 
@@ -1099,9 +1209,20 @@ mod tests {
         let why = next_attempt(s(3), s(7), Some(s(7))).unwrap_err();
         assert_eq!(
             why,
+            GaveUp::RetryAfterPastDeadline {
+                wait: s(7),
+                left: s(3)
+            }
+        );
+        assert_eq!(
+            why.to_string(),
             ", and it asked to wait 7s (Retry-After), longer than what is left of --timeout (3s); try again later, or give a longer --timeout"
         );
-        assert_eq!(next_attempt(Duration::ZERO, s(1), None), Err(String::new()));
+        assert_eq!(
+            next_attempt(Duration::ZERO, s(1), None),
+            Err(GaveUp::Deadline)
+        );
+        assert_eq!(GaveUp::Deadline.to_string(), "");
     }
 
     #[test]
@@ -1131,11 +1252,24 @@ mod tests {
     }
 
     #[test]
+    fn purge_without_yes_is_refused_before_the_queue_is_opened() {
+        let dir = std::env::temp_dir().join(format!("deploytrack-nopurge-{}", std::process::id()));
+        assert!(matches!(
+            queue_to(&QueueAction::Purge { yes: false }, &dir, &mut Vec::new()),
+            Err(QueueCommandError::PurgeUnconfirmed)
+        ));
+        assert!(matches!(
+            queue_to(&QueueAction::Purge { yes: true }, &dir, &mut Vec::new()),
+            Err(QueueCommandError::NoQueue(path)) if path == dir.join(DB_FILE)
+        ));
+    }
+
+    #[test]
     fn a_missing_queue_points_to_the_state_dir() {
         let dir = std::env::temp_dir().join(format!("deploytrack-noqueue-{}", std::process::id()));
         let err = match queue_to(&QueueAction::List, &dir, &mut Vec::new()) {
-            Err(QueueError::Fatal(f)) => f.0,
-            _ => panic!("a missing queue listed"),
+            Err(e @ QueueCommandError::NoQueue(_)) => e.to_string(),
+            other => panic!("a missing queue was answered {other:?}"),
         };
         assert!(
             err.starts_with(&format!(

@@ -452,7 +452,7 @@ impl Dispatcher {
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
         until_empty: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::outbox::Error> {
         let mut f = Flights::default();
         let mut reconciled = self.reconciled.clone();
         tokio::select! {
@@ -506,7 +506,7 @@ impl Dispatcher {
 
     /// While the queue is held, a reminder with the queue depth, the oldest report's age and
     /// the last error, at growing intervals.
-    async fn remind(&self, hold: &mut Hold) -> Result<(), String> {
+    async fn remind(&self, hold: &mut Hold) -> Result<(), crate::outbox::Error> {
         let Some(at) = hold.remind_at.filter(|at| *at <= Instant::now()) else {
             return Ok(());
         };
@@ -527,7 +527,7 @@ impl Dispatcher {
 
     /// Start as many requests as there is room for: `concurrency` at a time, one probe at a
     /// time while held, never two of one key at once.
-    async fn send_more(&self, f: &mut Flights) -> Result<(), String> {
+    async fn send_more(&self, f: &mut Flights) -> Result<(), crate::outbox::Error> {
         let now = Instant::now();
         let held = f.hold.until.is_some_and(|u| u > now);
         let capacity = if f.hold.until.is_some() {
@@ -576,7 +576,11 @@ impl Dispatcher {
         let Sink::Http(http) = f.sink.as_deref().unwrap_or(&self.sink) else {
             return;
         };
-        match file.read().and_then(|token| http.with_token(&token)) {
+        match file
+            .read()
+            .map_err(|e| e.to_string())
+            .and_then(|token| http.with_token(&token))
+        {
             Ok(Some(rotated)) => {
                 tracing::info!(
                     "read a new API token from {}; the next attempt sends it",
@@ -761,13 +765,14 @@ mod tests {
         assert!(rotated.authorization.is_sensitive());
         std::fs::write(&path, " \n").unwrap();
         assert_eq!(
-            file.read().unwrap_err(),
+            file.read().unwrap_err().to_string(),
             format!("the token from --token-file {} is empty", path.display())
         );
         std::fs::remove_file(&path).unwrap();
         assert!(file
             .read()
             .unwrap_err()
+            .to_string()
             .starts_with(&format!("cannot read {}: ", path.display())));
     }
 

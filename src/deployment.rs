@@ -42,6 +42,27 @@ impl fmt::Display for DeploymentKey {
     }
 }
 
+/// Why a platform is refused; `text` is the platform as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// Not `os/arch[/variant]`.
+    #[error("{0:?} is not a platform like linux/amd64 or linux/arm64/v8")]
+    NotOsArch(String),
+    /// Not `os/arch[/variant]`, nor an architecture alone (`report --platform`).
+    #[error("{0:?} is not a platform like linux/amd64, linux/arm64/v8 or arm64")]
+    Shape(String),
+    #[error("{text:?}: {os:?} is not an operating system Docker knows (linux, windows, ...)")]
+    UnknownOs { text: String, os: String },
+    #[error("{text:?}: {architecture:?} is not an architecture Docker knows (amd64, arm64, arm, 386, ppc64le, s390x, riscv64, ...; aliases x86_64, aarch64, armhf, armel, i386)")]
+    UnknownArchitecture { text: String, architecture: String },
+    #[error("{text:?}: {variant:?} is not a variant of {architecture} Docker knows")]
+    UnknownVariant {
+        text: String,
+        architecture: String,
+        variant: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
     pub os: String,
@@ -52,7 +73,7 @@ pub struct Platform {
 
 impl Platform {
     /// `os/arch[/variant]`, as `docker --platform` spells it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PlatformError> {
         let parts: Vec<&str> = text.split('/').collect();
         let valid =
             |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -61,9 +82,7 @@ impl Platform {
             [os, arch, variant] if parts.iter().all(valid) => {
                 Ok(Platform::new(os, arch, Some(variant)))
             }
-            _ => Err(format!(
-                "{text:?} is not a platform like linux/amd64 or linux/arm64/v8"
-            )),
+            _ => Err(PlatformError::NotOsArch(text.to_string())),
         }
     }
 
@@ -267,19 +286,29 @@ impl Deployment {
 /// The one rule for an environment name, whatever its source (flag, environment variable,
 /// file, label): not empty, no control characters, no space at either end. A name is refused
 /// rather than trimmed: `" prod "` and `"prod"` would be two streams at the receiver.
-pub fn validate_environment(name: &str) -> Result<(), String> {
+pub fn validate_environment(name: &str) -> Result<(), EnvironmentError> {
     if name.trim().is_empty() {
-        Err("the environment name is empty".into())
+        Err(EnvironmentError::Empty)
     } else if name.chars().any(char::is_control) {
-        Err(format!("{name:?} holds control characters"))
+        Err(EnvironmentError::ControlCharacters(name.to_string()))
     } else if name.trim() != name {
-        Err(format!(
-            "{name:?} begins or ends with a space (the receiver would keep it as another environment than {:?})",
-            name.trim()
-        ))
+        Err(EnvironmentError::Spaces {
+            name: name.to_string(),
+        })
     } else {
         Ok(())
     }
+}
+
+/// Why an environment name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvironmentError {
+    #[error("the environment name is empty")]
+    Empty,
+    #[error("{0:?} holds control characters")]
+    ControlCharacters(String),
+    #[error("{name:?} begins or ends with a space (the receiver would keep it as another environment than {trimmed:?})", trimmed = name.trim())]
+    Spaces { name: String },
 }
 
 /// The words a yes-or-no setting takes, whatever its source (flag, environment variable,
@@ -379,8 +408,45 @@ enum Fact {
 
 const KNOWN_PLACEHOLDERS: &str = "{host} {container} {id} {compose_project} {compose_service} {compose_number} {swarm_service} {swarm_slot} {swarm_node} {swarm_stack} {label:KEY}";
 
+/// Why one placeholder, or one alternative of a placeholder, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceholderError {
+    #[error("a placeholder or one of its alternatives is empty")]
+    Empty,
+    #[error("{{label:}} names no label key")]
+    NoLabelKey,
+    #[error("the label key {0:?} holds control characters")]
+    LabelKeyControlCharacters(String),
+    #[error("unknown placeholder {{{0}}} (known: {KNOWN_PLACEHOLDERS})")]
+    Unknown(String),
+}
+
+/// Why a `--name-template` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0:?} has a }} without {{")]
+    UnopenedBrace(String),
+    #[error("{0:?} has an unclosed {{")]
+    UnclosedBrace(String),
+    #[error("{0:?} has no placeholder, so every container would get the same name")]
+    NoPlaceholder(String),
+    /// `written`: the placeholder, braces included.
+    #[error("{written} has a {{ inside a placeholder")]
+    BraceInPlaceholder { written: String },
+    #[error("{written}: a literal alternative is text in double quotes, like \"none\"")]
+    UnquotedLiteral { written: String },
+    #[error("{written}: a literal alternative may only come last, after a placeholder")]
+    LiteralNotLast { written: String },
+    /// A placeholder alone is named by its error; one among alternatives, with its slot.
+    #[error("{}{error}", within.as_ref().map_or_else(String::new, |w| format!("{w}: ")))]
+    Placeholder {
+        within: Option<String>,
+        error: PlaceholderError,
+    },
+}
+
 impl Fact {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, PlaceholderError> {
         Ok(match text {
             "host" => Fact::Host,
             "container" => Fact::Container,
@@ -392,18 +458,14 @@ impl Fact {
             "swarm_slot" => Fact::SwarmSlot,
             "swarm_node" => Fact::SwarmNode,
             "swarm_stack" => Fact::SwarmStack,
-            "" => return Err("a placeholder or one of its alternatives is empty".into()),
+            "" => return Err(PlaceholderError::Empty),
             other => match other.strip_prefix("label:") {
-                Some("") => return Err("{label:} names no label key".into()),
+                Some("") => return Err(PlaceholderError::NoLabelKey),
                 Some(key) if key.chars().any(char::is_control) => {
-                    return Err(format!("the label key {key:?} holds control characters"))
+                    return Err(PlaceholderError::LabelKeyControlCharacters(key.to_string()))
                 }
                 Some(key) => Fact::Label(key.to_string()),
-                None => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}} (known: {KNOWN_PLACEHOLDERS})"
-                    ))
-                }
+                None => return Err(PlaceholderError::Unknown(other.to_string())),
             },
         })
     }
@@ -443,10 +505,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn parse(body: &str) -> Result<Self, String> {
+    fn parse(body: &str) -> Result<Self, TemplateError> {
         let written = format!("{{{body}}}");
         if body.contains('{') {
-            return Err(format!("{written} has a {{ inside a placeholder"));
+            return Err(TemplateError::BraceInPlaceholder { written });
         }
         let parts: Vec<&str> = body.split('|').collect();
         let mut alternatives = Vec::new();
@@ -456,21 +518,18 @@ impl Slot {
                 let text = quoted
                     .strip_suffix('"')
                     .filter(|t| !t.contains('"'))
-                    .ok_or_else(|| format!("{written}: a literal alternative is text in double quotes, like \"none\""))?;
+                    .ok_or_else(|| TemplateError::UnquotedLiteral {
+                        written: written.clone(),
+                    })?;
                 if i + 1 != parts.len() || alternatives.is_empty() {
-                    return Err(format!(
-                        "{written}: a literal alternative may only come last, after a placeholder"
-                    ));
+                    return Err(TemplateError::LiteralNotLast { written });
                 }
                 otherwise = Some(text.to_string());
             } else {
                 // An alternative among several is named with its placeholder.
-                let fact = Fact::parse(part).map_err(|e| {
-                    if parts.len() > 1 {
-                        format!("{written}: {e}")
-                    } else {
-                        e
-                    }
+                let fact = Fact::parse(part).map_err(|error| TemplateError::Placeholder {
+                    within: (parts.len() > 1).then(|| written.clone()),
+                    error,
                 })?;
                 alternatives.push(fact);
             }
@@ -498,32 +557,30 @@ pub struct Unfilled(pub String);
 pub struct NameTemplate(Vec<Piece>);
 
 impl NameTemplate {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             if rest[..open].contains('}') {
-                return Err(format!("{text:?} has a }} without {{"));
+                return Err(TemplateError::UnopenedBrace(text.to_string()));
             }
             if open > 0 {
                 pieces.push(Piece::Text(rest[..open].to_string()));
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("{text:?} has an unclosed {{"))?;
+                .ok_or_else(|| TemplateError::UnclosedBrace(text.to_string()))?;
             pieces.push(Piece::Slot(Slot::parse(&rest[open + 1..open + close])?));
             rest = &rest[open + close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("{text:?} has a }} without {{"));
+            return Err(TemplateError::UnopenedBrace(text.to_string()));
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
         }
         if pieces.iter().all(|p| matches!(p, Piece::Text(_))) {
-            return Err(format!(
-                "{text:?} has no placeholder, so every container would get the same name"
-            ));
+            return Err(TemplateError::NoPlaceholder(text.to_string()));
         }
         Ok(NameTemplate(pieces))
     }
@@ -561,12 +618,19 @@ impl NameTemplate {
     }
 }
 
+/// A `--label-selector` entry without a key (`=value`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("{0:?} has no label key (use key=value or key)")]
+    NoKey(String),
+}
+
 /// `--label-selector`: every entry must match (a bare key matches any value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(Vec<(String, Option<String>)>);
 
 impl LabelSelector {
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, SelectorError> {
         let mut out = Vec::new();
         for entry in entries {
             let (key, value) = match entry.split_once('=') {
@@ -574,7 +638,7 @@ impl LabelSelector {
                 None => (entry.trim(), None),
             };
             if key.is_empty() {
-                return Err(format!("{entry:?} has no label key (use key=value or key)"));
+                return Err(SelectorError::NoKey(entry.clone()));
             }
             out.push((key.to_string(), value));
         }
@@ -772,26 +836,74 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused() {
-        for bad in [
-            "{host}/{nope}",
-            "{host",
-            "static",
-            "}{host}",
-            "{host}}",
-            "{}",
-            "{host|}",
-            "{|host}",
-            "{label:}",
-            "{label:a\nb}",
-            "{\"x\"}",
-            "{host|\"x\"|container}",
-            "{host|\"x}",
-            "{host|\"a\"b\"}",
-            "{host|{container}}",
-            "{ host }",
-        ] {
-            assert!(NameTemplate::parse(bad).is_err(), "{bad:?} parsed");
+        use PlaceholderError as P;
+        use TemplateError as T;
+        let alone = |error| T::Placeholder {
+            within: None,
+            error,
+        };
+        let among = |within: &str, error| T::Placeholder {
+            within: Some(within.into()),
+            error,
+        };
+        let cases = [
+            ("{host}/{nope}", alone(P::Unknown("nope".into()))),
+            ("{host", T::UnclosedBrace("{host".into())),
+            ("static", T::NoPlaceholder("static".into())),
+            ("}{host}", T::UnopenedBrace("}{host}".into())),
+            ("{host}}", T::UnopenedBrace("{host}}".into())),
+            ("{}", alone(P::Empty)),
+            ("{host|}", among("{host|}", P::Empty)),
+            ("{|host}", among("{|host}", P::Empty)),
+            ("{label:}", alone(P::NoLabelKey)),
+            (
+                "{label:a\nb}",
+                alone(P::LabelKeyControlCharacters("a\nb".into())),
+            ),
+            (
+                "{\"x\"}",
+                T::LiteralNotLast {
+                    written: "{\"x\"}".into(),
+                },
+            ),
+            (
+                "{host|\"x\"|container}",
+                T::LiteralNotLast {
+                    written: "{host|\"x\"|container}".into(),
+                },
+            ),
+            (
+                "{host|\"x}",
+                T::UnquotedLiteral {
+                    written: "{host|\"x}".into(),
+                },
+            ),
+            (
+                "{host|\"a\"b\"}",
+                T::UnquotedLiteral {
+                    written: "{host|\"a\"b\"}".into(),
+                },
+            ),
+            (
+                "{host|{container}}",
+                T::BraceInPlaceholder {
+                    written: "{host|{container}".into(),
+                },
+            ),
+            ("{ host }", alone(P::Unknown(" host ".into()))),
+        ];
+        for (bad, refusal) in cases {
+            assert_eq!(NameTemplate::parse(bad), Err(refusal), "{bad:?}");
         }
+        // A placeholder among alternatives is named with its slot; one alone, by itself.
+        assert_eq!(
+            NameTemplate::parse("{host|}").unwrap_err().to_string(),
+            "{host|}: a placeholder or one of its alternatives is empty"
+        );
+        assert_eq!(
+            NameTemplate::parse("{nope}").unwrap_err().to_string(),
+            format!("unknown placeholder {{nope}} (known: {KNOWN_PLACEHOLDERS})")
+        );
     }
 
     #[test]
@@ -959,8 +1071,12 @@ mod tests {
             Platform::parse("linux/arm64/v8").unwrap(),
             Platform::new("linux", "arm64", Some("v8"))
         );
-        assert!(Platform::parse("linux").is_err());
-        assert!(Platform::parse("linux//x").is_err());
+        for bad in ["linux", "linux//x"] {
+            assert_eq!(
+                Platform::parse(bad),
+                Err(PlatformError::NotOsArch(bad.into()))
+            );
+        }
     }
 
     #[test]
@@ -969,11 +1085,23 @@ mod tests {
             assert_eq!(validate_environment(good), Ok(()), "{good:?}");
         }
         let err = validate_environment(" prod ").unwrap_err();
-        assert!(err.contains("begins or ends with a space"), "{err}");
-        let err = validate_environment("prod\t").unwrap_err();
-        assert!(err.contains("control characters"), "{err}");
         assert_eq!(
-            validate_environment("  ").unwrap_err(),
+            err,
+            EnvironmentError::Spaces {
+                name: " prod ".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "\" prod \" begins or ends with a space (the receiver would keep it as another environment than \"prod\")"
+        );
+        assert_eq!(
+            validate_environment("prod\t"),
+            Err(EnvironmentError::ControlCharacters("prod\t".into()))
+        );
+        assert_eq!(validate_environment("  "), Err(EnvironmentError::Empty));
+        assert_eq!(
+            EnvironmentError::Empty.to_string(),
             "the environment name is empty"
         );
     }

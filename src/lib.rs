@@ -14,6 +14,7 @@ pub mod config;
 pub mod deliver;
 pub mod deployment;
 pub mod engine;
+pub mod error;
 pub mod evidence;
 pub mod key_settings;
 pub mod observe;

@@ -6,72 +6,77 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use deploytrack::cli::{Cli, Command, QueueAction};
+use deploytrack::cli::{Cli, Command};
 use deploytrack::config::{self, Config, ConfigError, FileConfig};
+use deploytrack::error::Fatal;
 use deploytrack::{agent, commands, telemetry};
 
-/// EX_USAGE: a setting is wrong.
-const EXIT_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = match parse_command_line() {
-        Ok(cli) => cli,
-        Err(code) => return code,
+    match run_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deploytrack: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run_main() -> Result<(), Fatal> {
+    let Some(cli) = parse_command_line()? else {
+        return Ok(());
     };
-    if let Some(code) = print_generated(&cli.command) {
-        return code;
+    if print_generated(&cli.command)? {
+        return Ok(());
     }
     // `check` names every bad key of the file and still checks the rest; the other
     // commands stop at the first.
-    let (file, file_errors) = FileConfig::load_each(cli.config.as_deref());
-    if let (false, Some(e)) = (
-        matches!(cli.command, Command::Check(_)),
-        file_errors.first(),
-    ) {
-        return usage(e);
+    let (file, mut file_errors) = FileConfig::load_each(cli.config.as_deref());
+    if !matches!(cli.command, Command::Check(_)) && !file_errors.is_empty() {
+        return Err(file_errors.swap_remove(0).into());
     }
-    if let Err(e) = init_logging(&cli, &file) {
-        return usage(&e);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    init_logging(&cli, &file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
-    };
-    let result = match run_command(&cli, &file, file_errors, &runtime) {
-        Ok(result) => result,
-        Err(code) => return code,
-    };
+        .map_err(Fatal::Runtime)?;
+    let result = run_command(&cli, &file, file_errors, &runtime);
     // Don't wait for blocking tasks (a stuck engine call) at exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.0, 1),
-    }
+    result
 }
 
-/// The command line, or the exit: 0 after help or the version, 64 for a mistake.
-fn parse_command_line() -> Result<Cli, ExitCode> {
-    Cli::parse_with_sources().map_err(|e| {
-        use clap::error::ErrorKind;
-        if matches!(
-            e.kind(),
-            ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        ) {
+/// The command line; none after help or the version (exit 0).
+fn parse_command_line() -> Result<Option<Cli>, Fatal> {
+    use clap::error::ErrorKind;
+    match Cli::parse_with_sources() {
+        Ok(cli) => Ok(Some(cli)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            Ok(None)
         }
-        fail(&command_line_error(&e), EXIT_USAGE)
-    })
+        Err(e) => {
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Err(Fatal::CommandLine {
+                kind: e.kind(),
+                message: deploytrack::cli::command_line_error(&e, &args),
+            })
+        }
+    }
 }
 
 /// `completions` and `man` print what is generated from the command line and need nothing
-/// else: no config file, no logging.
-fn print_generated(command: &Command) -> Option<ExitCode> {
+/// else: no config file, no logging. True when it printed.
+fn print_generated(command: &Command) -> Result<bool, Fatal> {
     match command {
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -80,13 +85,13 @@ fn print_generated(command: &Command) -> Option<ExitCode> {
                 "deploytrack",
                 &mut std::io::stdout(),
             );
-            Some(ExitCode::SUCCESS)
+            Ok(true)
         }
-        Command::Man => Some(match man_page(&mut std::io::stdout().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&format!("cannot write the man page: {e}"), 1),
-        }),
-        _ => None,
+        Command::Man => {
+            man_page(&mut std::io::stdout().lock()).map_err(Fatal::ManPage)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -117,12 +122,12 @@ fn run_command(
     file: &FileConfig,
     file_errors: Vec<ConfigError>,
     runtime: &tokio::runtime::Runtime,
-) -> Result<Result<(), agent::Fatal>, ExitCode> {
+) -> Result<(), Fatal> {
     // The settings of the command's own flags (and their variables).
     let settings = cli.settings().unwrap_or_default();
-    Ok(match &cli.command {
+    match &cli.command {
         Command::Run(_) => {
-            let config = build_config(&settings, file).map_err(|e| usage(&e))?;
+            let config = build_config(&settings, file)?;
             runtime.block_on(agent::run(config))
         }
         Command::Sync {
@@ -132,22 +137,13 @@ fn run_command(
             timeout,
             accept_settings,
         } => {
-            let timeout = sync_timeout(*once, timeout).map_err(|e| usage(&e))?;
-            let config = build_config(&settings, file).map_err(|e| usage(&e))?;
-            match runtime.block_on(agent::sync_once(config, *force, *accept_settings, timeout)) {
-                Err(agent::SyncError::SettingsChanged(refusal)) => {
-                    return Err(fail(&format!("sync refused: {refusal}"), EXIT_USAGE))
-                }
-                other => other.map_err(|e| agent::Fatal(e.to_string())),
-            }
+            let timeout = sync_timeout(*once, timeout)?;
+            let config = build_config(&settings, file)?;
+            runtime.block_on(agent::sync_once(config, *force, *accept_settings, timeout))
         }
         Command::Report(args) => {
-            let (request, config) = build_config(&settings, file)
-                .and_then(|config| {
-                    commands::report_request(args, &config).map(|request| (request, config))
-                })
-                .map_err(|e| usage(&e))?;
-            let (deployment, timeout) = request;
+            let config = build_config(&settings, file)?;
+            let (deployment, timeout) = commands::report_request(args, &config)?;
             runtime.block_on(commands::report(deployment, timeout, config))
         }
         Command::Check(_) => {
@@ -161,20 +157,12 @@ fn run_command(
                 file_invalid.chain(invalid).collect(),
             ))
         }
-        Command::Queue {
-            action: QueueAction::Purge { yes: false },
-            ..
-        } => {
-            return Err(fail(
-                "queue purge deletes every pending report and dead letter: confirm with --yes",
-                EXIT_USAGE,
-            ))
-        }
-        Command::Queue { state_dir, action } => {
-            commands::queue(action, &config::state_dir(state_dir.as_deref(), file))
-        }
+        Command::Queue { state_dir, action } => Ok(commands::queue(
+            action,
+            &config::state_dir(state_dir.as_deref(), file),
+        )?),
         Command::Completions { .. } | Command::Man => Ok(()),
-    })
+    }
 }
 
 /// `sync` needs `--once`, and a `--timeout` above zero.
@@ -190,86 +178,6 @@ fn sync_timeout(once: bool, timeout: &Option<String>) -> Result<Duration, Config
         return Err(ConfigError::new("--timeout", "must be longer than zero"));
     }
     Ok(timeout)
-}
-
-/// A command-line error in one line, keeping what clap says in several: the missing
-/// argument, the suggestion, the accepted values; plus where a flag belongs and which
-/// environment variable an invalid value came from.
-fn command_line_error(e: &clap::Error) -> String {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let text = e.render().to_string();
-    // The sentence first, then clap's tips and accepted values.
-    let mut parts: Vec<String> = Vec::new();
-    for part in text.lines().map(str::trim) {
-        if part.is_empty() || part.starts_with("Usage:") || part.starts_with("For more information")
-        {
-            continue;
-        }
-        let part = part.trim_start_matches("error: ");
-        match parts.last_mut() {
-            Some(last) if last.ends_with(':') => {
-                last.push(' ');
-                last.push_str(part);
-            }
-            _ => parts.push(part.to_string()),
-        }
-    }
-    let argument = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => arg.clone(),
-        _ => String::new(),
-    };
-    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
-    let flag = argument
-        .split([' ', '='])
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let command = Cli::command();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let given = args
-        .iter()
-        .find(|a| command.find_subcommand(a.as_str()).is_some());
-    if let Some(sentence) = given.and_then(|c| deploytrack::cli::flag_of_another_command(e, c)) {
-        return sentence;
-    }
-    match e.kind() {
-        ErrorKind::UnknownArgument if flag.starts_with("--") => {
-            let long = flag.trim_start_matches("--");
-            let owners: Vec<&str> = command
-                .get_subcommands()
-                .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
-                .map(|c| c.get_name())
-                .collect();
-            let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
-            if let (Some(first), true) = (owners.first(), misplaced) {
-                let example = given.map_or(*first, String::as_str);
-                // In place of clap's tip, which names the pair but not the rule.
-                parts.truncate(1);
-                parts.push(format!(
-                    "options of a command go after it, as in `deploytrack {example} {flag} ...`"
-                ));
-            }
-        }
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            let env = command
-                .get_subcommands()
-                .chain([&command])
-                .flat_map(|c| c.get_arguments())
-                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
-                .and_then(|a| a.get_env())
-                .map(|v| v.to_string_lossy().into_owned());
-            let typed = args
-                .iter()
-                .any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
-            if let (Some(var), false, Some(first)) = (env, typed, parts.first_mut()) {
-                if std::env::var_os(&var).is_some() {
-                    first.push_str(&format!(" (from the environment variable {var})"));
-                }
-            }
-        }
-        _ => {}
-    }
-    format!("{} (see deploytrack --help)", parts.join("; "))
 }
 
 /// deploytrack(1): the command, each subcommand's options, exit status and files.
@@ -338,13 +246,4 @@ fn build_config(
         tracing::warn!("{warning}");
     }
     Ok(config)
-}
-
-fn usage(e: &ConfigError) -> ExitCode {
-    fail(&e.to_string(), EXIT_USAGE)
-}
-
-fn fail(message: &str, code: u8) -> ExitCode {
-    eprintln!("deploytrack: {message}");
-    ExitCode::from(code)
 }

@@ -14,6 +14,7 @@ use crate::deployment::{time_from_nanos, Deployment, DeploymentKey};
 use crate::engine::events::{Action, ContainerEvent, EngineEvent, RECONNECT_RETRY};
 use crate::engine::resolve::{Resolution, Resolver};
 use crate::engine::EngineError;
+use crate::error::Fatal;
 use crate::outbox::{Batch, Outbox};
 use crate::telemetry::Telemetry;
 
@@ -126,7 +127,7 @@ impl Observer {
         self,
         rx: mpsc::Receiver<EngineEvent>,
         retry: mpsc::WeakSender<EngineEvent>,
-        fatal: mpsc::UnboundedSender<String>,
+        fatal: mpsc::UnboundedSender<Fatal>,
     ) {
         let mut snapshot_retries = SNAPSHOT_RETRY.retries();
         let me = self.clone();
@@ -189,7 +190,7 @@ impl Observer {
                         }
                     }
                     Err(e) => {
-                        let _ = fatal.send(format!("cannot write to the queue: {e}"));
+                        let _ = fatal.send(Fatal::QueueWrite(e));
                     }
                 }
             });

@@ -19,6 +19,16 @@ pub enum ReferenceError {
     Malformed(String),
     #[error("{0:?} is not a sha256 digest (sha256: followed by 64 lowercase hex digits)")]
     BadDigest(String),
+    /// A reference to report must name one image: `report --image` takes no tag alone.
+    #[error("{0:?} is not pinned by digest (REPOSITORY[:TAG]@sha256:...)")]
+    Unpinned(String),
+    /// The repository's path (after the registry) as written.
+    #[error("the repository name {0:?} must be lowercase, as Docker requires")]
+    UppercaseRepository(String),
+    #[error("{0:?} is not a repository name component (lowercase letters and digits, separated by ., _, __ or -)")]
+    BadComponent(String),
+    #[error("{0:?} is not a tag")]
+    BadTag(String),
 }
 
 impl ImageRef {

@@ -66,7 +66,7 @@ fuzz_target!(
             Ok(file) => file,
             Err(e) => {
                 assert_eq!(e.setting, "--config");
-                assert!(e.reason.starts_with("fuzz"), "{e}");
+                assert!(e.reason.to_string().starts_with("fuzz"), "{e}");
                 return;
             }
         };
@@ -75,7 +75,7 @@ fuzz_target!(
         }
         match Config::build(run_args(), &file) {
             Err(e) => {
-                assert!(!e.setting.is_empty() && !e.reason.is_empty(), "{e:?}");
+                assert!(!e.setting.is_empty() && !e.reason.to_string().is_empty(), "{e:?}");
             }
             Ok(config) => {
                 assert_eq!(config.state_dir.as_deref(), Some(Path::new("/nonexistent")));

@@ -14,8 +14,11 @@ pub use file::FileConfig;
 
 use crate::backoff::Backoff;
 use crate::cli::RunArgs;
-use crate::deployment::{LabelSelector, NameTemplate};
+use crate::deployment::{
+    EnvironmentError, LabelSelector, NameTemplate, PlatformError, SelectorError, TemplateError,
+};
 use crate::engine::credentials::{Credentials, CredentialsError};
+use crate::reference::ReferenceError;
 
 pub const DEFAULT_ENVIRONMENT: &str = "deployed";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -27,7 +30,44 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/deploytrack";
 pub struct ConfigError {
     /// Where the value came from: a flag, an environment variable, or `<file>: key <name>`.
     pub setting: String,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// What is wrong with a setting: the rule of a value that has one of its own, else the
+/// sentence of the check that refused it (a range, a file that cannot be read, a missing
+/// companion setting).
+#[derive(Debug, thiserror::Error)]
+pub enum Reason {
+    #[error("{0}")]
+    Said(String),
+    #[error(transparent)]
+    DockerHost(#[from] DockerHostError),
+    #[error(transparent)]
+    HostName(#[from] HostNameError),
+    #[error(transparent)]
+    Environment(#[from] EnvironmentError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Image(#[from] ReferenceError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+}
+
+impl From<String> for Reason {
+    fn from(sentence: String) -> Self {
+        Reason::Said(sentence)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(sentence: &str) -> Self {
+        Reason::Said(sentence.to_string())
+    }
 }
 
 impl ConfigError {
@@ -39,7 +79,7 @@ impl ConfigError {
         }
     }
 
-    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(setting: impl Into<String>, reason: impl Into<Reason>) -> Self {
         Self {
             setting: setting.into(),
             reason: reason.into(),
@@ -139,8 +179,15 @@ pub fn duration(
     Ok(parsed)
 }
 
+/// A Docker host that is not a URL in a scheme the engine client can speak.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port")]
+pub struct DockerHostError {
+    pub host: String,
+}
+
 /// A Docker host URL in a scheme the engine client can speak.
-pub fn validate_host(host: &str) -> Result<(), String> {
+pub fn validate_host(host: &str) -> Result<(), DockerHostError> {
     let ok = ["unix://", "tcp://", "http://", "https://"]
         .iter()
         .any(|scheme| {
@@ -150,24 +197,35 @@ pub fn validate_host(host: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{host:?} is not unix:///path, tcp://host:port, http://host:port or https://host:port"
-        ))
+        Err(DockerHostError {
+            host: host.to_string(),
+        })
     }
 }
 
+/// Why a `--host-name` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostNameError {
+    #[error("the host name is empty")]
+    Empty,
+    #[error("{0:?} holds control characters")]
+    ControlCharacters(String),
+    #[error("{0:?} holds a /, which separates the host from the container in names")]
+    Slash(String),
+    #[error("{0:?} begins or ends with a space")]
+    Spaces(String),
+}
+
 /// `--host-name`: a name others cannot mistake for a path or a log line.
-pub fn validate_host_name(name: &str) -> Result<(), String> {
+pub fn validate_host_name(name: &str) -> Result<(), HostNameError> {
     if name.trim().is_empty() {
-        Err("the host name is empty".into())
+        Err(HostNameError::Empty)
     } else if name.chars().any(char::is_control) {
-        Err(format!("{name:?} holds control characters"))
+        Err(HostNameError::ControlCharacters(name.to_string()))
     } else if name.contains('/') {
-        Err(format!(
-            "{name:?} holds a /, which separates the host from the container in names"
-        ))
+        Err(HostNameError::Slash(name.to_string()))
     } else if name.trim() != name {
-        Err(format!("{name:?} begins or ends with a space"))
+        Err(HostNameError::Spaces(name.to_string()))
     } else {
         Ok(())
     }
@@ -861,17 +919,34 @@ fn load_token(
     Ok(Some((token, source)))
 }
 
+/// Why a token is refused, named by where it came from (never by its value).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token from {from} is empty")]
+    Empty { from: String },
+    #[error("the token from {from} holds characters an HTTP header cannot carry")]
+    NotHeaderSafe { from: String },
+    /// The token's file, read again, cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// A token file's text as the token: without the newline an editor leaves, not empty, and
 /// fit for an HTTP header.
-fn token_of(text: &str, source: &str) -> Result<Token, String> {
+fn token_of(text: &str, source: &str) -> Result<Token, TokenError> {
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("the token from {source} is empty"));
+        return Err(TokenError::Empty {
+            from: source.to_string(),
+        });
     }
     if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
-        return Err(format!(
-            "the token from {source} holds characters an HTTP header cannot carry"
-        ));
+        return Err(TokenError::NotHeaderSafe {
+            from: source.to_string(),
+        });
     }
     Ok(Token(token.to_string()))
 }
@@ -890,9 +965,12 @@ pub struct TokenFile {
 
 impl TokenFile {
     /// The token the file holds now, under the rules of the one read at start.
-    pub fn read(&self) -> Result<Token, String> {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+    pub fn read(&self) -> Result<Token, TokenError> {
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|source| TokenError::Unreadable {
+                path: self.path.clone(),
+                source,
+            })?;
         token_of(&text, &self.source)
     }
 }
@@ -910,8 +988,12 @@ mod tests {
     fn docker_hosts() {
         assert!(validate_host("unix:///var/run/docker.sock").is_ok());
         assert!(validate_host("tcp://10.0.0.1:2376").is_ok());
-        assert!(validate_host("unix://").is_err());
-        assert!(validate_host("/var/run/docker.sock").is_err());
+        for bad in ["unix://", "/var/run/docker.sock"] {
+            assert_eq!(
+                validate_host(bad),
+                Err(DockerHostError { host: bad.into() })
+            );
+        }
     }
 
     #[test]
@@ -940,7 +1022,7 @@ mod tests {
         let err = FileConfig::parse("token = \"s3cret\"", "/etc/d.toml").unwrap_err();
         assert_eq!(err.setting, "/etc/d.toml: key token");
         assert!(
-            err.reason.starts_with("there is no such setting: the token never goes in the config file; write it to a file of its own (mode 0600) and set token_file = "),
+            err.reason.to_string().starts_with("there is no such setting: the token never goes in the config file; write it to a file of its own (mode 0600) and set token_file = "),
             "{err}"
         );
         assert!(!err.to_string().contains("s3cret"), "{err}");
@@ -950,7 +1032,12 @@ mod tests {
     fn unknown_file_key_is_an_error_with_a_suggestion() {
         let err = FileConfig::parse("environmnet = \"x\"", "/etc/d.toml").unwrap_err();
         assert_eq!(err.setting, "/etc/d.toml: key environmnet");
-        assert!(err.reason.ends_with("did you mean environment?"), "{err}");
+        assert!(
+            err.reason
+                .to_string()
+                .ends_with("did you mean environment?"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1116,8 +1203,17 @@ mod tests {
             Config::build(&a, &file).unwrap().host_name.as_deref(),
             Some("edge-8")
         );
-        for bad in ["", "  ", "a/b", "tab\there", " edge"] {
-            assert!(validate_host_name(bad).is_err(), "{bad:?}");
+        for (bad, refusal) in [
+            ("", HostNameError::Empty),
+            ("  ", HostNameError::Empty),
+            ("a/b", HostNameError::Slash("a/b".into())),
+            (
+                "tab\there",
+                HostNameError::ControlCharacters("tab\there".into()),
+            ),
+            (" edge", HostNameError::Spaces(" edge".into())),
+        ] {
+            assert_eq!(validate_host_name(bad), Err(refusal), "{bad:?}");
         }
         assert!(validate_host_name("edge-7.example").is_ok());
     }
@@ -1157,6 +1253,7 @@ mod tests {
             assert_eq!(err.setting, "f.toml: key require_label", "{value}");
             assert!(
                 err.reason
+                    .to_string()
                     .starts_with("expected true or false (or 1, 0, \"yes\", \"no\")"),
                 "{err}"
             );
@@ -1169,14 +1266,20 @@ mod tests {
         a.environment = Some(" prod ".into());
         let err = Config::build(&a, &FileConfig::default()).unwrap_err();
         assert_eq!(err.setting, "--environment");
-        assert!(err.reason.contains("begins or ends with a space"), "{err}");
+        assert!(
+            matches!(&err.reason, Reason::Environment(EnvironmentError::Spaces { name }) if name == " prod "),
+            "{err}"
+        );
         a.from_env = vec![("--environment".into(), "DEPLOYTRACK_ENVIRONMENT".into())];
         let err = Config::build(&a, &FileConfig::default()).unwrap_err();
         assert_eq!(err.setting, "DEPLOYTRACK_ENVIRONMENT");
         let file = FileConfig::parse("environment = \"prod \"", "f.toml").unwrap();
         let err = Config::build(&args(), &file).unwrap_err();
         assert_eq!(err.setting, "f.toml: key environment");
-        assert!(err.reason.contains("begins or ends with a space"), "{err}");
+        assert!(
+            matches!(&err.reason, Reason::Environment(EnvironmentError::Spaces { name }) if name == "prod "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1188,7 +1291,7 @@ mod tests {
         let err = Config::build(&a, &FileConfig::default()).unwrap_err();
         assert_eq!(err.setting, "--url");
         assert!(
-            err.reason.starts_with(&format!(
+            err.reason.to_string().starts_with(&format!(
                 "https://<redacted>@example.com/hook holds a user name and password (user:password@), and the token from --token-file {} is set: a request would carry both in two Authorization headers",
                 token.display()
             )),
@@ -1206,14 +1309,51 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_refused_by_its_source_never_by_its_value() {
+        assert!(matches!(
+            token_of(" \n", "DEPLOYTRACK_TOKEN"),
+            Err(TokenError::Empty { from }) if from == "DEPLOYTRACK_TOKEN"
+        ));
+        let refused = token_of("s3crét", "DEPLOYTRACK_TOKEN").unwrap_err();
+        assert!(
+            matches!(&refused, TokenError::NotHeaderSafe { from } if from == "DEPLOYTRACK_TOKEN"),
+            "{refused}"
+        );
+        assert!(
+            !format!("{refused} {refused:?}").contains("s3cr"),
+            "{refused:?}"
+        );
+        let path = token_file(" \n", 0o600);
+        let mut a = args();
+        a.url = Some("https://example.com/hook".into());
+        a.token_file = Some(path.clone());
+        let err = Config::build(&a, &FileConfig::default()).unwrap_err();
+        assert_eq!(err.setting, "--token-file");
+        assert!(
+            matches!(&err.reason, Reason::Token(TokenError::Empty { from }) if *from == format!("--token-file {}", path.display())),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let gone = TokenFile {
+            path: path.clone(),
+            source: format!("--token-file {}", path.display()),
+            credential: false,
+        };
+        assert!(matches!(
+            gone.read(),
+            Err(TokenError::Unreadable { path: p, source }) if p == path && source.kind() == std::io::ErrorKind::NotFound
+        ));
+    }
+
+    #[test]
     fn a_url_without_a_scheme_gets_a_hint() {
         let err = parse_url("webhook.example.com/atomist/resource/1").unwrap_err();
         assert_eq!(
-            err.reason,
+            err.reason.to_string(),
             "\"webhook.example.com/atomist/resource/1\" is not a URL: it has no scheme; an endpoint's URL starts with https:// (or http://), as in https://webhook.example.com/atomist/resource/1"
         );
         let err = parse_url("https://exa mple.com/").unwrap_err();
-        assert!(!err.reason.contains("no scheme"), "{err}");
+        assert!(!err.reason.to_string().contains("no scheme"), "{err}");
     }
 
     #[test]

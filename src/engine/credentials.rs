@@ -77,8 +77,23 @@ pub enum CredentialsError {
         path: String,
         section: &'static str,
         registry: String,
-        what: String,
+        what: EntryError,
     },
+}
+
+/// What is wrong with one entry of a config.json (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("is not an object")]
+    NotAnObject,
+    #[error("{0} is not a string")]
+    NotAString(&'static str),
+    #[error("auth is not base64 of user:password")]
+    BadAuth,
+    #[error("has a password but no username")]
+    NoUsername,
+    #[error("does not name a credential helper")]
+    NotAHelper,
 }
 
 /// A password or token. No `Display`, and `Debug` prints `<redacted>`, so that a type
@@ -544,12 +559,7 @@ fn parse_helpers(path: &str, helpers: &Map<String, Value>) -> BTreeMap<String, S
         match helper.as_str().filter(|h| usable_helper_name(h)) {
             Some(helper) => Some((registry, helper.to_string())),
             None => {
-                warn_skipped(
-                    path,
-                    "credHelpers",
-                    registry,
-                    "does not name a credential helper".into(),
-                );
+                warn_skipped(path, "credHelpers", registry, EntryError::NotAHelper);
                 None
             }
         }
@@ -557,7 +567,7 @@ fn parse_helpers(path: &str, helpers: &Map<String, Value>) -> BTreeMap<String, S
     collapse(names)
 }
 
-fn warn_skipped(path: &str, section: &'static str, registry: &str, what: String) {
+fn warn_skipped(path: &str, section: &'static str, registry: &str, what: EntryError) {
     let error = CredentialsError::Entry {
         path: path.to_string(),
         section,
@@ -570,14 +580,14 @@ fn warn_skipped(path: &str, section: &'static str, registry: &str, what: String)
 /// One `auths` entry: `identitytoken`, else `auth` (base64 of `user:password`, which
 /// docker/cli reads before `username`/`password`), else `username`/`password`. `Ok(None)`
 /// for an entry without credentials. The error says what is wrong, never the value.
-fn login_of(entry: &Value) -> Result<Option<Login>, String> {
+fn login_of(entry: &Value) -> Result<Option<Login>, EntryError> {
     let Value::Object(entry) = entry else {
-        return Err("is not an object".into());
+        return Err(EntryError::NotAnObject);
     };
-    let field = |name: &str| match entry.get(name) {
+    let field = |name: &'static str| match entry.get(name) {
         None | Some(Value::Null) => Ok(""),
         Some(Value::String(s)) => Ok(s.as_str()),
-        Some(_) => Err(format!("{name} is not a string")),
+        Some(_) => Err(EntryError::NotAString(name)),
     };
     let token = field("identitytoken")?;
     if !token.is_empty() {
@@ -588,11 +598,11 @@ fn login_of(entry: &Value) -> Result<Option<Login>, String> {
             field("username")?.to_string(),
             field("password")?.to_string(),
         ),
-        auth => decode_auth(auth).ok_or("auth is not base64 of user:password")?,
+        auth => decode_auth(auth).ok_or(EntryError::BadAuth)?,
     };
     match (username.is_empty(), password.is_empty()) {
         (true, true) => Ok(None),
-        (true, false) => Err("has a password but no username".into()),
+        (true, false) => Err(EntryError::NoUsername),
         (false, _) => Ok(Some(Login::Password {
             username,
             password: Secret(password),
@@ -998,6 +1008,18 @@ mod tests {
         };
         let expected = r#"/x/config.json: auths."reg": auth is not base64 of user:password"#;
         assert_eq!(message.to_string(), expected);
+        let refusal = |registry: &str| login_of(&config["auths"][registry]).err();
+        assert_eq!(refusal("bad.example"), Some(EntryError::BadAuth));
+        assert_eq!(refusal("nocolon.example"), Some(EntryError::BadAuth));
+        assert_eq!(
+            refusal("number.example"),
+            Some(EntryError::NotAString("auth"))
+        );
+        assert_eq!(
+            login_of(&json!({"password": "pw"})).err(),
+            Some(EntryError::NoUsername)
+        );
+        assert_eq!(login_of(&json!("x")).err(), Some(EntryError::NotAnObject));
     }
 
     #[tokio::test]

@@ -39,7 +39,10 @@ pub enum EngineError {
     #[error("the Docker Engine's answer could not be read: {0}")]
     Decode(String),
     #[error("cannot use the Docker Engine at {host}: {reason}")]
-    Setup { host: String, reason: String },
+    Setup {
+        host: String,
+        reason: transport::SetupError,
+    },
 }
 
 impl EngineError {
@@ -80,7 +83,7 @@ impl EngineError {
         if message.contains("HTTP request to an HTTPS server") {
             return EngineError::Setup {
                 host: host.to_string(),
-                reason: "the engine speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or use https://)".into(),
+                reason: transport::SetupError::SpeaksTls,
             };
         }
         EngineError::Api {
@@ -236,7 +239,7 @@ impl Engine {
     /// Build the clients. `tcp://` with `DOCKER_TLS_VERIFY`, and `https://`, use TLS with the
     /// certificates in `DOCKER_CERT_PATH` (else ~/.docker), as the Docker CLI does.
     pub fn new(host: &str) -> Result<Self, EngineError> {
-        let setup = |reason: String| EngineError::Setup {
+        let setup = |reason| EngineError::Setup {
             host: host.to_string(),
             reason,
         };

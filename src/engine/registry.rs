@@ -110,13 +110,12 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(LOOKUP_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(3))
             .user_agent(concat!("deploytrack/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Ok(RegistryClient { http })
     }
 

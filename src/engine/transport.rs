@@ -91,7 +91,7 @@ pub struct Transport {
 impl Transport {
     /// `unix:///path`, `tcp://host:port` or `http://host:port` (plain, or TLS when `tls` is
     /// given), `https://host:port` (TLS).
-    pub fn new(host: &str, tls: Option<rustls::ClientConfig>) -> Result<Self, String> {
+    pub fn new(host: &str, tls: Option<rustls::ClientConfig>) -> Result<Self, SetupError> {
         let builder = || Client::builder(TokioExecutor::new());
         let connector = if let Some(path) = host.strip_prefix("unix://") {
             Connector::Unix(builder().build(hyperlocal::UnixConnector), path.into())
@@ -99,7 +99,7 @@ impl Transport {
             let authority = ["tcp://", "http://", "https://"]
                 .iter()
                 .find_map(|s| host.strip_prefix(s))
-                .ok_or_else(|| format!("unsupported engine address {host:?}"))?
+                .ok_or_else(|| SetupError::UnsupportedAddress(host.to_string()))?
                 .trim_end_matches('/')
                 .to_string();
             match tls {
@@ -111,9 +111,7 @@ impl Transport {
                         authority,
                     )
                 }
-                None if host.starts_with("https://") => {
-                    return Err("https:// needs the TLS certificates".into())
-                }
+                None if host.starts_with("https://") => return Err(SetupError::HttpsWithoutTls),
                 None => Connector::Http(builder().build(HttpConnector::new()), authority),
             }
         };
@@ -247,45 +245,89 @@ impl Transport {
     }
 }
 
+/// Why the agent cannot set up its connection to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("unsupported engine address {0:?}")]
+    UnsupportedAddress(String),
+    #[error("https:// needs the TLS certificates")]
+    HttpsWithoutTls,
+    #[error("DOCKER_CERT_PATH is not set and there is no home directory")]
+    NoCertificateDirectory,
+    #[error("cannot read the certificates in {}: {source}", path.display())]
+    Certificates {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} holds no usable CA certificate", .0.display())]
+    NoCertificateAuthority(PathBuf),
+    #[error("cannot read the key in {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{0}")]
+    Protocols(rustls::Error),
+    #[error("the client certificate and key do not match: {0}")]
+    KeyMismatch(rustls::Error),
+    /// The engine answered a plain HTTP request as a TLS server.
+    #[error(
+        "the engine speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or use https://)"
+    )]
+    SpeaksTls,
+}
+
 /// TLS settings as the Docker CLI reads them: `ca.pem`, `cert.pem` and `key.pem` in
 /// `DOCKER_CERT_PATH` (else `~/.docker`); the engine is verified against that CA only.
-pub fn tls_from_env() -> Result<rustls::ClientConfig, String> {
+pub fn tls_from_env() -> Result<rustls::ClientConfig, SetupError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let dir = std::env::var_os("DOCKER_CERT_PATH")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
-        .ok_or("DOCKER_CERT_PATH is not set and there is no home directory")?;
+        .ok_or(SetupError::NoCertificateDirectory)?;
     let file = |name: &str| dir.join(name);
-    let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, SetupError> {
         let path = file(name);
         CertificateDer::pem_file_iter(&path)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read the certificates in {}: {e}", path.display()))
+            .map_err(|source| SetupError::Certificates { path, source })
     };
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs("ca.pem")?);
     if added == 0 {
-        return Err(format!(
-            "{} holds no usable CA certificate",
-            file("ca.pem").display()
-        ));
+        return Err(SetupError::NoCertificateAuthority(file("ca.pem")));
     }
     let key_path = file("key.pem");
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| format!("cannot read the key in {}: {e}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| SetupError::Key {
+        path: key_path,
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(SetupError::Protocols)?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs("cert.pem")?, key)
-        .map_err(|e| format!("the client certificate and key do not match: {e}"))
+        .map_err(SetupError::KeyMismatch)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_the_transport_cannot_speak_is_refused_by_name() {
+        assert!(matches!(
+            Transport::new("ftp://engine:2375", None),
+            Err(SetupError::UnsupportedAddress(host)) if host == "ftp://engine:2375"
+        ));
+        assert!(matches!(
+            Transport::new("https://engine:2376", None),
+            Err(SetupError::HttpsWithoutTls)
+        ));
+        assert!(Transport::new("tcp://engine:2375", None).is_ok());
+    }
 
     #[test]
     fn versions_parse_and_order() {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 
 use super::schema::init_schema;
-use super::{OutboxError, DB_FILE};
+use super::{Error, DB_FILE};
 
 /// A queue connection, checked and with its schema, and what opening it took.
 pub(super) struct Opened {
@@ -21,8 +21,8 @@ pub(super) struct Opened {
 }
 
 impl Opened {
-    pub fn memory() -> Result<Self, OutboxError> {
-        let sql_err = |source| OutboxError::Sqlite {
+    pub fn memory() -> Result<Self, Error> {
+        let sql_err = |source| Error::Sqlite {
             path: ":memory:".into(),
             source,
         };
@@ -39,14 +39,14 @@ impl Opened {
     /// `dir/deploytrack.db`: the directory made private, locked for this agent, the file
     /// opened, or moved aside and started afresh when SQLite finds it damaged. A file this
     /// user cannot write is an error naming its owner; it is never moved aside.
-    pub fn state_dir(dir: &Path) -> Result<Self, OutboxError> {
-        make_private_dir(dir).map_err(|source| OutboxError::StateDir {
+    pub fn state_dir(dir: &Path) -> Result<Self, Error> {
+        make_private_dir(dir).map_err(|source| Error::StateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join(DB_FILE);
         if !writable(&path) {
-            return Err(OutboxError::Unwritable(unwritable_message(
+            return Err(Error::Unwritable(unwritable_message(
                 dir,
                 &path,
                 "permission denied",
@@ -64,7 +64,7 @@ impl Opened {
                 (conn, None)
             }
             Err(e) if is_unwritable(&e) => {
-                return Err(OutboxError::Unwritable(unwritable_message(
+                return Err(Error::Unwritable(unwritable_message(
                     dir,
                     &path,
                     &e.to_string(),
@@ -75,7 +75,7 @@ impl Opened {
                 (conn, Some((path, aside)))
             }
             Err(source) => {
-                return Err(OutboxError::Sqlite {
+                return Err(Error::Sqlite {
                     path: label,
                     source,
                 })
@@ -91,18 +91,15 @@ impl Opened {
 }
 
 /// Move the damaged file aside and open a fresh one in its place.
-fn start_afresh(
-    path: &Path,
-    damage: &rusqlite::Error,
-) -> Result<(Connection, PathBuf), OutboxError> {
-    let dir_err = |source| OutboxError::StateDir {
+fn start_afresh(path: &Path, damage: &rusqlite::Error) -> Result<(Connection, PathBuf), Error> {
+    let dir_err = |source| Error::StateDir {
         path: path.to_path_buf(),
         source,
     };
     let aside = move_aside(path).map_err(dir_err)?;
     tracing::error!(error = %damage, "the queue database is damaged");
     make_private_file(path).map_err(dir_err)?;
-    let conn = open_file(path).map_err(|source| OutboxError::Sqlite {
+    let conn = open_file(path).map_err(|source| Error::Sqlite {
         path: path.display().to_string(),
         source,
     })?;
@@ -147,7 +144,7 @@ fn make_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// One agent per state dir: a second one would deliver the same queue twice over.
-fn lock_state_dir(dir: &Path) -> Result<std::fs::File, OutboxError> {
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("deploytrack.lock");
     let file = std::fs::OpenOptions::new()
@@ -156,14 +153,14 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File, OutboxError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| OutboxError::StateDir {
+        .map_err(|source| Error::StateDir {
             path: path.clone(),
             source,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OutboxError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(OutboxError::StateDir { path, source }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::StateDir { path, source }),
     }
 }
 

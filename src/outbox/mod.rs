@@ -40,8 +40,10 @@ pub use file::open_file;
 use store::{Command, Reply, Store};
 
 pub const DB_FILE: &str = "deploytrack.db";
+
+/// Why the queue could not be opened, or could not answer a command.
 #[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
+pub enum Error {
     #[error("cannot create the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -58,6 +60,14 @@ pub enum OutboxError {
     Locked(PathBuf),
     #[error("{0}")]
     Unwritable(String),
+    /// A command of the queue thread failed in SQLite. Shared: one failed commit answers
+    /// every write that waited for it.
+    #[error("{0}")]
+    Database(Arc<rusqlite::Error>),
+    /// SQLite rolled the open transaction back by itself (a full disk, an I/O error): the
+    /// writes that waited for its commit are lost.
+    #[error("the queue database rolled the write back")]
+    RolledBack,
 }
 
 /// A report waiting for delivery. `version` tells a resend of this report from a newer one.
@@ -225,13 +235,13 @@ impl Outbox {
         state_dir: Option<&Path>,
         max_entries: u64,
         telemetry: Arc<Telemetry>,
-    ) -> Result<(Outbox, Restored), OutboxError> {
+    ) -> Result<(Outbox, Restored), Error> {
         let opened = match state_dir {
             None => file::Opened::memory()?,
             Some(dir) => file::Opened::state_dir(dir)?,
         };
         let label = opened.label.clone();
-        let sql_err = |source| OutboxError::Sqlite {
+        let sql_err = |source| Error::Sqlite {
             path: label.clone(),
             source,
         };
@@ -258,7 +268,7 @@ impl Outbox {
                 let _lock = lock;
                 store.serve(rx, &notify)
             })
-            .map_err(|source| OutboxError::StateDir {
+            .map_err(|source| Error::StateDir {
                 path: PathBuf::from(&label),
                 source,
             })?;
@@ -270,7 +280,7 @@ impl Outbox {
     fn ask<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
-    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static
+    ) -> impl std::future::Future<Output = Result<T, Error>> + Send + 'static
     where
         T: Send + 'static,
     {
@@ -278,9 +288,9 @@ impl Outbox {
         let sent = self.tx.send(make(reply)).is_ok();
         async move {
             if !sent {
-                return Err(OutboxError::Closed.to_string());
+                return Err(Error::Closed);
             }
-            rx.await.map_err(|_| OutboxError::Closed.to_string())?
+            rx.await.map_err(|_| Error::Closed)?
         }
     }
 
@@ -289,7 +299,7 @@ impl Outbox {
     pub fn enqueue(
         &self,
         batch: Batch,
-    ) -> impl std::future::Future<Output = Result<EnqueueOutcome, String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<EnqueueOutcome, Error>> + Send + 'static {
         self.ask(|r| Command::Enqueue(batch, r))
     }
 
@@ -305,7 +315,7 @@ impl Outbox {
         &self,
         limit: usize,
         due_only: bool,
-    ) -> Result<(Vec<Pending>, Option<i64>), String> {
+    ) -> Result<(Vec<Pending>, Option<i64>), Error> {
         self.ask(|reply| Command::Due {
             limit,
             due_only,
@@ -333,17 +343,17 @@ impl Outbox {
     pub fn remember_settings(
         &self,
         settings: &KeySettings,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
         let json = settings.to_json();
         self.ask(|reply| Command::Settings(json, reply))
     }
 
-    pub async fn stats(&self) -> Result<Stats, String> {
+    pub async fn stats(&self) -> Result<Stats, Error> {
         self.ask(Command::Stats).await
     }
 
     /// Returns once every earlier command is committed.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), Error> {
         self.ask(Command::Flush).await
     }
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
 use super::schema::{next_version, pending_row, write_evidence, NOT_SUPERSEDED, SETTINGS};
-use super::{Batch, EnqueueOutcome, Pending, Settle, Stats};
+use super::{Batch, EnqueueOutcome, Error, Pending, Settle, Stats};
 use crate::clock::now_ms;
 use crate::deployment::{Deployment, DeploymentKey};
 use crate::evidence::Change;
@@ -23,9 +23,9 @@ const COMMIT_BATCH: usize = 1024;
 /// ...or nothing more arrived for this long: the end of a flood is not held back.
 const COMMIT_IDLE: Duration = Duration::from_millis(250);
 
-pub(super) type Reply<T> = oneshot::Sender<Result<T, String>>;
+pub(super) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 /// A reply held back until the transaction it depends on is committed.
-pub(super) type AfterCommit = Box<dyn FnOnce(Result<(), String>) + Send>;
+pub(super) type AfterCommit = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
 pub(super) enum Command {
     Enqueue(Batch, Reply<EnqueueOutcome>),
@@ -176,7 +176,7 @@ impl Store {
                         if !self.conn.is_autocommit() {
                             let _ = self.conn.execute_batch("ROLLBACK");
                         }
-                        fail(command, &e.to_string());
+                        fail(command, &Arc::new(e));
                         next = rx.try_recv().ok();
                         continue;
                     }
@@ -218,7 +218,7 @@ impl Store {
             tracing::error!(error = %e, "cannot read the queue's counts");
         }
         for reply in waiting.drain(..) {
-            reply(Err("the queue database rolled the write back".into()));
+            reply(Err(Error::RolledBack));
         }
     }
 
@@ -233,7 +233,7 @@ impl Store {
                 self.pending = n;
             }
             tracing::error!(error = %e, "cannot commit to the queue database");
-            e.to_string()
+            Arc::new(e)
         });
         let counts = std::mem::take(&mut self.uncommitted);
         self.changes = 0;
@@ -258,7 +258,7 @@ impl Store {
             );
         }
         for reply in waiting.drain(..) {
-            reply(result.clone());
+            reply(result.clone().map_err(Error::Database));
         }
     }
 
@@ -310,7 +310,7 @@ impl Store {
                     added
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(Error::Database(Arc::new(e))));
                     false
                 }
             },
@@ -325,7 +325,10 @@ impl Store {
                 due_only,
                 reply,
             } => {
-                let _ = reply.send(self.due(limit, due_only).map_err(|e| e.to_string()));
+                let _ = reply.send(
+                    self.due(limit, due_only)
+                        .map_err(|e| Error::Database(Arc::new(e))),
+                );
                 false
             }
             Command::ResetBackoff => {
@@ -356,12 +359,12 @@ impl Store {
                             let _ = reply.send(r);
                         }));
                     }
-                    Err(e) => drop(reply.send(Err(e.to_string()))),
+                    Err(e) => drop(reply.send(Err(Error::Database(Arc::new(e))))),
                 }
                 false
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.stats().map_err(|e| e.to_string()));
+                let _ = reply.send(self.stats().map_err(|e| Error::Database(Arc::new(e))));
                 false
             }
             Command::Flush(reply) if open => {
@@ -627,8 +630,9 @@ pub(super) fn prune_delivered(conn: &Connection, now: i64) -> rusqlite::Result<u
     )
 }
 
-fn fail(command: Command, error: &str) {
-    let e = error.to_string();
+/// Answer a command that could not start its transaction with the SQLite error.
+fn fail(command: Command, error: &Arc<rusqlite::Error>) {
+    let e = Error::Database(error.clone());
     match command {
         Command::Enqueue(_, r) => drop(r.send(Err(e))),
         Command::Due { reply, .. } => drop(reply.send(Err(e))),

@@ -26,7 +26,7 @@ fn open(dir: &Path) -> Outbox {
     for _ in 0..100 {
         match Outbox::open(Some(dir), 3, Arc::new(Telemetry::new())) {
             Ok((outbox, _)) => return outbox,
-            Err(OutboxError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Err(Error::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("{e}"),
         }
     }
@@ -120,7 +120,7 @@ async fn one_agent_per_state_dir() {
     let dir = tempdir();
     let _first = open(&dir);
     let second = Outbox::open(Some(&dir), 3, Arc::new(Telemetry::new()));
-    assert!(matches!(second, Err(OutboxError::Locked(_))));
+    assert!(matches!(second, Err(Error::Locked(_))));
 }
 
 #[tokio::test]
@@ -295,7 +295,15 @@ async fn a_batch_is_written_whole_or_not_at_all() {
         running: vec![("refused".into(), deployment("a", "1"))],
         ..batch(vec![deployment("a", "1")])
     };
-    assert!(outbox.enqueue(failing).await.is_err());
+    // The trigger's refusal comes back as it is, not as a closed or rolled-back queue.
+    match outbox.enqueue(failing).await {
+        Err(Error::Database(e)) => assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation),
+            "{e}"
+        ),
+        other => panic!("the failing batch was answered {other:?}"),
+    }
     // The next batch commits the transaction: the failed one left nothing in it.
     outbox
         .enqueue(batch(vec![deployment("b", "2")]))
@@ -549,7 +557,7 @@ async fn the_settings_that_shape_keys_are_remembered_in_the_queue_file() {
     let reopened = loop {
         match Outbox::open(Some(&dir), 10, Arc::new(Telemetry::new())) {
             Ok((_, restored)) => break restored,
-            Err(OutboxError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Err(Error::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("{e}"),
         }
     };
