@@ -508,6 +508,44 @@ pub fn is_image_id(text: &str) -> bool {
     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+#[derive(Debug, PartialEq, Eq)]
+pub enum Picked {
+    /// A repo digest of the repository the container was started as (or the reference's own digest).
+    Matching(String),
+    /// The image has a single repo digest.
+    Only(String),
+    /// Several digests, none of the started repository: the first in sorted order.
+    Arbitrary(String),
+}
+
+/// Where the engine's RepoDigests prove the repository (Docker's classic image store): the
+/// `image.url` for a container started as `reference`; `None` when the image has no repo
+/// digest at all.
+pub fn pick_repo_digest(reference: &str, repo_digests: &[String]) -> Option<Picked> {
+    let wanted = ImageRef::parse(reference).ok();
+    if let Some(pinned) = wanted.as_ref().and_then(ImageRef::pinned) {
+        return Some(Picked::Matching(pinned));
+    }
+    let mut candidates: Vec<String> = repo_digests
+        .iter()
+        .filter_map(|d| ImageRef::parse(d).ok())
+        .filter_map(|r| r.pinned())
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    if let Some(wanted) = &wanted {
+        let prefix = format!("{}@", wanted.repository);
+        if let Some(m) = candidates.iter().find(|c| c.starts_with(&prefix)) {
+            return Some(Picked::Matching(m.clone()));
+        }
+    }
+    match candidates.len() {
+        0 => None,
+        1 => Some(Picked::Only(candidates.remove(0))),
+        _ => Some(Picked::Arbitrary(candidates.remove(0))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,5 +878,41 @@ mod tests {
         assert!(is_image_id(&A[7..]));
         assert!(is_image_id(A));
         assert!(!is_image_id("busybox:latest"));
+    }
+
+    #[test]
+    fn picks_the_repository_started() {
+        let digests = vec![format!("localhost:5000/mirror@{B}"), format!("nginx@{A}")];
+        assert_eq!(
+            pick_repo_digest("nginx:1.25", &digests),
+            Some(Picked::Matching(format!("docker.io/library/nginx@{A}")))
+        );
+        assert_eq!(
+            pick_repo_digest("localhost:5000/mirror:1", &digests),
+            Some(Picked::Matching(format!("localhost:5000/mirror@{B}")))
+        );
+    }
+
+    #[test]
+    fn reference_digest_wins() {
+        assert_eq!(
+            pick_repo_digest(&format!("nginx@{B}"), &[format!("nginx@{A}")]),
+            Some(Picked::Matching(format!("docker.io/library/nginx@{B}")))
+        );
+    }
+
+    #[test]
+    fn single_several_none() {
+        let one = vec![format!("registry.example/x/app@{A}")];
+        assert_eq!(
+            pick_repo_digest("sha256:0123", &one),
+            Some(Picked::Only(format!("registry.example/x/app@{A}")))
+        );
+        let two = vec![format!("z.example/app@{A}"), format!("a.example/app@{B}")];
+        assert_eq!(
+            pick_repo_digest("other", &two),
+            Some(Picked::Arbitrary(format!("a.example/app@{B}")))
+        );
+        assert_eq!(pick_repo_digest("local/app:1", &[]), None);
     }
 }

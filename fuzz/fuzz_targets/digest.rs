@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use deploytrack::engine::resolve::{pick_repo_digest, Picked};
+use deploytrack::evidence::{pick_repo_digest, Picked};
 use deploytrack::reference::ImageRef;
 use libfuzzer_sys::fuzz_target;
 
