@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::deliver::{Dispatcher, Sink};
+use crate::deliver::Dispatcher;
 use crate::deployment::Selection;
 use crate::engine::events::{EngineEvent, EventCursor, EventReader, EVENT_BUFFER};
 use crate::engine::evidence::{ImageStore, Registries};
@@ -113,7 +113,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
-    let sink = Sink::for_config(config)?;
+    let sink = crate::deliver::sink_for(config).map_err(|e| Fatal(e.to_string()))?;
     let view = Arc::new(View::restore(restored.running));
     let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
     let cursor_time = cursor.as_ref().map(|c| c.time_nano).filter(|t| *t > 0);
@@ -131,7 +131,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         dispatcher: Dispatcher {
             outbox: outbox.clone(),
             reconciled: reconciled_rx,
-            sink: Arc::new(sink),
+            sink,
             concurrency: config.concurrency,
             retry: config.retry,
             telemetry: telemetry.clone(),
@@ -373,7 +373,7 @@ pub async fn sync_once(
             .dispatcher
             .run(shutdown_rx, Duration::ZERO, true)
             .await
-            .map_err(Fatal)
+            .map_err(|e| Fatal(e.to_string()))
     };
     let remaining = timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(remaining, work).await {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::agent::Fatal;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError, Invalid};
-use crate::deliver::{HttpSink, Outcome, Sink};
+use crate::deliver::{HttpSink, Outcome};
 use crate::deployment::{Deployment, DeploymentKey, Platform, Selection};
 use crate::engine::evidence::Registries;
 use crate::engine::resolve::Resolver;
@@ -233,7 +233,7 @@ pub async fn report(
     timeout: Duration,
     config: Config,
 ) -> Result<(), Fatal> {
-    let sink = Sink::for_config(&config)?;
+    let sink = crate::deliver::sink_for(&config).map_err(|e| Fatal(e.to_string()))?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
     let within = humantime::format_duration(timeout);
