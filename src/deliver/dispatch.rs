@@ -22,6 +22,8 @@ use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
 
 #[cfg(test)]
+mod script;
+#[cfg(test)]
 mod tests;
 
 /// The dispatcher looks at the queue at least this often (operators may change it).
