@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::super::{Error, Outcome, Queue, Sending, Sink};
+use crate::config::Token;
 use crate::deployment::DeploymentKey;
 use crate::outbox::{Pending, Settle, Stats};
 
@@ -18,11 +19,13 @@ pub fn ms_since(start: Instant) -> u64 {
     Instant::now().duration_since(start).as_millis() as u64
 }
 
-/// One request the sink received: the report's body, when it started and when it ended
-/// (none when it was abandoned), in milliseconds since the test started.
+/// One request the sink received: the report's body, the token it was sent with, when it
+/// started and when it ended (none when it was abandoned), in milliseconds since the test
+/// started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub body: String,
+    pub token: String,
     pub at: u64,
     pub ended: Option<u64>,
 }
@@ -50,12 +53,19 @@ struct Record {
     same_key_at_once: Vec<String>,
 }
 
-/// A sink that answers calls in order from a script, then with `otherwise`.
-pub struct ScriptedSink {
+/// The script and the record, which a sink shares with the sinks it makes for a new token.
+struct Shared {
     start: Instant,
     steps: Mutex<VecDeque<Step>>,
     otherwise: Step,
     record: Mutex<Record>,
+}
+
+/// A sink that answers calls in order from a script, then with `otherwise`. It sends the
+/// token `first` until `with_token` gives it another.
+pub struct ScriptedSink {
+    shared: Arc<Shared>,
+    token: String,
 }
 
 impl ScriptedSink {
@@ -65,15 +75,22 @@ impl ScriptedSink {
         otherwise: Step,
     ) -> Arc<Self> {
         Arc::new(ScriptedSink {
-            start,
-            steps: Mutex::new(steps.into_iter().collect()),
-            otherwise,
-            record: Mutex::new(Record::default()),
+            shared: Arc::new(Shared {
+                start,
+                steps: Mutex::new(steps.into_iter().collect()),
+                otherwise,
+                record: Mutex::new(Record::default()),
+            }),
+            token: "first".into(),
         })
     }
 
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.shared.record.lock().unwrap()
+    }
+
     pub fn calls(&self) -> Vec<Call> {
-        self.record.lock().unwrap().calls.clone()
+        self.record().calls.clone()
     }
 
     /// When each call started, in milliseconds since the test started.
@@ -86,15 +103,15 @@ impl ScriptedSink {
     }
 
     pub fn most_in_flight(&self) -> usize {
-        self.record.lock().unwrap().most_in_flight
+        self.record().most_in_flight
     }
 
     pub fn same_key_at_once(&self) -> Vec<String> {
-        self.record.lock().unwrap().same_key_at_once.clone()
+        self.record().same_key_at_once.clone()
     }
 
     fn begin(&self, body: &str) -> usize {
-        let mut r = self.record.lock().unwrap();
+        let mut r = self.record();
         let key = key_of(body);
         if r.in_flight.iter().any(|b| key_of(b) == key) {
             r.same_key_at_once.push(body.to_string());
@@ -103,7 +120,8 @@ impl ScriptedSink {
         r.most_in_flight = r.most_in_flight.max(r.in_flight.len());
         r.calls.push(Call {
             body: body.to_string(),
-            at: ms_since(self.start),
+            token: self.token.clone(),
+            at: ms_since(self.shared.start),
             ended: None,
         });
         r.calls.len() - 1
@@ -118,7 +136,7 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut r = self.sink.record.lock().unwrap();
+        let mut r = self.sink.record();
         if let Some(i) = r.in_flight.iter().position(|b| b == self.body) {
             r.in_flight.remove(i);
         }
@@ -128,18 +146,29 @@ impl Drop for InFlight<'_> {
 impl Sink for ScriptedSink {
     fn send<'a>(&'a self, body: &'a str) -> Sending<'a> {
         let (delay, outcome) = self
+            .shared
             .steps
             .lock()
             .unwrap()
             .pop_front()
-            .unwrap_or_else(|| self.otherwise.clone());
+            .unwrap_or_else(|| self.shared.otherwise.clone());
         let index = self.begin(body);
         Box::pin(async move {
             let _in_flight = InFlight { sink: self, body };
             tokio::time::sleep(delay).await;
-            self.record.lock().unwrap().calls[index].ended = Some(ms_since(self.start));
+            self.record().calls[index].ended = Some(ms_since(self.shared.start));
             outcome
         })
+    }
+
+    fn with_token(&self, token: &Token) -> Result<Option<Arc<dyn Sink>>, Error> {
+        if token.expose() == self.token {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(ScriptedSink {
+            shared: self.shared.clone(),
+            token: token.expose().to_string(),
+        })))
     }
 }
 

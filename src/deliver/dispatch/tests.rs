@@ -413,3 +413,67 @@ async fn until_empty_returns_once_everything_is_delivered() {
     assert_eq!(ms_since(start), 6000);
     assert_eq!(queue.memory().delivered, [("a".to_string(), 1)]);
 }
+
+/// While the endpoint rejects the token, the token's file is read again before each probe:
+/// a new token is sent from the next probe on (said once), an unreadable file leaves the
+/// one read before in use (said once per hold).
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_is_read_again_before_each_probe() {
+    let start = Instant::now();
+    let (logs, _guard) = Logs::capture(start);
+    let path = std::env::temp_dir().join(format!(
+        "deploytrack-token-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&path, "first\n").unwrap();
+    let source = format!("--token-file {}", path.display());
+    let queue = MemoryQueue::new(start);
+    queue.push("a");
+    let refused = (Duration::ZERO, Outcome::Unauthorized { status: 401 });
+    let sink = ScriptedSink::new(start, vec![refused; 4], (Duration::ZERO, ok()));
+    let mut d = dispatcher(&queue, &sink, 4);
+    d.token_reload = Some(TokenFile {
+        path: path.clone(),
+        source: source.clone(),
+        credential: false,
+    });
+    let running = run(d, 5 * S);
+    tokio::time::sleep(2 * S).await;
+    std::fs::write(&path, "second\n").unwrap();
+    tokio::time::sleep(3 * S).await;
+    std::fs::remove_file(&path).unwrap();
+    tokio::time::sleep(60 * S).await;
+
+    let calls: Vec<(u64, String)> = sink.calls().into_iter().map(|c| (c.at, c.token)).collect();
+    let sent = |at: u64, token: &str| (at, token.to_string());
+    assert_eq!(
+        calls,
+        [
+            sent(0, "first"),
+            sent(1000, "first"),
+            sent(3000, "second"),
+            sent(7000, "second"),
+            sent(15_000, "second")
+        ]
+    );
+    let rejected = logs.find("the endpoint rejected the API token");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0].text.contains(&format!("the token is read again from {source} before the next attempt: write the new token there, no restart needed")),
+        "{:?}",
+        rejected[0]
+    );
+    assert_eq!(
+        logs.times(&format!(
+            "read a new API token from {source}; the next attempt sends it"
+        )),
+        [3000]
+    );
+    assert_eq!(
+        logs.times("cannot read the API token again; the next attempts send the one read before"),
+        [7000]
+    );
+    assert_eq!(queue.memory().delivered, [("a".to_string(), 1)]);
+    running.stop().await;
+}
