@@ -111,15 +111,16 @@ pub struct DryRun;
 
 impl Sink for DryRun {
     fn send<'a>(&'a self, body: &'a str) -> Sending<'a> {
-        let mut out = std::io::stdout().lock();
-        let outcome = match writeln!(out, "{body}").and_then(|()| out.flush()) {
-            Ok(()) => Outcome::Delivered { status: 0 },
-            Err(e) => Outcome::Transient {
-                reason: format!("cannot write to stdout: {e}"),
-                retry_after: None,
-            },
-        };
-        Box::pin(std::future::ready(outcome))
+        Box::pin(async move {
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{body}").and_then(|()| out.flush()) {
+                Ok(()) => Outcome::Delivered { status: 0 },
+                Err(e) => Outcome::Transient {
+                    reason: format!("cannot write to stdout: {e}"),
+                    retry_after: None,
+                },
+            }
+        })
     }
 
     fn is_dry_run(&self) -> bool {
