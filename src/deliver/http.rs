@@ -435,16 +435,24 @@ mod tests {
     }
 
     /// A server on 127.0.0.1 that answers every connection with `answer` (none: it reads
-    /// and never answers).
-    async fn server(answer: Option<&'static [u8]>) -> std::net::SocketAddr {
+    /// and never answers); it keeps the first line of each request it read.
+    async fn server(
+        answer: Option<&'static [u8]>,
+    ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf).await;
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let first = text.lines().next().unwrap_or_default().to_string();
+                    seen.lock().unwrap().push(first);
                     match answer {
                         Some(answer) => drop(conn.write_all(answer).await),
                         None => std::future::pending::<()>().await,
@@ -452,7 +460,7 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, requests)
     }
 
     fn sink_to(url: &str, timeout: Duration) -> HttpSink {
@@ -475,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_https_url_to_a_plain_http_server_is_a_configuration_error() {
-        let addr = server(Some(
+        let (addr, _) = server(Some(
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
         ))
         .await;
@@ -493,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endpoint_that_never_answers_is_transient() {
-        let addr = server(None).await;
+        let (addr, _) = server(None).await;
         let sink = sink_to(&format!("http://{addr}/hook"), Duration::from_millis(200));
         assert_eq!(
             sink.send("{}").await,
@@ -535,5 +543,35 @@ mod tests {
         };
         assert_eq!(reason, &probe.to_string());
         assert!(!reason.contains("secret-path"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_url_is_named_in_the_reason() {
+        let (addr, _) = server(Some(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")).await;
+        let sink = sink_to(&format!("http://{addr}/hook"), Duration::from_secs(10));
+        assert_eq!(
+            sink.send("{}").await,
+            Outcome::Misconfigured {
+                reason: format!(
+                    "http://{addr}/hook: no endpoint at this URL (404): is --url mistyped?"
+                )
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let (addr, requests) = server(Some(
+            b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://user:secret@new.example/hook\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .await;
+        let sink = sink_to(&format!("http://{addr}/hook"), Duration::from_secs(10));
+        assert_eq!(
+            sink.send("{}").await,
+            Outcome::Misconfigured {
+                reason: "the endpoint answered 301 Moved Permanently and points to https://<redacted>@new.example/hook: set --url to that address".into()
+            }
+        );
+        assert_eq!(*requests.lock().unwrap(), ["POST /hook HTTP/1.1"]);
     }
 }
