@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::deliver::{Dispatcher, Sink};
+use crate::deliver::Dispatcher;
 use crate::deployment::Selection;
 use crate::engine::events::{EngineEvent, EventCursor, EventReader, EVENT_BUFFER};
 use crate::engine::evidence::{ImageStore, Registries};
@@ -88,7 +88,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         .with_host_name(config.host_name.clone())
         .with_telemetry(telemetry.clone()),
     );
-    let sink = Sink::for_config(config).map_err(Fatal::Endpoint)?;
+    let sink = crate::deliver::sink_for(config).map_err(Fatal::Endpoint)?;
     let view = Arc::new(View::restore(restored.running));
     let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
     let cursor_time = cursor.as_ref().map(|c| c.time_nano).filter(|t| *t > 0);
@@ -106,7 +106,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         dispatcher: Dispatcher {
             outbox: outbox.clone(),
             reconciled: reconciled_rx,
-            sink: Arc::new(sink),
+            sink,
             concurrency: config.concurrency,
             retry: config.retry,
             telemetry: telemetry.clone(),
@@ -348,7 +348,7 @@ pub async fn sync_once(
             .dispatcher
             .run(shutdown_rx, Duration::ZERO, true)
             .await
-            .map_err(Fatal::Queue)
+            .map_err(Fatal::Delivery)
     };
     let remaining = timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(remaining, work).await {

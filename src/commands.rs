@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError, Invalid};
-use crate::deliver::{HttpSink, Outcome, Sink};
+use crate::deliver::{HttpSink, Outcome};
 use crate::deployment::{Deployment, DeploymentKey, Platform, PlatformError, Selection};
 use crate::engine::evidence::Registries;
 use crate::engine::resolve::Resolver;
@@ -262,7 +262,7 @@ pub async fn report(
     timeout: Duration,
     config: Config,
 ) -> Result<(), Fatal> {
-    let sink = Sink::for_config(&config).map_err(Fatal::Endpoint)?;
+    let sink = crate::deliver::sink_for(&config).map_err(Fatal::Endpoint)?;
     let body = deployment.report_body();
     let deadline = tokio::time::Instant::now() + timeout;
     let within = humantime::format_duration(timeout).to_string();

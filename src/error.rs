@@ -4,6 +4,7 @@
 use crate::admin::ListenError;
 use crate::commands::{QueueCommandError, ReportError};
 use crate::config::ConfigError;
+use crate::deliver;
 use crate::engine::EngineError;
 use crate::key_settings::{self, Change};
 use crate::outbox;
@@ -52,11 +53,14 @@ pub enum Fatal {
     #[error(transparent)]
     Listen(#[from] ListenError),
     /// The endpoint's client cannot be set up (the token, the HTTP client).
-    #[error("{0}")]
-    Endpoint(String),
+    #[error(transparent)]
+    Endpoint(deliver::Error),
+    /// `sync --once`'s delivery failed (its queue).
+    #[error(transparent)]
+    Delivery(deliver::Error),
     /// The dispatcher of the agent stopped on a failure of the queue.
     #[error("delivery stopped: {0}")]
-    DeliveryStopped(outbox::Error),
+    DeliveryStopped(deliver::Error),
     /// `sync --once` ran out of time: what it did, and what stays queued.
     #[error(
         "sync gave up after {after}: {summary}; they stay queued for the agent or the next sync"
@@ -86,6 +90,7 @@ impl Fatal {
             | Fatal::Engine(_)
             | Fatal::Listen(_)
             | Fatal::Endpoint(_)
+            | Fatal::Delivery(_)
             | Fatal::DeliveryStopped(_)
             | Fatal::SyncGaveUp { .. }
             | Fatal::Report(_)
@@ -155,7 +160,7 @@ mod tests {
                 "cannot remember the settings in the queue: the queue is closed",
             ),
             (
-                Fatal::DeliveryStopped(outbox::Error::Closed),
+                Fatal::DeliveryStopped(deliver::Error::Queue(outbox::Error::Closed)),
                 "delivery stopped: the queue is closed",
             ),
             (Fatal::ChecksFailed { failed: 1 }, "1 check failed"),
