@@ -370,12 +370,9 @@ pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
             list.line(false, "engine", e);
             None
         }
-        None => {
-            let engine = check_engine(&config, &mut list).await;
-            check_registries(&config, engine.as_ref(), &mut list).await;
-            engine
-        }
+        None => check_engine(&config, &mut list).await,
     };
+    check_registries(&config, error("docker_config"), engine.as_ref(), &mut list).await;
     match error("state_dir") {
         Some(e) => list.line(false, "state dir", e),
         None => check_state_dir_of(&config, &mut list),
@@ -409,7 +406,7 @@ pub async fn check(config: Config, invalid: Vec<Invalid>) -> Result<(), Fatal> {
 }
 
 /// The settings whose error `check` prints on the line of their own check.
-const OWN_LINE: &[&str] = &["token", "docker_host", "state_dir", "url"];
+const OWN_LINE: &[&str] = &["token", "docker_host", "docker_config", "state_dir", "url"];
 
 /// The lines `check` prints, and how many of each kind.
 #[derive(Default)]
@@ -516,12 +513,17 @@ async fn check_engine(config: &Config, list: &mut Checklist) -> Option<Engine> {
 
 /// The registry credentials, and what runs that no evidence covers (where RepoDigests prove
 /// nothing), with what would fix it. Warnings, not failures: the agent still runs.
-async fn check_registries(config: &Config, engine: Option<&Engine>, list: &mut Checklist) {
-    let detail = match &config.registry_credentials {
-        Some(c) => c.summary(),
-        None => "none (no Docker CLI config.json found; give --docker-config DIR for registries that want credentials)".into(),
-    };
-    list.line(true, "registry credentials", detail);
+async fn check_registries(
+    config: &Config,
+    invalid: Option<String>,
+    engine: Option<&Engine>,
+    list: &mut Checklist,
+) {
+    match (invalid, &config.registry_credentials) {
+        (Some(e), _) => list.line(false, "registry credentials", e),
+        (None, Some(c)) => list.line(true, "registry credentials", c.summary()),
+        (None, None) => list.line(true, "registry credentials", "none (no Docker CLI config.json found; give --docker-config DIR for registries that want credentials)".into()),
+    }
     let Some(engine) = engine else {
         return;
     };

@@ -321,8 +321,11 @@ impl Config {
             .collect();
         let ca_certificates =
             keep(&mut invalid, "ca_file", s.ca_certificates()).unwrap_or_default();
-        let registry_credentials =
-            keep(&mut invalid, "docker_config", s.registry_credentials()).flatten();
+        let registry_credentials = if args.asks_registries {
+            keep(&mut invalid, "docker_config", s.registry_credentials()).flatten()
+        } else {
+            None
+        };
         let token = keep(&mut invalid, "token", s.token(&mut warnings, &docker_host));
         let (token, token_source) = token.clone().unwrap_or_default();
         if !dry_run && token.is_none() && !invalid.iter().any(|i| i.key == "token") {
@@ -1088,6 +1091,27 @@ mod tests {
             FileConfig::parse(&format!("{key} = {value}"), "f.toml")
                 .unwrap_or_else(|e| panic!("{key}: {e}"));
         }
+    }
+
+    #[test]
+    fn registry_credentials_are_read_only_by_the_commands_that_ask_registries() {
+        let dir = std::env::temp_dir().join(format!("deploytrack-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        std::fs::write(&config, "not json").unwrap();
+        let file = FileConfig::parse(
+            &format!("docker_config = {:?}", config.display().to_string()),
+            "/etc/d.toml",
+        )
+        .unwrap();
+        // `report` sends one report to the endpoint: a broken Docker CLI config is not its.
+        let built = Config::build(&args(), &file).unwrap();
+        assert!(built.registry_credentials.is_none());
+        let mut a = args();
+        a.asks_registries = true;
+        let err = Config::build(&a, &file).unwrap_err();
+        assert_eq!(err.setting, "/etc/d.toml: key docker_config");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
