@@ -554,150 +554,7 @@ pub fn command_line_error(e: &clap::Error, args: &[String]) -> String {
 /// What clap's error says, from its kind and context: the sentence (a list it introduces
 /// with a colon continues it), the accepted values, then each tip.
 fn one_line_parts(e: &clap::Error) -> Vec<String> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let text = |kind| match e.get(kind) {
-        Some(ContextValue::String(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    let list = |kind| match e.get(kind) {
-        Some(ContextValue::Strings(v)) => v.as_slice(),
-        _ => &[],
-    };
-    let number = |kind| match e.get(kind) {
-        Some(ContextValue::Number(n)) => Some(*n),
-        _ => None,
-    };
-    // A value with a space (or none) is quoted, as clap lists it.
-    let shown = |v: &String| {
-        if v.is_empty() || v.contains(char::is_whitespace) {
-            format!("{v:?}")
-        } else {
-            v.clone()
-        }
-    };
-    let values = |name: &str, kind| {
-        let values = list(kind);
-        (!values.is_empty()).then(|| {
-            let values: Vec<String> = values.iter().map(shown).collect();
-            format!("[{name}: {}]", values.join(", "))
-        })
-    };
-    let were = |n: isize| if n > 1 { "were" } else { "was" };
-    let arg = text(ContextKind::InvalidArg);
-    let value = text(ContextKind::InvalidValue);
-    // The sentence, and the items of a list it ends with a colon.
-    let (sentence, items): (Option<String>, Vec<String>) = match e.kind() {
-        ErrorKind::ArgumentConflict => {
-            let prior = e.get(ContextKind::PriorArg);
-            let repeated = arg.is_some()
-                && matches!(prior, Some(ContextValue::String(p)) if Some(p.as_str()) == arg);
-            let head = match (arg, text(ContextKind::InvalidSubcommand)) {
-                (Some(a), _) if repeated => {
-                    format!("the argument '{a}' cannot be used multiple times")
-                }
-                (Some(a), _) => format!("the argument '{a}' cannot be used with"),
-                (None, Some(sub)) => format!("the subcommand '{sub}' cannot be used with"),
-                (None, None) => e.kind().as_str().unwrap_or_default().to_string(),
-            };
-            match prior {
-                _ if repeated => (Some(head), Vec::new()),
-                Some(ContextValue::Strings(others)) => (Some(format!("{head}:")), others.clone()),
-                Some(ContextValue::String(other)) => {
-                    (Some(format!("{head} '{other}'")), Vec::new())
-                }
-                Some(_) => (
-                    Some(format!(
-                        "{head} one or more of the other specified arguments"
-                    )),
-                    Vec::new(),
-                ),
-                None => (Some(head), Vec::new()),
-            }
-        }
-        ErrorKind::NoEquals => (
-            arg.map(|a| format!("equal sign is needed when assigning values to '{a}'")),
-            Vec::new(),
-        ),
-        ErrorKind::InvalidValue => match (arg, value) {
-            (Some(a), Some("")) => (
-                Some(format!(
-                    "a value is required for '{a}' but none was supplied"
-                )),
-                Vec::new(),
-            ),
-            (Some(a), Some(v)) => (Some(format!("invalid value '{v}' for '{a}'")), Vec::new()),
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::InvalidSubcommand => (
-            text(ContextKind::InvalidSubcommand).map(|s| format!("unrecognized subcommand '{s}'")),
-            Vec::new(),
-        ),
-        ErrorKind::MissingRequiredArgument => match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::Strings(missing)) => (
-                Some("the following required arguments were not provided:".to_string()),
-                missing.clone(),
-            ),
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::MissingSubcommand => (
-            text(ContextKind::InvalidSubcommand)
-                .map(|s| format!("'{s}' requires a subcommand but one was not provided")),
-            Vec::new(),
-        ),
-        ErrorKind::TooManyValues => match (arg, value) {
-            (Some(a), Some(v)) => (
-                Some(format!(
-                    "unexpected value '{v}' for '{a}' found; no more were expected"
-                )),
-                Vec::new(),
-            ),
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::TooFewValues => match (
-            arg,
-            number(ContextKind::ActualNumValues),
-            number(ContextKind::MinValues),
-        ) {
-            (Some(a), Some(actual), Some(min)) => (
-                Some(format!(
-                    "{min} values required by '{a}'; only {actual} {} provided",
-                    were(actual)
-                )),
-                Vec::new(),
-            ),
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::ValueValidation => match (arg, value) {
-            (Some(a), Some(v)) => {
-                let why =
-                    std::error::Error::source(e).map_or_else(String::new, |s| format!(": {s}"));
-                (
-                    Some(format!("invalid value '{v}' for '{a}'{why}")),
-                    Vec::new(),
-                )
-            }
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::WrongNumberOfValues => match (
-            arg,
-            number(ContextKind::ActualNumValues),
-            number(ContextKind::ExpectedNumValues),
-        ) {
-            (Some(a), Some(actual), Some(expected)) => (
-                Some(format!(
-                    "{expected} values required for '{a}' but {actual} {} provided",
-                    were(actual)
-                )),
-                Vec::new(),
-            ),
-            _ => (None, Vec::new()),
-        },
-        ErrorKind::UnknownArgument => (
-            arg.map(|a| format!("unexpected argument '{a}' found")),
-            Vec::new(),
-        ),
-        _ => (None, Vec::new()),
-    };
+    let (sentence, items) = sentence_of(e);
     let sentence = sentence.unwrap_or_else(|| match e.kind().as_str() {
         Some(words) => words.to_string(),
         None => {
@@ -713,11 +570,160 @@ fn one_line_parts(e: &clap::Error) -> Vec<String> {
         }
         None => parts.push(sentence),
     }
-    parts.extend(match e.kind() {
-        ErrorKind::InvalidValue => values("possible values", ContextKind::ValidValue),
-        ErrorKind::MissingSubcommand => values("subcommands", ContextKind::ValidSubcommand),
-        _ => None,
-    });
+    parts.extend(accepted_values(e));
+    parts.extend(tips(e));
+    parts
+}
+
+/// clap's error context, read by kind.
+struct Context<'a>(&'a clap::Error);
+
+impl<'a> Context<'a> {
+    fn text(&self, kind: clap::error::ContextKind) -> Option<&'a str> {
+        match self.0.get(kind) {
+            Some(clap::error::ContextValue::String(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    fn list(&self, kind: clap::error::ContextKind) -> &'a [String] {
+        match self.0.get(kind) {
+            Some(clap::error::ContextValue::Strings(v)) => v.as_slice(),
+            _ => &[],
+        }
+    }
+
+    fn number(&self, kind: clap::error::ContextKind) -> Option<isize> {
+        match self.0.get(kind) {
+            Some(clap::error::ContextValue::Number(n)) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// The sentence of clap's error, and the items of a list it ends with a colon.
+fn sentence_of(e: &clap::Error) -> (Option<String>, Vec<String>) {
+    use clap::error::{ContextKind, ErrorKind};
+    let c = Context(e);
+    let arg = c.text(ContextKind::InvalidArg);
+    let value = c.text(ContextKind::InvalidValue);
+    let sentence = match (e.kind(), arg, value) {
+        (ErrorKind::ArgumentConflict, _, _) => return conflict_sentence(e, arg),
+        (ErrorKind::MissingRequiredArgument, _, _) => {
+            let missing = c.list(ContextKind::InvalidArg);
+            if missing.is_empty() {
+                return (None, Vec::new());
+            }
+            let head = "the following required arguments were not provided:";
+            return (Some(head.to_string()), missing.to_vec());
+        }
+        (ErrorKind::NoEquals, Some(a), _) => {
+            format!("equal sign is needed when assigning values to '{a}'")
+        }
+        (ErrorKind::InvalidValue, Some(a), Some("")) => {
+            format!("a value is required for '{a}' but none was supplied")
+        }
+        (ErrorKind::InvalidValue, Some(a), Some(v)) => format!("invalid value '{v}' for '{a}'"),
+        (ErrorKind::InvalidSubcommand, _, _) => match c.text(ContextKind::InvalidSubcommand) {
+            Some(s) => format!("unrecognized subcommand '{s}'"),
+            None => return (None, Vec::new()),
+        },
+        (ErrorKind::MissingSubcommand, _, _) => match c.text(ContextKind::InvalidSubcommand) {
+            Some(s) => format!("'{s}' requires a subcommand but one was not provided"),
+            None => return (None, Vec::new()),
+        },
+        (ErrorKind::TooManyValues, Some(a), Some(v)) => {
+            format!("unexpected value '{v}' for '{a}' found; no more were expected")
+        }
+        (ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues, Some(a), _) => {
+            return (value_count_sentence(&c, e.kind(), a), Vec::new())
+        }
+        (ErrorKind::ValueValidation, Some(a), Some(v)) => {
+            let why = std::error::Error::source(e).map_or_else(String::new, |s| format!(": {s}"));
+            format!("invalid value '{v}' for '{a}'{why}")
+        }
+        (ErrorKind::UnknownArgument, Some(a), _) => format!("unexpected argument '{a}' found"),
+        _ => return (None, Vec::new()),
+    };
+    (Some(sentence), Vec::new())
+}
+
+/// An argument given twice, or with others it excludes.
+fn conflict_sentence(e: &clap::Error, arg: Option<&str>) -> (Option<String>, Vec<String>) {
+    use clap::error::{ContextKind, ContextValue};
+    let prior = e.get(ContextKind::PriorArg);
+    let repeated =
+        arg.is_some() && matches!(prior, Some(ContextValue::String(p)) if Some(p.as_str()) == arg);
+    let head = match (arg, Context(e).text(ContextKind::InvalidSubcommand)) {
+        (Some(a), _) if repeated => format!("the argument '{a}' cannot be used multiple times"),
+        (Some(a), _) => format!("the argument '{a}' cannot be used with"),
+        (None, Some(sub)) => format!("the subcommand '{sub}' cannot be used with"),
+        (None, None) => e.kind().as_str().unwrap_or_default().to_string(),
+    };
+    match prior {
+        _ if repeated => (Some(head), Vec::new()),
+        Some(ContextValue::Strings(others)) => (Some(format!("{head}:")), others.clone()),
+        Some(ContextValue::String(other)) => (Some(format!("{head} '{other}'")), Vec::new()),
+        Some(_) => (
+            Some(format!(
+                "{head} one or more of the other specified arguments"
+            )),
+            Vec::new(),
+        ),
+        None => (Some(head), Vec::new()),
+    }
+}
+
+/// Too few values, or not the number expected.
+fn value_count_sentence(c: &Context, kind: clap::error::ErrorKind, arg: &str) -> Option<String> {
+    use clap::error::{ContextKind, ErrorKind};
+    let were = |n: isize| if n > 1 { "were" } else { "was" };
+    let actual = c.number(ContextKind::ActualNumValues)?;
+    Some(match kind {
+        ErrorKind::TooFewValues => {
+            let min = c.number(ContextKind::MinValues)?;
+            format!(
+                "{min} values required by '{arg}'; only {actual} {} provided",
+                were(actual)
+            )
+        }
+        _ => {
+            let expected = c.number(ContextKind::ExpectedNumValues)?;
+            format!(
+                "{expected} values required for '{arg}' but {actual} {} provided",
+                were(actual)
+            )
+        }
+    })
+}
+
+/// The values clap accepts, where it lists them: `[possible values: a, b]`.
+fn accepted_values(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ErrorKind};
+    let (name, kind) = match e.kind() {
+        ErrorKind::InvalidValue => ("possible values", ContextKind::ValidValue),
+        ErrorKind::MissingSubcommand => ("subcommands", ContextKind::ValidSubcommand),
+        _ => return None,
+    };
+    let values = Context(e).list(kind);
+    // A value with a space (or none) is quoted, as clap lists it.
+    let shown: Vec<String> = values
+        .iter()
+        .map(|v| {
+            if v.is_empty() || v.contains(char::is_whitespace) {
+                format!("{v:?}")
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    (!shown.is_empty()).then(|| format!("[{name}: {}]", shown.join(", ")))
+}
+
+/// clap's tips: similar subcommands, arguments and values, and its suggestions.
+fn tips(e: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let mut tips = Vec::new();
     for (what, kind) in [
         ("subcommand", ContextKind::SuggestedSubcommand),
         ("argument", ContextKind::SuggestedArg),
@@ -729,16 +735,16 @@ fn one_line_parts(e: &clap::Error) -> Vec<String> {
             _ => continue,
         };
         let quoted: Vec<String> = similar.iter().map(|s| format!("'{s}'")).collect();
-        parts.push(match quoted.as_slice() {
+        tips.push(match quoted.as_slice() {
             [] => format!("tip: some similar {what}s exist: "),
             [one] => format!("tip: a similar {what} exists: {one}"),
             _ => format!("tip: some similar {what}s exist: {}", quoted.join(", ")),
         });
     }
-    if let Some(ContextValue::StyledStrs(tips)) = e.get(ContextKind::Suggested) {
-        parts.extend(tips.iter().map(|tip| format!("tip: {tip}")));
+    if let Some(ContextValue::StyledStrs(suggested)) = e.get(ContextKind::Suggested) {
+        tips.extend(suggested.iter().map(|tip| format!("tip: {tip}")));
     }
-    parts
+    tips
 }
 
 /// `report`: the endpoint and the retries, and the deployment.
