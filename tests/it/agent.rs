@@ -523,11 +523,7 @@ engine_test!(dry_run_prints_reports);
 async fn dry_run_prints_reports(engine: Engine) {
     let scope = Scope::new(engine, "dry");
     let selector = scope.selector();
-    let mut agent = Agent::spawn(
-        &scope.dir,
-        &["run".into(), "--label-selector".into(), selector],
-        &[],
-    );
+    let mut agent = scope.spawn_agent(&["run".into(), "--label-selector".into(), selector], &[]);
     agent.ready().await;
     // SIGHUP does not end it (the default action would) and says what to do instead.
     agent.signal("HUP");
@@ -643,8 +639,7 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings(engine: Engine) {
     .map(|s| s.to_string())
     .collect();
     let certs = certs.to_str().unwrap();
-    let agent = Agent::spawn(
-        &scope.dir,
+    let agent = scope.spawn_agent(
         &args,
         &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs)],
     );

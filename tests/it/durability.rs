@@ -388,7 +388,7 @@ async fn a_burst_at_a_set_pace_is_committed_in_few_syncs(engine: Engine) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let agent = Agent::spawn(&scope.dir, &args, &[]);
+    let agent = scope.spawn_agent(&args, &[]);
     agent.ready().await;
     let listen: std::net::SocketAddr = listen.parse().unwrap();
     let commits_before = metric(listen, "deploytrack_queue_commits_total")
@@ -482,7 +482,7 @@ fn dry_run_agent(scope: &Scope, extra: &[&str]) -> Agent {
         scope.selector(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Agent::spawn(&scope.dir, &args, &[])
+    scope.spawn_agent(&args, &[])
 }
 
 engine_test!(a_dry_run_with_a_state_dir_does_not_silence_the_real_run);

@@ -28,10 +28,10 @@ async fn one_at_a_time(engine: Engine) -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// `docker` with the logged-in config.
-fn docker_logged_in(args: &[&str]) -> String {
+fn docker_logged_in(engine: Engine, args: &[&str]) -> String {
     let mut all = vec!["--config", LOGGED_IN];
     all.extend_from_slice(args);
-    run_ok("docker", &all, None)
+    engine.docker(&all)
 }
 
 /// Removes an image from the engine under test, also when the test fails.
@@ -87,8 +87,8 @@ fn auths_config(scope: &Scope) -> PathBuf {
 
 /// Pull PRIVATE1 as before the agent was installed: an agent's first subscription replays
 /// the last 5 s of events, so the pull must be older than that when the agent starts.
-fn pull_out_of_sight() {
-    docker_logged_in(&["pull", PRIVATE1]);
+fn pull_out_of_sight(engine: Engine) {
+    docker_logged_in(engine, &["pull", PRIVATE1]);
     std::thread::sleep(std::time::Duration::from_secs(6));
 }
 
@@ -115,7 +115,7 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials(engi
         &env,
     );
     agent.ready().await;
-    docker_logged_in(&["pull", PRIVATE1]);
+    docker_logged_in(engine, &["pull", PRIVATE1]);
     agent
         .logged("the pull remembered as evidence", |l| {
             l.contains("remembered which repository holds the image") && l.contains(PRIVATE_REPO)
@@ -172,7 +172,7 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
     let scope = Scope::new(engine, "creds");
     let receiver = Receiver::start().await;
     let image = Image(engine, PRIVATE1.to_string());
-    pull_out_of_sight();
+    pull_out_of_sight(engine);
     let want = engine.repo_digest(PRIVATE1, PRIVATE_REPO);
     let host = engine.host_name();
     let before = scope.name("before");
@@ -260,7 +260,7 @@ async fn a_credential_helper_gives_the_credentials(engine: Engine) {
     let scope = Scope::new(engine, "helper");
     let receiver = Receiver::start().await;
     let image = Image(engine, PRIVATE1.to_string());
-    pull_out_of_sight();
+    pull_out_of_sight(engine);
     let want = engine.repo_digest(PRIVATE1, PRIVATE_REPO);
     let host = engine.host_name();
     let name = scope.name("helped");
@@ -337,7 +337,7 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
             })
             .await;
     }
-    docker_logged_in(&["push", &tag]);
+    docker_logged_in(engine, &["push", &tag]);
     let want = engine.repo_digest(&tag, &repo);
     let report = receiver
         .accepted_report(
@@ -358,7 +358,7 @@ async fn a_refused_lookup_is_not_asked_again_at_every_reconciliation(engine: Eng
     let scope = Scope::new(engine, "refused");
     let receiver = Receiver::start().await;
     let image = Image(engine, PRIVATE1.to_string());
-    pull_out_of_sight();
+    pull_out_of_sight(engine);
     let name = scope.name("refused");
     scope.run(&["--name", &name], PRIVATE1);
     let empty = no_credentials(&scope);

@@ -490,7 +490,7 @@ impl Lane {
         if stops {
             args.push("--report-stops".into());
         }
-        let agent = Agent::spawn(&scope.dir, &args, &[]);
+        let agent = scope.spawn_agent(&args, &[]);
         Lane {
             title,
             stops,

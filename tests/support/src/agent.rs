@@ -123,14 +123,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The agent as `Engine::agent_command` or `agent_command` makes it, on the default
-    /// engine socket unless `args` name another.
-    pub fn spawn(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Agent {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::spawn_command(dir, agent_command(&argv), env)
-    }
-
-    /// Any command that runs the agent (e.g. `Engine::agent_command_as`), with `env` added.
+    /// Any command that runs the agent (`Engine::agent_command`, `Scope::agent_command`,
+    /// `Engine::agent_command_as`, `agent_command_of`), with `env` added.
     /// Its `--listen` address, if any, is where `metrics` scrapes.
     pub fn spawn_command(dir: &Path, mut cmd: Command, env: &[(&str, &str)]) -> Agent {
         let n = fastrand::u32(..);

@@ -102,7 +102,12 @@ impl Scope {
     /// The agent with its queue in `state` and `env` added to its environment.
     pub fn agent_in(&self, state: &Path, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let token = self.token_file();
-        let args = self.run_args(state, &token, url, extra);
+        self.spawn_agent(&self.run_args(state, &token, url, extra), env)
+    }
+
+    /// The agent with any arguments and `env` added, on the scope's engine (unless `args`
+    /// name another with `--docker-host`), its output in the scope's dir.
+    pub fn spawn_agent(&self, args: &[String], env: &[(&str, &str)]) -> Agent {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent::spawn_command(&self.dir, self.agent_command(&argv), env)
     }
