@@ -34,7 +34,11 @@ async fn outage_crash_and_restart_lose_nothing_and_replay_nothing(engine: Engine
     scope.run(&["--name", &a], APP1);
     let b_id = scope.run(&["--name", &b], APP1);
     let gone_id = scope.run(&["--name", &gone], APP1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Removed once the agent has queued its report (a, b and gone: the endpoint is down).
+    eventually("the three starts queued", || {
+        (pending_count(&scope) == 3).then_some(())
+    })
+    .await;
     engine.docker(&["rm", "-f", &gone_id]);
     // b is recreated with a new image while the endpoint is down: only the latest counts.
     engine.docker(&["rm", "-f", &b_id]);
@@ -151,7 +155,21 @@ async fn a_refused_report_is_dead_lettered_and_can_be_retried(engine: Engine) {
     })
     .await;
     assert!(dead.contains(&bad) && dead.contains("status=400"), "{dead}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A report queued after the dead letter, delivered: the dispatcher has read the queue
+    // since, and the refused report, were it still due, is older and would have gone first.
+    let later = scope.name("later");
+    scope.run(&["--name", &later], APP1);
+    receiver
+        .accepted_report(
+            "the report queued after the dead letter",
+            &format!("{host}/{later}"),
+        )
+        .await;
+    // Nothing is left waiting for a retry either (once the delivery is committed).
+    eventually("an empty queue", || {
+        (pending_count(&scope) == 0).then_some(())
+    })
+    .await;
     let attempts = receiver
         .received()
         .iter()
