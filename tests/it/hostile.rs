@@ -394,40 +394,6 @@ async fn a_failed_listing_is_tried_again_with_backoff(engine: Engine) {
         .await;
 }
 
-/// An image made here and never pushed, under `tag`: a commit of `LOCAL1` with a label of
-/// its own, so that no other image (nor another test's tag of `LOCAL1`) shares its digest.
-/// Removed on drop.
-struct MadeHere(Engine, String);
-
-impl MadeHere {
-    fn new(scope: &Scope, tag: &str) -> Self {
-        let source = scope.create(&[], LOCAL1);
-        scope.docker(&[
-            "commit",
-            "--change",
-            &format!("LABEL deploytrack.test.made={tag}"),
-            &source,
-            tag,
-        ]);
-        MadeHere(scope.engine(), tag.to_string())
-    }
-
-    fn id(&self) -> String {
-        self.0
-            .docker(&["image", "inspect", "--format", "{{.Id}}", &self.1])
-    }
-}
-
-impl Drop for MadeHere {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .docker_command()
-            .args(["rmi", "-f", &self.1])
-            .output();
-    }
-}
-
 engine_test!(a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repository);
 /// Docker 29.2 and later (API 1.53), played in front of the real engine: `/version` claims
 /// 1.53, every request is forwarded at the version the real engine speaks, events come in
@@ -477,8 +443,8 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
     };
     let (named_repo, unnamed_repo) = (repo("named"), repo("other"));
     let made = containerd.then(|| {
-        let named = MadeHere::new(&scope, &format!("{named_repo}:1"));
-        let unnamed = MadeHere::new(&scope, &format!("{unnamed_repo}:1"));
+        let named = scope.made_here(&format!("{named_repo}:1"));
+        let unnamed = scope.made_here(&format!("{unnamed_repo}:1"));
         let named_id = named.id();
         let pulled_from = named_repo.replacen("localhost:5000/", "localhost/", 1);
         proxy.add(Rule::edit("/images/", move |image| {
@@ -525,7 +491,7 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
     // the test ends with the version and the events above.
     if let Some((named, unnamed)) = &made {
         let by_identity = scope.name("by-identity");
-        scope.run(&["--name", &by_identity], &named.1);
+        scope.run(&["--name", &by_identity], named.tag());
         let got = receiver
             .accepted_report(
                 "the container of the image its Identity names",
@@ -533,9 +499,9 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
             )
             .await;
         // The repository with its port, as the image's repo digest has it.
-        assert_eq!(got.url(), engine.repo_digest(&named.1, &named_repo));
+        assert_eq!(got.url(), engine.repo_digest(named.tag(), &named_repo));
         let without = scope.name("without-identity");
-        scope.run(&["--name", &without], &unnamed.1);
+        scope.run(&["--name", &without], unnamed.tag());
         agent
             .logged("the skip of the image without Identity", |l| {
                 l.contains("no evidence that a registry holds this image")

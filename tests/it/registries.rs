@@ -317,8 +317,9 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
     let empty = no_credentials(&scope);
     let repo = format!("127.0.0.1:5002/deploytrack-test/pushed-{}", scope.name("p"));
     let tag = format!("{repo}:1");
-    let _image = Image(engine, tag.clone());
-    engine.docker(&["tag", LOCAL1, &tag]);
+    // An image of the test's own: a push of LOCAL1 itself would give it a repo digest, and
+    // other tests' containers of LOCAL1 would then be reported rather than skipped.
+    let _image = scope.made_here(&tag);
     let agent = scope.agent_in(
         &scope.state_dir(),
         &receiver.url(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::agent::{run_to_completion, Agent, Output};
-use crate::{Engine, RUN_LABEL, TOKEN};
+use crate::{Engine, LOCAL1, RUN_LABEL, TOKEN};
 
 /// A test's scope: a unique label on every container it makes, a temp dir, and cleanup.
 pub struct Scope {
@@ -74,6 +74,24 @@ impl Scope {
         args.extend_from_slice(extra);
         args.push(image);
         self.docker(&args)
+    }
+
+    /// An image made here under `tag`: a commit of `LOCAL1` with a label of its own, so that
+    /// no other image (nor another test's tag of `LOCAL1`) shares its id or digest, and a
+    /// push of it gives no other test's image a repo digest. Removed on drop.
+    pub fn made_here(&self, tag: &str) -> MadeHere {
+        let source = self.create(&[], LOCAL1);
+        self.docker(&[
+            "commit",
+            "--change",
+            &format!("LABEL deploytrack.test.made={tag}"),
+            &source,
+            tag,
+        ]);
+        MadeHere {
+            engine: self.engine(),
+            tag: tag.to_string(),
+        }
     }
 
     /// A unique container name within this scope.
@@ -202,5 +220,32 @@ impl Drop for Scope {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An image a test made (`Scope::made_here`), removed from its engine on drop.
+pub struct MadeHere {
+    engine: Engine,
+    tag: String,
+}
+
+impl MadeHere {
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn id(&self) -> String {
+        self.engine
+            .docker(&["image", "inspect", "--format", "{{.Id}}", &self.tag])
+    }
+}
+
+impl Drop for MadeHere {
+    fn drop(&mut self) {
+        let _ = self
+            .engine
+            .docker_command()
+            .args(["rmi", "-f", &self.tag])
+            .output();
     }
 }
