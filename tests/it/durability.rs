@@ -380,12 +380,12 @@ async fn a_burst_is_queued_with_few_syncs_and_drains(engine: Engine) {
 /// The queue's idle commit (`COMMIT_IDLE` in src/outbox/store.rs).
 const COMMIT_IDLE: Duration = Duration::from_millis(250);
 
-engine_test!(a_burst_at_a_set_pace_is_committed_in_few_syncs);
 /// Batching where the pace is the test's own: the simulated engine sends 200 starts evenly
 /// within one second, the endpoint is down. The group commit holds them to a few syncs.
-async fn a_burst_at_a_set_pace_is_committed_in_few_syncs(engine: Engine) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_at_a_set_pace_is_committed_in_few_syncs() {
     use deploytrack_test_support::sim::{Plan, Sim};
-    let scope = Scope::new(engine, "burst-sim");
+    let scope = Scope::offline("burst-sim");
     const N: usize = 200;
     let sim = Sim::start(&scope.dir, vec![], None);
     let listen = unused_addr().to_string();

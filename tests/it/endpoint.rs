@@ -318,12 +318,12 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points(engine: Engine) {
     );
 }
 
-engine_test!(report_never_tries_again_before_retry_after);
 /// `report --timeout` and `Retry-After`: no attempt comes before the time the endpoint
 /// asked for, the last one included; when that time is past the deadline, `report` gives up
 /// at once and says so.
-async fn report_never_tries_again_before_retry_after(engine: Engine) {
-    let scope = Scope::new(engine, "retryafter");
+#[tokio::test(flavor = "multi_thread")]
+async fn report_never_tries_again_before_retry_after() {
+    let scope = Scope::offline("retryafter");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer {
         retry_after: Some("2".into()),

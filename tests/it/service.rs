@@ -70,9 +70,9 @@ async fn admin_endpoints_report_health_metrics_and_deployments(engine: Engine) {
     assert_eq!(get(&format!("{base}/nope")).await.0, 404);
 }
 
-engine_test!(report_command_for_pipelines);
-async fn report_command_for_pipelines(engine: Engine) {
-    let scope = Scope::new(engine, "report");
+#[tokio::test(flavor = "multi_thread")]
+async fn report_command_for_pipelines() {
+    let scope = Scope::offline("report");
     let receiver = Receiver::start().await;
     let token = scope.token_file();
     let url = receiver.url();
