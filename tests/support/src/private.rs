@@ -102,7 +102,7 @@ impl PrivateEngine {
             .spawn()
             .expect("start a registry in the namespace");
         let tls = tls.then(|| {
-            let octet = 1 + fastrand::u8(..250);
+            let octet = next_octet();
             let (host_if, ns_if) = (format!("dt{tag}h"), format!("dt{tag}n"));
             let run =
                 |args: &[&str]| assert!(ok(Command::new("ip").args(args)), "ip {args:?} failed");
@@ -282,6 +282,20 @@ impl PrivateEngine {
             }
         }
     }
+}
+
+/// The third octet of a TLS engine's 10.213.x.0/30 link: a different one for each private
+/// engine of this process (the tests of both engines run side by side), from a random start.
+fn next_octet() -> u8 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        fastrand::u32(..250),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    1 + (NEXT.fetch_add(1, Ordering::SeqCst) % 250) as u8
 }
 
 /// A CA, a server certificate for `ip` and a client certificate, with openssl.
