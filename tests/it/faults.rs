@@ -79,10 +79,31 @@ async fn paused_and_restarting_containers_are_running(engine: Engine) {
     engine.docker(&["unpause", &paused]);
     engine.docker(&["rm", "-f", &paused, &looping]);
     for name in [&paused, &looping] {
-        eventually("the removal reported as a stop", || {
-            (stop_reports(&receiver, &format!("{host}/{name}")) == 1).then_some(())
+        let key = format!("{host}/{name}");
+        let stopped = tokio::time::timeout(PATIENCE, async {
+            while stop_reports(&receiver, &key) != 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         })
         .await;
+        // On failure, what the receiver got for it and what the agent said of it.
+        assert!(
+            stopped.is_ok(),
+            "{key}: {} stop reports, not one, after {PATIENCE:?}; received: {:?}\nagent:\n{}",
+            stop_reports(&receiver, &key),
+            receiver
+                .received()
+                .iter()
+                .filter(|r| r.name() == key)
+                .map(|r| (r.status, r.body["container"]["state"].to_string()))
+                .collect::<Vec<_>>(),
+            agent
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(name.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
 
