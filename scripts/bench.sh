@@ -7,7 +7,7 @@
 #   scripts/bench.sh --only B1,B3 [--quick] [--out FILE] [--keep]
 #
 # Steps: scripts/test-env.sh (Docker Engine, registry, test images), the release build,
-# then benches/suite.rs (cargo bench, harness = false) against a copy of the release build
+# then benches/suite/ (cargo bench, harness = false) against a copy of the release build
 # (target/bench/deploytrack: cargo bench rebuilds target/release/deploytrack differently).
 # Raw figures go to target/bench/results.json (results.partial.json). Containers the suite starts carry the label
 # deploytrack.bench.run=<run id> and are removed at the end, also on failure or Ctrl-C.

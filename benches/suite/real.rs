@@ -15,9 +15,9 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
 use crate::report::{row, Section, Verdict};
-use crate::support::receiver::Receiver;
 use crate::util::*;
 use crate::Ctx;
+use deploytrack_test_support::receiver::Receiver;
 
 pub const RUN_LABEL: &str = "deploytrack.bench.run";
 const IMAGE: &str = "localhost:5000/deploytrack-test/app:1";
@@ -198,7 +198,7 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
     );
     let dir = scratch(&ctx.root, "b1");
     let receiver = Receiver::first_arrivals().await;
-    let mut agent = Agent::spawn(
+    let mut agent = spawn_agent(
         &dir,
         AgentArgs {
             url: Some(receiver.url()),
@@ -208,7 +208,7 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
             ..AgentArgs::default()
         },
     );
-    agent.ready(Duration::from_secs(60)).await?;
+    agent.ready_within(Duration::from_secs(60)).await?;
     // The image is pulled while the agent runs, as on a host where deployments pull: the
     // pull is the evidence of its repository, so no start needs a registry lookup.
     pull_in_front_of(&agent).await?;
@@ -267,7 +267,7 @@ async fn latency(ctx: &Ctx, fleet: &mut Fleet, host: &str, n: usize) -> Result<S
     .await;
     listener.abort();
     let hwm = agent.status_kb("VmHWM").unwrap_or(0);
-    agent.stop(Duration::from_secs(30)).await;
+    agent.stop_within(Duration::from_secs(30)).await;
     let lookups = registry_manifest_gets().saturating_sub(lookups_before);
 
     let events = events.lock().unwrap().clone();
@@ -375,7 +375,7 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
             say(format!("B2: reconciling {n} containers, run {}", k + 1));
             let dir = scratch(&ctx.root, &format!("b2-{n}-{k}"));
             let receiver = Receiver::first_arrivals().await;
-            let mut agent = Agent::spawn(
+            let mut agent = spawn_agent(
                 &dir,
                 AgentArgs {
                     url: Some(receiver.url()),
@@ -392,14 +392,14 @@ async fn reconciliation(ctx: &Ctx, fleet: &mut Fleet, sizes: &[usize]) -> Result
                 return Err(format!("{e}:\n{}", agent.stderr_tail()));
             }
             let (first, last) = receiver.span().ok_or("nothing received")?;
-            r.runs.push((last - agent.spawned).as_secs_f64());
-            r.first.push((first - agent.spawned).as_secs_f64());
+            r.runs.push((last - agent.spawned()).as_secs_f64());
+            r.first.push((first - agent.spawned()).as_secs_f64());
             r.cpu.push(agent.cpu_seconds().unwrap_or(0.0));
             r.hwm_kb = r.hwm_kb.max(agent.status_kb("VmHWM").unwrap_or(0));
             if receiver.distinct() != n {
                 return Err(format!("expected {n} reports, got {}", receiver.distinct()));
             }
-            agent.stop(Duration::from_secs(30)).await;
+            agent.stop_within(Duration::from_secs(30)).await;
         }
         results.push(r);
     }

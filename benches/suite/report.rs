@@ -162,7 +162,7 @@ impl Machine {
             },
         )
         .unwrap_or_else(|| "not reachable".into());
-        let revision = crate::support::git::revision();
+        let revision = deploytrack_test_support::git::revision();
         let source = match (revision.head, revision.dirty) {
             (Some(rev), true) => format!("{rev} with uncommitted changes in src/ or Cargo.*"),
             (Some(rev), false) => rev,

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::report::{row, Section, Verdict};
-use crate::support::receiver::Receiver;
-use crate::support::sim::{Plan, Sim};
 use crate::util::*;
 use crate::Ctx;
+use deploytrack_test_support::receiver::Receiver;
+use deploytrack_test_support::sim::{Plan, Sim};
 
 const ENQUEUED: &str = "deploytrack_reports_enqueued_total";
 const COMMITS: &str = "deploytrack_queue_commits_total";
@@ -24,7 +24,7 @@ fn down_url() -> String {
 
 /// An agent on the simulated engine, ready (reconciled and serving /metrics).
 async fn agent_on(ctx: &Ctx, dir: &Path, sim: &Sim, url: String) -> Result<Agent, String> {
-    let mut agent = Agent::spawn(
+    let agent = spawn_agent(
         dir,
         AgentArgs {
             url: Some(url),
@@ -34,7 +34,7 @@ async fn agent_on(ctx: &Ctx, dir: &Path, sim: &Sim, url: String) -> Result<Agent
             ..AgentArgs::default()
         },
     );
-    agent.ready(Duration::from_secs(60)).await?;
+    agent.ready_within(Duration::from_secs(60)).await?;
     for _ in 0..100 {
         if agent.metrics(&ctx.http).await.is_ok() {
             return Ok(agent);
@@ -222,7 +222,7 @@ fn queue_order(db: &Path) -> Result<(usize, Option<usize>), String> {
             r.get(0)
         })
         .ok();
-    let at = cursor.and_then(|c| crate::support::sim::index_of(c.split(' ').nth(1)?));
+    let at = cursor.and_then(|c| deploytrack_test_support::sim::index_of(c.split(' ').nth(1)?));
     Ok((out_of_order, at))
 }
 
@@ -238,7 +238,7 @@ async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, St
     let mut agent = agent_on(ctx, &dir, &sim, url).await?;
     let before = agent.metrics(&ctx.http).await?;
     let cpu0 = agent.cpu_seconds().unwrap_or(0.0);
-    let threads0 = thread_cpu(agent.pid);
+    let threads0 = thread_cpu(agent.pid());
     let own0 = own_cpu_seconds();
     let t0 = Instant::now();
     sim.fire(Plan {
@@ -250,7 +250,7 @@ async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, St
     let p = until_durable(ctx, &mut agent, &db, n, t0, Duration::from_millis(20)).await?;
     let after = agent.metrics(&ctx.http).await?;
     let cpu1 = agent.cpu_seconds().unwrap_or(0.0);
-    let threads: Vec<(String, f64)> = thread_cpu(agent.pid)
+    let threads: Vec<(String, f64)> = thread_cpu(agent.pid())
         .into_iter()
         .map(|(name, secs)| {
             let before = threads0.get(&name).copied().unwrap_or(0.0);
@@ -285,7 +285,7 @@ async fn throughput(ctx: &Ctx, n: usize, deliver: bool) -> Result<Throughput, St
         threads,
         order,
     };
-    agent.stop(Duration::from_secs(30)).await;
+    agent.stop_within(Duration::from_secs(30)).await;
     Ok(result)
 }
 
@@ -441,7 +441,7 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
             Duration::from_millis(50),
         )
         .await?;
-        let status = agent.stop(Duration::from_secs(30)).await;
+        let status = agent.stop_within(Duration::from_secs(30)).await;
         if !status.is_some_and(|s| s.success()) {
             return Err(format!(
                 "the agent did not stop cleanly ({status:?}):\n{}",
@@ -474,7 +474,7 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
         Receiver::first_arrivals_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
     let p2 = scratch(&dir, "engine2");
     let sim = Sim::start(&p2, (0..n).collect(), None);
-    let mut agent = Agent::spawn(
+    let mut agent = spawn_agent(
         &dir,
         AgentArgs {
             url: Some(url),
@@ -483,7 +483,7 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
             ..AgentArgs::default()
         },
     );
-    let t0 = agent.spawned;
+    let t0 = agent.spawned();
     if let Err(e) = receiver.wait_distinct(n, PATIENCE).await {
         return Err(format!("{e}:\n{}", agent.stderr_tail()));
     }
@@ -502,7 +502,7 @@ async fn drain(ctx: &Ctx, n: usize) -> Result<Drain, String> {
         agent_cpu: agent.cpu_seconds().unwrap_or(0.0),
         build,
     };
-    agent.stop(Duration::from_secs(30)).await;
+    agent.stop_within(Duration::from_secs(30)).await;
     Ok(result)
 }
 
@@ -636,7 +636,7 @@ async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
         let child = Command::new("strace")
             .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
             .arg(&trace_file)
-            .args(["-p", &agent.pid.to_string()])
+            .args(["-p", &agent.pid().to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&err).map_err(|e| e.to_string())?)
             .spawn()
@@ -689,7 +689,7 @@ async fn burst(ctx: &Ctx, n: usize, traced: bool) -> Result<Burst, String> {
         }
         None => None,
     };
-    agent.stop(Duration::from_secs(30)).await;
+    agent.stop_within(Duration::from_secs(30)).await;
     Ok(Burst {
         commits: after.get(COMMITS) - before.get(COMMITS),
         failures: after.get(FAILURES) - before.get(FAILURES),
@@ -806,11 +806,11 @@ async fn footprint(ctx: &Ctx, n: usize, idle: Duration) -> Result<Footprint, Str
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let startup_cpu = agent.cpu_seconds().unwrap_or(0.0);
-    let (switches0, _) = context_switches(agent.pid).unwrap_or((0, 0));
+    let (switches0, _) = context_switches(agent.pid()).unwrap_or((0, 0));
     let t0 = Instant::now();
     tokio::time::sleep(idle).await;
     let idle_cpu = agent.cpu_seconds().unwrap_or(0.0) - startup_cpu;
-    let (switches1, threads) = context_switches(agent.pid).unwrap_or((0, 0));
+    let (switches1, threads) = context_switches(agent.pid()).unwrap_or((0, 0));
     let idle_secs = t0.elapsed().as_secs_f64();
     let result = Footprint {
         n,
@@ -824,7 +824,7 @@ async fn footprint(ctx: &Ctx, n: usize, idle: Duration) -> Result<Footprint, Str
         switches: switches1.saturating_sub(switches0),
         threads,
     };
-    agent.stop(Duration::from_secs(30)).await;
+    agent.stop_within(Duration::from_secs(30)).await;
     Ok(result)
 }
 

@@ -1,9 +1,11 @@
 //! Shared pieces: the agent as a child process, its metrics, /proc readings, ports, waiting.
 
+pub use deploytrack_test_support::agent::{agent_command_of, Agent};
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ pub const TOKEN: &str = "bench-token-0123456789";
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("DEPLOYTRACK_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deploytrack")))
+        .unwrap_or_else(deploytrack_test_support::agent_bin)
 }
 
 /// Progress on stderr, with the seconds since the suite started.
@@ -78,140 +80,55 @@ pub struct AgentArgs {
     pub extra: Vec<String>,
 }
 
-/// The agent as a child process; output goes to files in its directory. Killed on drop.
-pub struct Agent {
-    child: Option<Child>,
-    pub pid: u32,
-    pub spawned: Instant,
-    pub listen: Option<SocketAddr>,
-    stderr: PathBuf,
+/// The agent as a child process (the wrapper the tests use too), with these settings;
+/// output goes to files in `dir`. Killed on drop.
+pub fn spawn_agent(dir: &Path, a: AgentArgs) -> Agent {
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("write the token file");
+    let mut args: Vec<String> = vec!["run".into()];
+    if let Some(url) = &a.url {
+        args.extend(["--url".into(), url.clone()]);
+    }
+    args.extend(["--token-file".into(), token.display().to_string()]);
+    if let Some(state) = &a.state_dir {
+        args.extend(["--state-dir".into(), state.display().to_string()]);
+    }
+    if let Some(host) = &a.docker_host {
+        args.extend(["--docker-host".into(), host.clone()]);
+    }
+    for s in &a.selectors {
+        args.extend(["--label-selector".into(), s.clone()]);
+    }
+    if let Some(listen) = a.listen {
+        args.extend(["--listen".into(), listen.to_string()]);
+    }
+    args.extend(a.extra.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::spawn_command(dir, agent_command_of(&agent_bin(), &argv), &[])
 }
 
-impl Agent {
-    pub fn spawn(dir: &Path, a: AgentArgs) -> Agent {
-        let token = dir.join("token");
-        std::fs::write(&token, format!("{TOKEN}\n")).expect("write the token file");
-        let mut args: Vec<String> = vec!["run".into()];
-        if let Some(url) = &a.url {
-            args.extend(["--url".into(), url.clone()]);
-        }
-        args.extend(["--token-file".into(), token.display().to_string()]);
-        if let Some(state) = &a.state_dir {
-            args.extend(["--state-dir".into(), state.display().to_string()]);
-        }
-        if let Some(host) = &a.docker_host {
-            args.extend(["--docker-host".into(), host.clone()]);
-        }
-        for s in &a.selectors {
-            args.extend(["--label-selector".into(), s.clone()]);
-        }
-        if let Some(listen) = a.listen {
-            args.extend(["--listen".into(), listen.to_string()]);
-        }
-        args.extend(a.extra.iter().cloned());
-        let stdout = dir.join("agent.out");
-        let stderr = dir.join("agent.err");
-        let mut cmd = Command::new(agent_bin());
-        cmd.args(&args);
-        crate::support::agent::scrub_environment(&mut cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("agent stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("agent stderr file"));
-        let spawned = Instant::now();
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {}: {e}", agent_bin().display());
-        });
-        Agent {
-            pid: child.id(),
-            child: Some(child),
-            spawned,
-            listen: a.listen,
-            stderr,
-        }
+/// What the benchmarks read of a running agent: its /proc figures and its /metrics.
+pub trait Measured {
+    fn cpu_seconds(&self) -> Option<f64>;
+    fn status_kb(&self, field: &str) -> Option<u64>;
+    fn metrics(
+        &self,
+        client: &reqwest::Client,
+    ) -> impl std::future::Future<Output = Result<Metrics, String>>;
+}
+
+impl Measured for Agent {
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
     }
 
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    fn status_kb(&self, field: &str) -> Option<u64> {
+        status_kb(self.pid(), field)
     }
 
-    /// The last lines of stderr, for error messages.
-    pub fn stderr_tail(&self) -> String {
-        let text = self.stderr();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    }
-
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Wait until the agent logged its first reconciliation (it is then subscribed).
-    pub async fn ready(&mut self, patience: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
-            if self.stderr().contains("reconciled with the engine") {
-                return Ok(());
-            }
-            if let Some(status) = self.exited() {
-                return Err(format!(
-                    "the agent exited ({status}):\n{}",
-                    self.stderr_tail()
-                ));
-            }
-            if start.elapsed() > patience {
-                return Err(format!(
-                    "the agent did not reconcile within {patience:?}:\n{}",
-                    self.stderr_tail()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then wait for the exit (SIGKILL after `patience`).
-    pub async fn stop(&mut self, patience: Duration) -> Option<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                self.child = None;
-                return Some(status);
-            }
-            if start.elapsed() > patience {
-                if let Some(mut c) = self.child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.pid)
-    }
-
-    pub fn status_kb(&self, field: &str) -> Option<u64> {
-        status_kb(self.pid, field)
-    }
-
-    pub async fn metrics(&self, client: &reqwest::Client) -> Result<Metrics, String> {
-        let addr = self.listen.ok_or("the agent has no --listen address")?;
+    async fn metrics(&self, client: &reqwest::Client) -> Result<Metrics, String> {
+        let addr = self.listen().ok_or("the agent has no --listen address")?;
         scrape(client, addr).await
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

@@ -19,12 +19,14 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-use crate::common::*;
+use deploytrack_test_support::*;
+
 use crate::packaging::{
     admin_ready, assert_not_reported, build_artifacts, check_agent_container, docker_on,
     group_token_file, inspect, logs, socket_gid, succeed, ComposeProject, ImageFiles, CLASSIC,
     NONROOT, STATE,
 };
+use crate::ENGINE;
 
 /// Debian 12 arm64 (minbase and adduser), made by scripts/test-arm-env.sh.
 const DEBIAN_ARM64: &str = "localhost:5000/deploytrack-test/debian:bookworm-arm64";
@@ -48,11 +50,11 @@ struct ArmArtifacts {
 fn arm_artifacts() -> &'static ArmArtifacts {
     static BUILT: OnceLock<Result<ArmArtifacts, String>> = OnceLock::new();
     assert_eq!(
-        test_engine(),
-        TestEngine::Classic,
+        ENGINE,
+        Engine::Classic,
         "the ARM tests use the classic engine only (tests/host runs on it)"
     );
-    ensure_engine();
+    ENGINE.ready();
     let built = BUILT.get_or_init(|| {
         let field = build_artifacts(&["--arm"])?;
         Ok(ArmArtifacts {
@@ -220,7 +222,7 @@ fn cross_packages_are_for_their_architecture_and_glibc_floor() {
 #[test]
 fn multi_platform_image_is_one_index_whose_images_keep_the_contract() {
     let artifacts = arm_artifacts();
-    let scope = Scope::new("arm-index");
+    let scope = Scope::new(ENGINE, "arm-index");
     let index = raw_index(&artifacts.multi_image);
     assert_eq!(
         index["mediaType"],
@@ -360,7 +362,7 @@ fn multi_platform_image_is_one_index_whose_images_keep_the_contract() {
 /// not its own, and stops on SIGTERM with exit status 0.
 async fn agent_reports_what_runs_beside_it(platform: &Platform) {
     let artifacts = arm_artifacts();
-    let scope = Scope::new(&format!("arm-{}", platform.deb_arch));
+    let scope = Scope::new(ENGINE, &format!("arm-{}", platform.deb_arch));
     let image = platform_reference(&artifacts.multi_image, platform);
     let receiver = Receiver::start().await;
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
@@ -418,7 +420,7 @@ async fn agent_reports_what_runs_beside_it(platform: &Platform) {
     );
 
     // Two containers of other platforms: each is reported with its own.
-    let host = engine_host_name();
+    let host = ENGINE.host_name();
     for (short, image, want) in [
         (
             "amd64",
@@ -440,7 +442,7 @@ async fn agent_reports_what_runs_beside_it(platform: &Platform) {
             )
             .await;
         let repository = image.rsplit_once(':').unwrap().0;
-        assert_eq!(report.url(), repo_digest(image, repository));
+        assert_eq!(report.url(), ENGINE.repo_digest(image, repository));
         assert_eq!(report.body["platform"], want, "{}", report.body);
         assert_eq!(report.environment(), environment);
         assert_eq!(
@@ -483,7 +485,7 @@ async fn armv7_image_reports_the_platform_of_what_runs_beside_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn arm64_deb_installs_and_checks_in_debian_12_arm64() {
     let artifacts = arm_artifacts();
-    let scope = Scope::new("arm-deb");
+    let scope = Scope::new(ENGINE, "arm-deb");
     let receiver = Receiver::start().await;
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
     let name = scope.name("debian-arm64");

@@ -1,6 +1,8 @@
 //! Bad input: one sentence naming the setting, exit 64, no panic.
 
-use crate::common::*;
+use deploytrack_test_support::*;
+
+use crate::ENGINE;
 
 fn assert_usage_error(out: &Output, setting: &str) {
     assert_eq!(
@@ -763,7 +765,7 @@ fn the_smaller_mistakes_name_their_fix() {
 #[test]
 fn in_a_container_permission_errors_name_the_compose_fix() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    crate::common::ensure_engine();
+    ENGINE.ready();
     let dir = scratch("compose-fix");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let token = dir.join("token");
@@ -806,10 +808,7 @@ fn in_a_container_permission_errors_name_the_compose_fix() {
             "deploytrack-test/systemd:bookworm".into(),
             command.into(),
         ]);
-        let out = std::process::Command::new("docker")
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = ENGINE.docker_command().args(&args).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -871,10 +870,11 @@ fn in_a_container_permission_errors_name_the_compose_fix() {
 /// no `docker` group, without which the unit cannot start.
 #[test]
 fn the_package_says_what_comes_next_and_warns_without_a_docker_group() {
-    crate::common::ensure_engine();
+    ENGINE.ready();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/debian/postinst");
     let configure = |before: &str| {
-        let out = std::process::Command::new("docker")
+        let out = ENGINE
+            .docker_command()
             .args([
                 "run",
                 "--rm",

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::*;
+use deploytrack_test_support::*;
+
+use crate::ENGINE;
 
 pub(crate) const CLASSIC: &str = "unix:///var/run/docker.sock";
 const SYSTEMD_IMAGE: &str = "deploytrack-test/systemd:bookworm";
@@ -37,11 +39,11 @@ struct Artifacts {
 fn artifacts() -> &'static Artifacts {
     static BUILT: OnceLock<Result<Artifacts, String>> = OnceLock::new();
     assert_eq!(
-        test_engine(),
-        TestEngine::Classic,
+        ENGINE,
+        Engine::Classic,
         "the packaging tests use the classic engine only (tests/host runs on it)"
     );
-    ensure_engine();
+    ENGINE.ready();
     let built = BUILT.get_or_init(|| {
         let field = build_artifacts(&[])?;
         Ok(Artifacts {
@@ -100,7 +102,7 @@ pub(crate) fn succeed(mut command: Command) -> String {
 }
 
 pub(crate) fn docker_on(host: &str, args: &[&str]) -> Command {
-    let mut command = Command::new("docker");
+    let mut command = ENGINE.docker_command();
     command.env("DOCKER_HOST", host).args(args);
     command
 }
@@ -239,7 +241,7 @@ async fn reports_others_not_itself(
     environment: &str,
     agent: &str,
 ) -> (String, String, String) {
-    let host = engine_host_name();
+    let host = ENGINE.host_name();
     assert_ne!(host, agent_hostname);
     let marker = scope.name("web");
     scope.run(&["--name", &marker], APP1);
@@ -564,7 +566,7 @@ impl ComposeProject {
     }
 
     fn command(&self, configured: bool, args: &[&str]) -> Command {
-        let mut command = Command::new("docker");
+        let mut command = ENGINE.docker_command();
         command.args(["compose", "-p", &self.name, "-f"]);
         command.arg(repo().join("packaging/compose.yaml"));
         if configured && self.credentials {
@@ -635,7 +637,7 @@ impl Drop for ComposeProject {
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_runs_the_agent_as_packaged() {
     let artifacts = artifacts();
-    let scope = Scope::new("compose");
+    let scope = Scope::new(ENGINE, "compose");
     let receiver = Receiver::start().await;
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
     let token = group_token_file(&scope, gid);
@@ -734,7 +736,7 @@ async fn compose_runs_the_agent_as_packaged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_agent_follows_a_live_restored_engine_through_its_restart() {
     let artifacts = artifacts();
-    let scope = Scope::new("live-restore");
+    let scope = Scope::new(ENGINE, "live-restore");
     let mut engine = PrivateEngine::start_with_args(Dockerd::Debian, &["--live-restore"]).await;
     let engine_host = engine.host.clone();
     // Containers outlive a live-restore engine: remove them before it goes.
@@ -887,7 +889,7 @@ fn swarm_manager() {
 #[tokio::test(flavor = "multi_thread")]
 async fn swarm_runs_the_agent_as_a_global_service() {
     let artifacts = artifacts();
-    let scope = Scope::new("swarm");
+    let scope = Scope::new(ENGINE, "swarm");
     let receiver = Receiver::start().await;
     swarm_manager();
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
@@ -1141,11 +1143,11 @@ fn starts_with_timestamp(line: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn deb_under_systemd_keeps_what_install_promises() {
     let artifacts = artifacts();
-    let scope = Scope::new("systemd");
+    let scope = Scope::new(ENGINE, "systemd");
     let receiver = Receiver::start().await;
     let gid = socket_gid(Path::new("/var/run/docker.sock"));
     let machine = Machine::boot(&scope).await;
-    let host = engine_host_name();
+    let host = ENGINE.host_name();
 
     // Installed before it is configured: enabled, skipped until the token exists.
     machine.sh(&format!("groupadd -g {gid} docker"));

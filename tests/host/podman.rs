@@ -3,7 +3,9 @@
 //! (rootless, the agent run as that user against that user's socket), sid's 5.8 and
 //! experimental's 6.1 (each chrooted in a mount namespace of its own).
 
-use crate::common::*;
+use deploytrack_test_support::*;
+
+use crate::ENGINE;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
@@ -203,7 +205,7 @@ fn start_agent(scope: &Scope, run_as: RunAs, url: &str, extra: &[&str]) -> Agent
                 env!("CARGO_BIN_EXE_deploytrack").into(),
             ])
             .args(&args);
-            crate::support::agent::scrub_environment(&mut cmd);
+            deploytrack_test_support::agent::scrub_environment(&mut cmd);
             cmd.env("HOME", &home)
                 .env("USER", ROOTLESS_USER)
                 .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"));
@@ -213,7 +215,7 @@ fn start_agent(scope: &Scope, run_as: RunAs, url: &str, extra: &[&str]) -> Agent
 }
 
 async fn starts_stops_and_reconciliation_are_reported(engine: Podman, run_as: RunAs) {
-    let scope = Scope::new(&format!("podman-{engine:?}").to_lowercase());
+    let scope = Scope::new(ENGINE, &format!("podman-{engine:?}").to_lowercase());
     engine.ensure_up();
     let _cleanup = PodmanScope(engine, scope.selector());
     let receiver = Receiver::start().await;
@@ -361,7 +363,7 @@ impl Drop for PodmanImages {
 /// Podman gives a repo digest for its local name) is skipped, a second local name of a
 /// pulled image is reported as the registry's repository, and an arm64 image as `v8`.
 async fn only_what_a_registry_holds_is_reported(engine: Podman) {
-    let scope = Scope::new(&format!("podevidence-{engine:?}").to_lowercase());
+    let scope = Scope::new(ENGINE, &format!("podevidence-{engine:?}").to_lowercase());
     engine.ensure_up();
     let _cleanup = PodmanScope(engine, scope.selector());
     let label = scope.selector();

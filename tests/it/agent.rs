@@ -1,19 +1,19 @@
 //! The agent end to end: engine events to deployment reports.
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 fn by_name<'a>(received: &'a [receiver::Received], name: &str) -> Vec<&'a receiver::Received> {
     received.iter().filter(|r| r.name() == name).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reports_running_and_started_containers_in_the_api_format() {
-    let scope = Scope::new("basic");
+engine_test!(reports_running_and_started_containers_in_the_api_format);
+async fn reports_running_and_started_containers_in_the_api_format(engine: Engine) {
+    let scope = Scope::new(engine, "basic");
     let receiver = Receiver::start().await;
     let before = scope.name("before");
     let before_id = scope.run(&["--name", &before], APP1);
     let agent = scope.agent(&receiver.url(), &[]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let want_before = format!("{host}/{before}");
     let first = eventually("the container running before start", || {
         by_name(&receiver.accepted(), &want_before)
@@ -22,7 +22,7 @@ async fn reports_running_and_started_containers_in_the_api_format() {
             .cloned()
     })
     .await;
-    let digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
     assert_eq!(first.method, "POST");
     assert_eq!(first.path, "/atomist/resource/test");
     assert_eq!(
@@ -56,15 +56,15 @@ async fn reports_running_and_started_containers_in_the_api_format() {
     .await;
     assert_eq!(
         second.url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
     assert!(!before_id.is_empty());
     assert!(!agent.stderr().contains(TOKEN));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
-    let scope = Scope::new("names");
+engine_test!(replicas_get_distinct_names_and_labels_fill_placeholders);
+async fn replicas_get_distinct_names_and_labels_fill_placeholders(engine: Engine) {
+    let scope = Scope::new(engine, "names");
     let receiver = Receiver::start().await;
     let agent = scope.agent(
         &receiver.url(),
@@ -73,7 +73,7 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
             "{host}/{compose_project}/{compose_service}/{compose_number}",
         ],
     );
-    let host = engine_host_name();
+    let host = engine.host_name();
     let project = scope.name("shop");
     for n in ["1", "2"] {
         scope.run(
@@ -119,12 +119,12 @@ async fn replicas_get_distinct_names_and_labels_fill_placeholders() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn labels_override_and_select() {
-    let scope = Scope::new("labels");
+engine_test!(labels_override_and_select);
+async fn labels_override_and_select(engine: Engine) {
+    let scope = Scope::new(engine, "labels");
     let receiver = Receiver::start().await;
     let agent = scope.agent(&receiver.url(), &["--environment", "staging"]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let prod = scope.name("prod");
     scope.run(
         &[
@@ -144,7 +144,7 @@ async fn labels_override_and_select() {
     );
     // Out of scope: not labelled with this test's selector.
     let stranger = scope.name("stranger");
-    let stranger_id = docker(&["run", "-d", "--name", &stranger, APP1]);
+    let stranger_id = engine.docker(&["run", "-d", "--name", &stranger, APP1]);
     let local = scope.name("local");
     scope.run(&["--name", &local], LOCAL1);
     let last = scope.name("last");
@@ -175,22 +175,22 @@ async fn labels_override_and_select() {
     );
     assert_eq!(got.len(), 3, "{got:#?}");
     // One warning per image, naming it.
-    let warnings = agent.stderr().matches(unreportable_line()).count();
+    let warnings = agent.stderr().matches(engine.unreportable_line()).count();
     assert_eq!(warnings, 1, "{}", agent.stderr());
     assert!(agent.stderr().contains(LOCAL1));
-    docker(&["rm", "-f", &stranger_id]);
+    engine.docker(&["rm", "-f", &stranger_id]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn require_label_reports_only_opted_in() {
-    let scope = Scope::new("optin");
+engine_test!(require_label_reports_only_opted_in);
+async fn require_label_reports_only_opted_in(engine: Engine) {
+    let scope = Scope::new(engine, "optin");
     let receiver = Receiver::start().await;
     let listen = unused_addr();
     let _agent = scope.agent(
         &receiver.url(),
         &["--require-label", "--listen", &listen.to_string()],
     );
-    let host = engine_host_name();
+    let host = engine.host_name();
     let plain = scope.name("plain");
     scope.run(&["--name", &plain], APP1);
     let opted = scope.name("opted");
@@ -214,14 +214,14 @@ async fn require_label_reports_only_opted_in() {
     assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn digest_references_and_the_matching_repository() {
-    let scope = Scope::new("digests");
+engine_test!(digest_references_and_the_matching_repository);
+async fn digest_references_and_the_matching_repository(engine: Engine) {
+    let scope = Scope::new(engine, "digests");
     let receiver = Receiver::start().await;
     let _agent = scope.agent(&receiver.url(), &[]);
-    let host = engine_host_name();
-    let app_digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
-    let mirror_digest = repo_digest(APP1, "localhost:5000/deploytrack-test/mirror");
+    let host = engine.host_name();
+    let app_digest = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let mirror_digest = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/mirror");
     let pinned = scope.name("pinned");
     scope.run(&["--name", &pinned], &app_digest);
     let mirror = scope.name("mirror");
@@ -239,7 +239,7 @@ async fn digest_references_and_the_matching_repository() {
     let arm_report = by_name(&got, &format!("{host}/{arm}"))[0];
     assert_eq!(
         arm_report.url(),
-        repo_digest(ARM1, "localhost:5000/deploytrack-test/arm")
+        engine.repo_digest(ARM1, "localhost:5000/deploytrack-test/arm")
     );
     assert_eq!(
         arm_report.body["platform"],
@@ -256,12 +256,12 @@ async fn digest_references_and_the_matching_repository() {
     assert_eq!(by_name(&got, &format!("{host}/{app}"))[0].url(), app_digest);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
-    let scope = Scope::new("recreate");
+engine_test!(restart_sends_nothing_and_recreate_sends_the_new_digest);
+async fn restart_sends_nothing_and_recreate_sends_the_new_digest(engine: Engine) {
+    let scope = Scope::new(engine, "recreate");
     let receiver = Receiver::start().await;
     let _agent = scope.agent(&receiver.url(), &[]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let web = scope.name("web");
     let id = scope.run(&["--name", &web], APP1);
     let key = format!("{host}/{web}");
@@ -269,7 +269,7 @@ async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
         (by_name(&receiver.accepted(), &key).len() == 1).then_some(())
     })
     .await;
-    docker(&["restart", "-t", "0", &id]);
+    engine.docker(&["restart", "-t", "0", &id]);
     // A marker container started after the restart proves the restart's events were handled.
     let marker = scope.name("marker");
     scope.run(&["--name", &marker], APP1);
@@ -282,7 +282,7 @@ async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
         "a restart re-sent the report"
     );
     // Compose-style recreate: same name, new image.
-    docker(&["rm", "-f", &id]);
+    engine.docker(&["rm", "-f", &id]);
     scope.run(&["--name", &web], APP2);
     let reports = eventually("the recreate's report", || {
         let r: Vec<_> = by_name(&receiver.accepted(), &key)
@@ -294,25 +294,26 @@ async fn restart_sends_nothing_and_recreate_sends_the_new_digest() {
     .await;
     assert_eq!(
         reports[1].url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn report_stops_handles_a_container_removed_at_once() {
-    let scope = Scope::new("stops");
+engine_test!(report_stops_handles_a_container_removed_at_once);
+async fn report_stops_handles_a_container_removed_at_once(engine: Engine) {
+    let scope = Scope::new(engine, "stops");
     let receiver = Receiver::start().await;
     let agent = scope.agent(&receiver.url(), &["--report-stops"]);
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let brief = scope.name("brief");
     // Started with --rm and removed right away.
     scope.run(&["--rm", "--name", &brief], APP1);
-    docker(&["rm", "-f", &brief]);
+    engine.docker(&["rm", "-f", &brief]);
     let once = scope.name("once");
     let label = scope.selector();
     // Exits by itself (code 3) and is removed by the engine at once.
-    let status = std::process::Command::new("docker")
+    let status = engine
+        .docker_command()
         .args([
             "run", "--rm", "--label", &label, "--name", &once, APP1, "/bin/sh", "-c", "exit 3",
         ])
@@ -330,7 +331,7 @@ async fn report_stops_handles_a_container_removed_at_once() {
     assert_eq!(stop.body["container"]["exit_code"], 3);
     assert_eq!(
         stop.url(),
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     assert!(stop.body["container"]["id"].as_str().unwrap().len() >= 12);
     let brief_reports = by_name(&receiver.accepted(), &format!("{host}/{brief}")).len();
@@ -356,11 +357,11 @@ async fn report_stops_handles_a_container_removed_at_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() {
-    let scope = Scope::new("quietrestart");
+engine_test!(a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named);
+async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named(engine: Engine) {
+    let scope = Scope::new(engine, "quietrestart");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let plain = scope.name("plain");
     let odd = scope.name("odd");
     scope.run(&["--name", &plain], APP1);
@@ -395,14 +396,16 @@ async fn a_restart_that_sends_nothing_says_so_and_odd_enable_labels_are_named() 
     assert!(line.contains("running=2 queued=0 unchanged="), "{line}");
 }
 
+engine_test!(an_environment_label_that_breaks_the_rule_is_named_once_and_the_default_applies);
 /// A `deploytrack.environment` label that breaks the rule of `--environment` (a tab, a
 /// space at either end): one warning naming the container and the label, however often the
 /// container is seen, and the report goes to the default environment.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_environment_label_that_breaks_the_rule_is_named_once_and_the_default_applies() {
-    let scope = Scope::new("envlabel");
+async fn an_environment_label_that_breaks_the_rule_is_named_once_and_the_default_applies(
+    engine: Engine,
+) {
+    let scope = Scope::new(engine, "envlabel");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let tabbed = scope.name("tabbed");
     let spaced = scope.name("spaced");
     scope.run(
@@ -438,7 +441,7 @@ async fn an_environment_label_that_breaks_the_rule_is_named_once_and_the_default
         .await;
     assert_eq!(got.environment(), "staging");
     // Resolved again after a restart (unchanged: nothing sent): still one warning each.
-    docker(&["restart", "-t", "0", &tabbed]);
+    engine.docker(&["restart", "-t", "0", &tabbed]);
     eventually_async("the restart resolved as unchanged", || async {
         metric(listen, "deploytrack_reports_unchanged_total")
             .await
@@ -476,9 +479,9 @@ async fn an_environment_label_that_breaks_the_rule_is_named_once_and_the_default
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn token_never_appears_in_output_at_any_level() {
-    let scope = Scope::new("secret");
+engine_test!(token_never_appears_in_output_at_any_level);
+async fn token_never_appears_in_output_at_any_level(engine: Engine) {
+    let scope = Scope::new(engine, "secret");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer::status(401));
     let mut agent = scope.agent(&receiver.url(), &["--log-level", "trace"]);
@@ -516,15 +519,11 @@ async fn token_never_appears_in_output_at_any_level() {
     assert!(!format!("{}{}", out.stdout, out.stderr).contains(TOKEN));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dry_run_prints_reports() {
-    let scope = Scope::new("dry");
+engine_test!(dry_run_prints_reports);
+async fn dry_run_prints_reports(engine: Engine) {
+    let scope = Scope::new(engine, "dry");
     let selector = scope.selector();
-    let mut agent = Agent::spawn(
-        &scope.dir,
-        &["run".into(), "--label-selector".into(), selector],
-        &[],
-    );
+    let mut agent = scope.spawn_agent(&["run".into(), "--label-selector".into(), selector], &[]);
     agent.ready().await;
     // SIGHUP does not end it (the default action would) and says what to do instead.
     agent.signal("HUP");
@@ -545,40 +544,40 @@ async fn dry_run_prints_reports() {
     let body: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         body["image"]["url"],
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     assert!(agent.stderr().contains("dry run"));
     agent.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rename_reports_the_new_name() {
-    let scope = Scope::new("rename");
+engine_test!(a_rename_reports_the_new_name);
+async fn a_rename_reports_the_new_name(engine: Engine) {
+    let scope = Scope::new(engine, "rename");
     let receiver = Receiver::start().await;
     let _agent = scope.agent(&receiver.url(), &[]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let (before, after) = (scope.name("before"), scope.name("after"));
     let id = scope.run(&["--name", &before], APP1);
     receiver
         .accepted_report("the first name", &format!("{host}/{before}"))
         .await;
-    docker(&["rename", &id, &after]);
+    engine.docker(&["rename", &id, &after]);
     receiver
         .accepted_report("the new name", &format!("{host}/{after}"))
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_report_stops_a_rename_retires_the_old_name() {
-    let scope = Scope::new("rename-stops");
+engine_test!(with_report_stops_a_rename_retires_the_old_name);
+async fn with_report_stops_a_rename_retires_the_old_name(engine: Engine) {
+    let scope = Scope::new(engine, "rename-stops");
     let receiver = Receiver::start().await;
     let _agent = scope.agent(&receiver.url(), &["--report-stops"]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let (before, after) = (scope.name("before"), scope.name("after"));
     let (old, new) = (format!("{host}/{before}"), format!("{host}/{after}"));
     let id = scope.run(&["--name", &before], APP1);
     let running = receiver.accepted_report("the first name", &old).await;
-    docker(&["rename", &id, &after]);
+    engine.docker(&["rename", &id, &after]);
     let renamed = receiver.accepted_report("the new name", &new).await;
     let stop = eventually("the old name to stop", || {
         receiver
@@ -614,10 +613,10 @@ async fn with_report_stops_a_rename_retires_the_old_name() {
     assert_eq!(names.iter().filter(|n| **n == new).count(), 1, "{names:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
-    let scope = Scope::new("tls");
-    let engine = PrivateEngine::start_with_tls().await;
+engine_test!(a_tls_engine_is_reached_with_the_docker_cli_settings);
+async fn a_tls_engine_is_reached_with_the_docker_cli_settings(engine: Engine) {
+    let scope = Scope::new(engine, "tls");
+    let engine = PrivateEngine::start_with_tls(engine).await;
     let (addr, certs) = engine.tls.clone().unwrap();
     let receiver = Receiver::start().await;
     let selector = scope.selector();
@@ -640,8 +639,7 @@ async fn a_tls_engine_is_reached_with_the_docker_cli_settings() {
     .map(|s| s.to_string())
     .collect();
     let certs = certs.to_str().unwrap();
-    let agent = Agent::spawn(
-        &scope.dir,
+    let agent = scope.spawn_agent(
         &args,
         &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs)],
     );

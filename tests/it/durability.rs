@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 fn names(received: &[receiver::Received]) -> Vec<String> {
     let mut n: Vec<String> = received.iter().map(|r| r.name().to_string()).collect();
@@ -22,26 +22,30 @@ fn pending_count(scope: &Scope) -> usize {
         .unwrap_or_else(|| panic!("unexpected queue list output: {}", out.stdout))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn outage_crash_and_restart_lose_nothing_and_replay_nothing() {
-    let scope = Scope::new("crash");
+engine_test!(outage_crash_and_restart_lose_nothing_and_replay_nothing);
+async fn outage_crash_and_restart_lose_nothing_and_replay_nothing(engine: Engine) {
+    let scope = Scope::new(engine, "crash");
     let addr = unused_addr();
     let url = endpoint_url(addr);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let mut agent = scope.agent(&url, &[]);
     agent.ready().await;
     let (a, b, gone) = (scope.name("a"), scope.name("b"), scope.name("gone"));
     scope.run(&["--name", &a], APP1);
     let b_id = scope.run(&["--name", &b], APP1);
     let gone_id = scope.run(&["--name", &gone], APP1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    docker(&["rm", "-f", &gone_id]);
+    // Removed once the agent has queued its report (a, b and gone: the endpoint is down).
+    eventually("the three starts queued", || {
+        (pending_count(&scope) == 3).then_some(())
+    })
+    .await;
+    engine.docker(&["rm", "-f", &gone_id]);
     // b is recreated with a new image while the endpoint is down: only the latest counts.
-    docker(&["rm", "-f", &b_id]);
+    engine.docker(&["rm", "-f", &b_id]);
     scope.run(&["--name", &b], APP2);
     // Three keys queued, b's with the recreated container's digest: a crash now must not
     // let the start event of b's removed container, replayed at the restart, win.
-    let b_new = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let b_new = engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     let state = scope.state_dir();
     eventually("three reports queued, b's the newest", || {
         let list = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);
@@ -80,7 +84,7 @@ async fn outage_crash_and_restart_lose_nothing_and_replay_nothing() {
         .unwrap();
     assert_eq!(
         b_last.url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
     agent.stop().await;
 
@@ -105,9 +109,9 @@ async fn outage_crash_and_restart_lose_nothing_and_replay_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retry_after_is_honoured() {
-    let scope = Scope::new("retryafter");
+engine_test!(retry_after_is_honoured);
+async fn retry_after_is_honoured(engine: Engine) {
+    let scope = Scope::new(engine, "retryafter");
     let receiver = Receiver::start().await;
     receiver.script([Answer {
         retry_after: Some("2".into()),
@@ -126,11 +130,11 @@ async fn retry_after_is_honoured() {
     assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_refused_report_is_dead_lettered_and_can_be_retried() {
-    let scope = Scope::new("dead");
+engine_test!(a_refused_report_is_dead_lettered_and_can_be_retried);
+async fn a_refused_report_is_dead_lettered_and_can_be_retried(engine: Engine) {
+    let scope = Scope::new(engine, "dead");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let bad = scope.name("bad");
     receiver.answer_for_name(&format!("{host}/{bad}"), Answer::status(400));
     let _agent = scope.agent(&receiver.url(), &[]);
@@ -151,7 +155,21 @@ async fn a_refused_report_is_dead_lettered_and_can_be_retried() {
     })
     .await;
     assert!(dead.contains(&bad) && dead.contains("status=400"), "{dead}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A report queued after the dead letter, delivered: the dispatcher has read the queue
+    // since, and the refused report, were it still due, is older and would have gone first.
+    let later = scope.name("later");
+    scope.run(&["--name", &later], APP1);
+    receiver
+        .accepted_report(
+            "the report queued after the dead letter",
+            &format!("{host}/{later}"),
+        )
+        .await;
+    // Nothing is left waiting for a retry either (once the delivery is committed).
+    eventually("an empty queue", || {
+        (pending_count(&scope) == 0).then_some(())
+    })
+    .await;
     let attempts = receiver
         .received()
         .iter()
@@ -176,9 +194,9 @@ async fn a_refused_report_is_dead_lettered_and_can_be_retried() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wrong_credentials_hold_the_queue_without_dropping() {
-    let scope = Scope::new("unauth");
+engine_test!(wrong_credentials_hold_the_queue_without_dropping);
+async fn wrong_credentials_hold_the_queue_without_dropping(engine: Engine) {
+    let scope = Scope::new(engine, "unauth");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer::status(401));
     let agent = scope.agent(&receiver.url(), &[]);
@@ -212,10 +230,10 @@ async fn wrong_credentials_hold_the_queue_without_dropping() {
     assert!(dead.stdout.starts_with("0 dead letters"), "{}", dead.stdout);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn engine_restart_is_survived_and_reconciled() {
-    let scope = Scope::new("enginerestart");
-    let mut engine = PrivateEngine::start().await;
+engine_test!(engine_restart_is_survived_and_reconciled);
+async fn engine_restart_is_survived_and_reconciled(engine: Engine) {
+    let scope = Scope::new(engine, "enginerestart");
+    let mut engine = PrivateEngine::start(engine).await;
     let receiver = Receiver::start().await;
     let listen = unused_addr();
     let agent = scope.agent(
@@ -259,9 +277,9 @@ async fn engine_restart_is_survived_and_reconciled() {
     engine.docker(&["rm", "-f", "first", "second"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_damaged_queue_file_is_moved_aside() {
-    let scope = Scope::new("damaged");
+engine_test!(a_damaged_queue_file_is_moved_aside);
+async fn a_damaged_queue_file_is_moved_aside(engine: Engine) {
+    let scope = Scope::new(engine, "damaged");
     let state = scope.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("deploytrack.db"), vec![0x42u8; 16384]).unwrap();
@@ -293,9 +311,9 @@ async fn a_damaged_queue_file_is_moved_aside() {
     assert!(aside, "no damaged copy kept");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_burst_is_queued_with_few_syncs_and_drains() {
-    let scope = Scope::new("burst");
+engine_test!(a_burst_is_queued_with_few_syncs_and_drains);
+async fn a_burst_is_queued_with_few_syncs_and_drains(engine: Engine) {
+    let scope = Scope::new(engine, "burst");
     const N: usize = 200;
     let addr = unused_addr();
     let listen = unused_addr();
@@ -315,7 +333,7 @@ async fn a_burst_is_queued_with_few_syncs_and_drains() {
                 let mut args = vec!["start".to_string()];
                 args.extend(chunk);
                 let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-                docker(&argv);
+                engine.docker(&argv);
             })
         })
         .collect();
@@ -366,8 +384,8 @@ const COMMIT_IDLE: Duration = Duration::from_millis(250);
 /// within one second, the endpoint is down. The group commit holds them to a few syncs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_at_a_set_pace_is_committed_in_few_syncs() {
-    use crate::support::sim::{Plan, Sim};
-    let scope = Scope::new("burst-sim");
+    use deploytrack_test_support::sim::{Plan, Sim};
+    let scope = Scope::offline("burst-sim");
     const N: usize = 200;
     let sim = Sim::start(&scope.dir, vec![], None);
     let listen = unused_addr().to_string();
@@ -388,7 +406,7 @@ async fn a_burst_at_a_set_pace_is_committed_in_few_syncs() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let agent = Agent::spawn(&scope.dir, &args, &[]);
+    let agent = scope.spawn_agent(&args, &[]);
     agent.ready().await;
     let listen: std::net::SocketAddr = listen.parse().unwrap();
     let commits_before = metric(listen, "deploytrack_queue_commits_total")
@@ -415,9 +433,9 @@ async fn a_burst_at_a_set_pace_is_committed_in_few_syncs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest() {
-    let scope = Scope::new("shutdown");
+engine_test!(sigterm_lets_requests_in_flight_finish_and_keeps_the_rest);
+async fn sigterm_lets_requests_in_flight_finish_and_keeps_the_rest(engine: Engine) {
+    let scope = Scope::new(engine, "shutdown");
     let receiver = Receiver::start().await;
     let slow = |secs| Answer {
         delay: Some(Duration::from_secs(secs)),
@@ -482,13 +500,13 @@ fn dry_run_agent(scope: &Scope, extra: &[&str]) -> Agent {
         scope.selector(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Agent::spawn(&scope.dir, &args, &[])
+    scope.spawn_agent(&args, &[])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dry_run_with_a_state_dir_does_not_silence_the_real_run() {
-    let scope = Scope::new("dryfirst");
-    let host = engine_host_name();
+engine_test!(a_dry_run_with_a_state_dir_does_not_silence_the_real_run);
+async fn a_dry_run_with_a_state_dir_does_not_silence_the_real_run(engine: Engine) {
+    let scope = Scope::new(engine, "dryfirst");
+    let host = engine.host_name();
     let containers: Vec<String> = ["one", "two", "three"]
         .iter()
         .map(|n| scope.name(n))
@@ -557,11 +575,11 @@ async fn a_dry_run_with_a_state_dir_does_not_silence_the_real_run() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried() {
-    let scope = Scope::new("superseded");
+engine_test!(dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried);
+async fn dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried(engine: Engine) {
+    let scope = Scope::new(engine, "superseded");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let state = scope.state_dir();
     let state = state.to_str().unwrap();
     let names: Vec<String> = ["a", "b", "c"].iter().map(|n| scope.name(n)).collect();
@@ -654,12 +672,12 @@ async fn dead_letters_superseded_by_a_delivery_are_not_listed_counted_or_retried
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary() {
-    let scope = Scope::new("syncsummary");
+engine_test!(sync_once_says_what_it_waits_for_and_ends_with_a_summary);
+async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary(engine: Engine) {
+    let scope = Scope::new(engine, "syncsummary");
     let addr = unused_addr();
     let url = endpoint_url(addr);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let name = scope.name("one");
     scope.run(&["--name", &name], APP1);
     scope.run(&["--label", "deploytrack.enable=false"], APP1);
@@ -704,20 +722,20 @@ async fn sync_once_says_what_it_waits_for_and_ends_with_a_summary() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replayed_start_of_a_removed_container_does_not_undo_its_replacement() {
-    let scope = Scope::new("replay");
+engine_test!(a_replayed_start_of_a_removed_container_does_not_undo_its_replacement);
+async fn a_replayed_start_of_a_removed_container_does_not_undo_its_replacement(engine: Engine) {
+    let scope = Scope::new(engine, "replay");
     let addr = unused_addr();
     let url = endpoint_url(addr);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let mut agent = scope.agent(&url, &[]);
     agent.ready().await;
     // Recreated at once under the same name: both starts fall within the replay margin.
     let web = scope.name("web");
     let old = scope.run(&["--name", &web], APP1);
-    docker(&["rm", "-f", &old]);
+    engine.docker(&["rm", "-f", &old]);
     scope.run(&["--name", &web], APP2);
-    let new_digest = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let new_digest = engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     let state = scope.state_dir();
     eventually("the replacement's report queued", || {
         let list = scope.command(&["queue", "list", "--state-dir", state.to_str().unwrap()]);

@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 /// The longest line the agent wrote; an answer's body must not flood the log.
 fn longest_line(text: &str) -> usize {
     text.lines().map(str::len).max().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrives() {
-    let scope = Scope::new("garbage");
+engine_test!(huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrives);
+async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrives(engine: Engine) {
+    let scope = Scope::new(engine, "garbage");
     let receiver = Receiver::start().await;
     let mut garbage = String::new();
     while garbage.len() < 8 * 1024 * 1024 {
@@ -38,7 +38,7 @@ async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrive
     let first = scope.name("first");
     let second = scope.name("second");
     scope.run(&["--name", &first], APP1);
-    let host = engine_host_name();
+    let host = engine.host_name();
     // The 503 holds the queue, the 400 dead-letters one report; the next is accepted in
     // spite of its 8 MiB of garbage.
     eventually("a dead letter and an accepted report", || {
@@ -86,9 +86,9 @@ async fn huge_and_garbage_answers_are_one_short_line_and_the_report_still_arrive
     assert!(dead.contains("status=400"), "{dead}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
-    let scope = Scope::new("silent");
+engine_test!(an_endpoint_that_never_answers_times_out_and_is_retried);
+async fn an_endpoint_that_never_answers_times_out_and_is_retried(engine: Engine) {
+    let scope = Scope::new(engine, "silent");
     let receiver = Receiver::start().await;
     receiver.script([Answer {
         delay: Some(Duration::from_secs(3600)),
@@ -97,7 +97,7 @@ async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
     let agent = scope.agent(&receiver.url(), &["--request-timeout", "1s"]);
     let name = scope.name("silent");
     scope.run(&["--name", &name], APP1);
-    let host = engine_host_name();
+    let host = engine.host_name();
     // The receiver notes a request when it arrives, so the silent attempt is counted too.
     let attempts = || {
         receiver
@@ -125,16 +125,16 @@ async fn an_endpoint_that_never_answers_times_out_and_is_retried() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url() {
-    let scope = Scope::new("wrongurl");
+engine_test!(a_wrong_endpoint_url_holds_the_queue_and_names_the_url);
+async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url(engine: Engine) {
+    let scope = Scope::new(engine, "wrongurl");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer::status(404));
     // A user:password@ in the URL beside the token would be refused (one Authorization
     // header): the agent is told the plain URL.
     let url = receiver.url();
     let agent = scope.agent(&url, &["--concurrency", "4"]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let names: Vec<String> = (0..3).map(|i| scope.name(&format!("w{i}"))).collect();
     for name in &names {
         scope.run(&["--name", name], APP1);
@@ -201,7 +201,7 @@ async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url() {
         assert_eq!(endpoint.starts_with("OK"), ok, "{status}: {}", out.stdout);
     }
     receiver.set_default(Answer::status(410));
-    let digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
     let before = receiver.received().len();
     let out = scope.command(&[
         "report",
@@ -227,9 +227,9 @@ async fn a_wrong_endpoint_url_holds_the_queue_and_names_the_url() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redirect_holds_the_queue_and_names_where_it_points() {
-    let scope = Scope::new("redirect");
+engine_test!(a_redirect_holds_the_queue_and_names_where_it_points);
+async fn a_redirect_holds_the_queue_and_names_where_it_points(engine: Engine) {
+    let scope = Scope::new(engine, "redirect");
     let receiver = Receiver::start().await;
     let moved = "https://user:secret-in-url@elsewhere.example/atomist/resource/new";
     receiver.set_default(Answer {
@@ -239,7 +239,7 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
     let agent = scope.agent(&receiver.url(), &[]);
     let name = scope.name("moved");
     scope.run(&["--name", &name], APP1);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let line = agent
         .logged("the redirect in the log", |l| {
             l.contains("the endpoint answered 301") && l.contains("points to")
@@ -323,7 +323,7 @@ async fn a_redirect_holds_the_queue_and_names_where_it_points() {
 /// at once and says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn report_never_tries_again_before_retry_after() {
-    let scope = Scope::new("retryafter");
+    let scope = Scope::offline("retryafter");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer {
         retry_after: Some("2".into()),
@@ -361,9 +361,9 @@ async fn report_never_tries_again_before_retry_after() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_https_url_to_a_plain_http_endpoint_is_a_configuration_error() {
-    let scope = Scope::new("plainhttp");
+engine_test!(an_https_url_to_a_plain_http_endpoint_is_a_configuration_error);
+async fn an_https_url_to_a_plain_http_endpoint_is_a_configuration_error(engine: Engine) {
+    let scope = Scope::new(engine, "plainhttp");
     let receiver = Receiver::start().await;
     let url = format!("https://{}/atomist/resource/test", receiver.addr);
     let token = scope.token_file();
@@ -428,7 +428,7 @@ async fn an_https_url_to_a_plain_http_endpoint_is_a_configuration_error() {
     );
     assert!(!stderr.contains("InvalidContentType"), "{stderr}");
     let _agent = scope.agent(&receiver.url(), &[]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     receiver
         .accepted_report(
             "the report once the URL is fixed",
@@ -437,9 +437,9 @@ async fn an_https_url_to_a_plain_http_endpoint_is_a_configuration_error() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_private_ca_is_trusted_only_through_ca_file() {
-    let scope = Scope::new("tls");
+engine_test!(a_private_ca_is_trusted_only_through_ca_file);
+async fn a_private_ca_is_trusted_only_through_ca_file(engine: Engine) {
+    let scope = Scope::new(engine, "tls");
     let certs = scope.dir.join("certs");
     make_certificates(&certs, "127.0.0.1");
     let receiver = Receiver::start_tls(
@@ -515,15 +515,15 @@ async fn a_private_ca_is_trusted_only_through_ca_file() {
     );
     agent.stop().await;
     let _agent = scope.agent(&url, &["--ca-file", ca.to_str().unwrap()]);
-    let host = engine_host_name();
+    let host = engine.host_name();
     receiver
         .accepted_report("the report over verified TLS", &format!("{host}/{name}"))
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn proxies_from_the_environment_are_honoured() {
-    let scope = Scope::new("proxy");
+engine_test!(proxies_from_the_environment_are_honoured);
+async fn proxies_from_the_environment_are_honoured(engine: Engine) {
+    let scope = Scope::new(engine, "proxy");
     let proxy = Receiver::start().await;
     let proxy_url = format!("http://{}", proxy.addr);
     let token = scope.token_file();
@@ -531,18 +531,19 @@ async fn proxies_from_the_environment_are_honoured() {
     let plain = "http://deploytrack-endpoint.invalid/atomist/resource/test";
     let secure = "https://deploytrack-endpoint.invalid/atomist/resource/test";
     let check = |url: &str, env: &[(&str, &str)]| {
-        let out = agent_command(&[
-            "check",
-            "--url",
-            url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--docker-host",
-            "unix:///nonexistent.sock",
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+        let out = engine
+            .agent_command(&[
+                "check",
+                "--url",
+                url,
+                "--token-file",
+                token.to_str().unwrap(),
+                "--docker-host",
+                "unix:///nonexistent.sock",
+            ])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     check(plain, &[("HTTP_PROXY", &proxy_url)]);
@@ -584,15 +585,15 @@ async fn proxies_from_the_environment_are_honoured() {
         &[],
         &[("http_proxy", &proxy_url)],
     );
-    let host = engine_host_name();
+    let host = engine.host_name();
     proxy
         .accepted_report("a report through the proxy", &format!("{host}/{name}"))
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_state_dir_and_queue_file_are_private() {
-    let scope = Scope::new("private");
+engine_test!(the_state_dir_and_queue_file_are_private);
+async fn the_state_dir_and_queue_file_are_private(engine: Engine) {
+    let scope = Scope::new(engine, "private");
     let receiver = Receiver::start().await;
     // A state dir whose parent does not exist yet, created under the usual umask.
     let state = scope.dir.join("nested").join("state");
@@ -613,7 +614,7 @@ async fn the_state_dir_and_queue_file_are_private() {
 
 #[test]
 fn risky_settings_draw_one_warning_each() {
-    let scope = Scope::new("risky");
+    let scope = Scope::offline("risky");
     let token = scope.token_file();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -674,13 +675,13 @@ fn risky_settings_draw_one_warning_each() {
     }
 }
 
+engine_test!(a_rotated_token_is_read_again_before_the_next_attempt);
 /// A rotated token needs no restart: after a 401 the agent reads the token file again
 /// before each attempt, says where at the first rejection, and never logs the token.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rotated_token_is_read_again_before_the_next_attempt() {
+async fn a_rotated_token_is_read_again_before_the_next_attempt(engine: Engine) {
     use std::os::unix::fs::PermissionsExt;
     const ROTATED: &str = "tok-Rotated-0b5e2d91";
-    let scope = Scope::new("rotate");
+    let scope = Scope::new(engine, "rotate");
     let receiver = Receiver::start().await;
     receiver.set_default(Answer::status(401));
     let agent = scope.agent(&receiver.url(), &[]);

@@ -1,10 +1,10 @@
 //! What differs between engines and image stores: the platform a container runs, the
 //! repository that holds its image, and Compose v2's way of recreating containers. Each test
-//! runs on the engine under test (`DEPLOYTRACK_TEST_ENGINE`); .ci/run runs both.
+//! runs on both engines (`engine_test!`).
 
 use std::process::Command;
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 const MULTI: &str = "localhost:5000/deploytrack-test/multi:1";
 
@@ -34,13 +34,13 @@ async fn registry_digest(repository: &str, tag: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn each_platform_of_a_multi_platform_image_is_reported_as_it_runs() {
-    let scope = Scope::new("platforms");
+engine_test!(each_platform_of_a_multi_platform_image_is_reported_as_it_runs);
+async fn each_platform_of_a_multi_platform_image_is_reported_as_it_runs(engine: Engine) {
+    let scope = Scope::new(engine, "platforms");
     let receiver = Receiver::start().await;
     let agent = scope.agent(&receiver.url(), &[]);
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let index = registry_digest("deploytrack-test/multi", "1").await;
     let want_url = format!("localhost:5000/deploytrack-test/multi@{index}");
     // arm64 is always reported as `v8`, whether the image says so or not.
@@ -55,7 +55,7 @@ async fn each_platform_of_a_multi_platform_image_is_reported_as_it_runs() {
         let want_name = format!("{host}/{name}");
         // The classic store keeps one image per index digest: a second platform pulled from
         // the same index has no repo digest, so its containers cannot be reported.
-        if test_engine() == TestEngine::Classic && i > 0 {
+        if engine == Engine::Classic && i > 0 {
             let marker = scope.name(&format!("after-{architecture}"));
             scope.run(&["--name", &marker], APP2);
             receiver
@@ -84,21 +84,21 @@ async fn each_platform_of_a_multi_platform_image_is_reported_as_it_runs() {
             "{platform}: variant {variant:?}, expected one of {variants:?}"
         );
     }
-    if test_engine() == TestEngine::Classic {
+    if engine == Engine::Classic {
         assert!(agent.stderr().contains("image has no repo digest"));
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn only_a_repository_that_holds_the_image_is_reported() {
-    let scope = Scope::new("evidence");
+engine_test!(only_a_repository_that_holds_the_image_is_reported);
+async fn only_a_repository_that_holds_the_image_is_reported(engine: Engine) {
+    let scope = Scope::new(engine, "evidence");
     let receiver = Receiver::start().await;
     // A pulled image under a second, local name that no registry holds.
     let retag = format!("deploytrack-test/retag-{}:1", scope.name("x"));
-    docker(&["tag", APP1, &retag]);
+    engine.docker(&["tag", APP1, &retag]);
     let agent = scope.agent(&receiver.url(), &[]);
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let local = scope.name("local");
     scope.run(&["--name", &local], LOCAL1);
     let retagged = scope.name("retagged");
@@ -109,7 +109,7 @@ async fn only_a_repository_that_holds_the_image_is_reported() {
     let report = receiver
         .accepted_report("the retagged container", &format!("{host}/{retagged}"))
         .await;
-    let digest = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
     let (_, at) = digest.split_once('@').unwrap();
     let holders = [
         digest.clone(),
@@ -125,7 +125,12 @@ async fn only_a_repository_that_holds_the_image_is_reported() {
         .await;
     eventually(
         "the locally made image to be logged as unreportable",
-        || agent.stderr().contains(unreportable_line()).then_some(()),
+        || {
+            agent
+                .stderr()
+                .contains(engine.unreportable_line())
+                .then_some(())
+        },
     )
     .await;
     assert!(
@@ -141,18 +146,21 @@ async fn only_a_repository_that_holds_the_image_is_reported() {
     receiver
         .accepted_report("the second marker", &format!("{host}/{marker2}"))
         .await;
-    assert_eq!(agent.stderr().matches(unreportable_line()).count(), 1);
+    assert_eq!(
+        agent.stderr().matches(engine.unreportable_line()).count(),
+        1
+    );
     assert!(!receiver.reported(&format!("{host}/{again}")));
-    docker(&["rmi", &retag]);
+    engine.docker(&["rmi", &retag]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn report_unverified_names_the_repository_started_as() {
-    let scope = Scope::new("unverified");
+engine_test!(report_unverified_names_the_repository_started_as);
+async fn report_unverified_names_the_repository_started_as(engine: Engine) {
+    let scope = Scope::new(engine, "unverified");
     let receiver = Receiver::start().await;
     let agent = scope.agent(&receiver.url(), &["--report-unverified"]);
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let local = scope.name("local");
     scope.run(&["--name", &local], LOCAL1);
     let marker = scope.name("marker");
@@ -160,9 +168,9 @@ async fn report_unverified_names_the_repository_started_as() {
     receiver
         .accepted_report("the marker container", &format!("{host}/{marker}"))
         .await;
-    match test_engine() {
+    match engine {
         // Every local name has a repo digest on this store: the opt-in reports it.
-        TestEngine::Containerd => {
+        Engine::Containerd => {
             let report = receiver
                 .accepted_report("the local image, unverified", &format!("{host}/{local}"))
                 .await;
@@ -175,9 +183,12 @@ async fn report_unverified_names_the_repository_started_as() {
             );
         }
         // No digest at all: nothing to report, opt-in or not.
-        TestEngine::Classic => {
+        Engine::Classic => {
             eventually("the local image to be logged as unreportable", || {
-                agent.stderr().contains(unreportable_line()).then_some(())
+                agent
+                    .stderr()
+                    .contains(engine.unreportable_line())
+                    .then_some(())
             })
             .await;
             assert!(!receiver.reported(&format!("{host}/{local}")));
@@ -186,8 +197,9 @@ async fn report_unverified_names_the_repository_started_as() {
 }
 
 /// `docker compose` (v2) in `dir`, for project `project`, with `IMAGE` set.
-fn compose(dir: &std::path::Path, project: &str, image: &str, args: &[&str]) {
-    let out = Command::new("docker")
+fn compose(engine: Engine, dir: &std::path::Path, project: &str, image: &str, args: &[&str]) {
+    let out = engine
+        .docker_command()
         .args(["compose", "-p", project, "-f", "compose.yaml"])
         .args(args)
         .env("IMAGE", image)
@@ -201,9 +213,9 @@ fn compose(dir: &std::path::Path, project: &str, image: &str, args: &[&str]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
-    let scope = Scope::new("compose2");
+engine_test!(compose_v2_scale_recreate_and_down_leave_every_name_right);
+async fn compose_v2_scale_recreate_and_down_leave_every_name_right(engine: Engine) {
+    let scope = Scope::new(engine, "compose2");
     let receiver = Receiver::start().await;
     let project = format!("dt{}", scope.name("c").replace('-', ""));
     std::fs::write(
@@ -217,15 +229,16 @@ async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
     .unwrap();
     let agent = scope.agent(&receiver.url(), &["--report-stops"]);
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let names = [1, 2].map(|n| format!("{host}/{project}-web-{n}"));
-    let digest1 = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
-    let digest2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let digest1 = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest2 = engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     // The last accepted report per name.
     let last = |name: &str| receiver.accepted().into_iter().rfind(|r| r.name() == name);
     let state = |r: &receiver::Received| r.body["container"]["state"].as_str().map(str::to_string);
 
     compose(
+        engine,
         &scope.dir,
         &project,
         APP1,
@@ -239,6 +252,7 @@ async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
     }
     // A new image: Compose recreates each container (a temporary name, a rename, a start).
     compose(
+        engine,
         &scope.dir,
         &project,
         APP2,
@@ -250,7 +264,7 @@ async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
         })
         .await;
     }
-    compose(&scope.dir, &project, APP2, &["down"]);
+    compose(engine, &scope.dir, &project, APP2, &["down"]);
     for name in &names {
         eventually(&format!("{name} stopped"), || {
             last(name).filter(|r| state(r).as_deref() == Some("stopped"))
@@ -276,9 +290,9 @@ async fn compose_v2_scale_recreate_and_down_leave_every_name_right() {
     assert!(!agent.stderr().contains("ERROR"), "{}", agent.stderr());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_api_version_is_negotiated_again_when_the_engine_is_upgraded() {
-    let scope = Scope::new("upgrade");
+engine_test!(the_api_version_is_negotiated_again_when_the_engine_is_upgraded);
+async fn the_api_version_is_negotiated_again_when_the_engine_is_upgraded(engine: Engine) {
+    let scope = Scope::new(engine, "upgrade");
     let receiver = Receiver::start().await;
     // Docker 20.10 knows no API version above 1.41.
     let mut engine = PrivateEngine::start_as(Dockerd::Debian).await;

@@ -1,6 +1,6 @@
 //! Faults an operator's host throws at the agent: paused and crash-looping containers.
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 fn stop_reports(receiver: &Receiver, name: &str) -> usize {
     receiver
@@ -10,22 +10,22 @@ fn stop_reports(receiver: &Receiver, name: &str) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn paused_and_restarting_containers_are_running() {
-    let scope = Scope::new("paused");
+engine_test!(paused_and_restarting_containers_are_running);
+async fn paused_and_restarting_containers_are_running(engine: Engine) {
+    let scope = Scope::new(engine, "paused");
     let receiver = Receiver::start().await;
     let agent = scope.agent(
         &receiver.url(),
         &["--report-stops", "--resync-interval", "1s"],
     );
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let paused = scope.name("paused");
     scope.run(&["--name", &paused], APP1);
     // A crash loop under a restart policy: the image's shell, exiting after a moment.
     let looping = scope.name("looping");
     let selector = scope.selector();
-    docker(&[
+    engine.docker(&[
         "run",
         "-d",
         "--network",
@@ -46,11 +46,12 @@ async fn paused_and_restarting_containers_are_running() {
             .accepted_report("the container running", &format!("{host}/{name}"))
             .await;
     }
-    docker(&["pause", &paused]);
+    engine.docker(&["pause", &paused]);
     let reconciled = agent.stderr().matches("reconciled with the engine").count();
     // Three restarts of the loop, and two reconciliations while paused.
     eventually("the crash loop to restart three times", || {
-        let count: u32 = docker(&["inspect", "--format", "{{.RestartCount}}", &looping])
+        let count: u32 = engine
+            .docker(&["inspect", "--format", "{{.RestartCount}}", &looping])
             .parse()
             .unwrap_or(0);
         (count >= 3).then_some(())
@@ -75,13 +76,34 @@ async fn paused_and_restarting_containers_are_running() {
         );
     }
     // Unpaused, then removed: a stop is still a stop.
-    docker(&["unpause", &paused]);
-    docker(&["rm", "-f", &paused, &looping]);
+    engine.docker(&["unpause", &paused]);
+    engine.docker(&["rm", "-f", &paused, &looping]);
     for name in [&paused, &looping] {
-        eventually("the removal reported as a stop", || {
-            (stop_reports(&receiver, &format!("{host}/{name}")) == 1).then_some(())
+        let key = format!("{host}/{name}");
+        let stopped = tokio::time::timeout(PATIENCE, async {
+            while stop_reports(&receiver, &key) != 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         })
         .await;
+        // On failure, what the receiver got for it and what the agent said of it.
+        assert!(
+            stopped.is_ok(),
+            "{key}: {} stop reports, not one, after {PATIENCE:?}; received: {:?}\nagent:\n{}",
+            stop_reports(&receiver, &key),
+            receiver
+                .received()
+                .iter()
+                .filter(|r| r.name() == key)
+                .map(|r| (r.status, r.body["container"]["state"].to_string()))
+                .collect::<Vec<_>>(),
+            agent
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(name.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
 
@@ -94,13 +116,13 @@ fn owner(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().uid()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_queue_the_service_user_cannot_open_is_kept_and_named() {
+engine_test!(a_queue_the_service_user_cannot_open_is_kept_and_named);
+async fn a_queue_the_service_user_cannot_open_is_kept_and_named(engine: Engine) {
     // The service's user: nobody, in the Docker socket's group.
     let (uid, gid) = (65534, 65534);
-    let scope = Scope::new("unwritable");
+    let scope = Scope::new(engine, "unwritable");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let state = scope.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -130,7 +152,7 @@ async fn a_queue_the_service_user_cannot_open_is_kept_and_named() {
     };
     let as_user = |args: &[String]| {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::spawn_command(&scope.dir, agent_command_as(uid, gid, &argv), &[])
+        Agent::spawn_command(&scope.dir, engine.agent_command_as(uid, gid, &argv), &[])
     };
 
     // A `sync --once` run as root leaves nothing the service's user cannot open.
@@ -166,7 +188,7 @@ async fn a_queue_the_service_user_cannot_open_is_kept_and_named() {
     .await;
     agent.stop().await;
     // Only the queue can deliver it now.
-    docker(&["rm", "-f", &second]);
+    engine.docker(&["rm", "-f", &second]);
 
     // Root takes the queue file: the agent says so and stops, and moves nothing aside.
     let db = state.join("deploytrack.db");
@@ -206,7 +228,7 @@ async fn a_queue_the_service_user_cannot_open_is_kept_and_named() {
         .await;
     assert_eq!(
         report.url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
 }
 
@@ -251,11 +273,11 @@ impl Drop for SmallDisk {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_disk_stops_the_agent_and_loses_no_report() {
-    let scope = Scope::new("fulldisk");
+engine_test!(a_full_disk_stops_the_agent_and_loses_no_report);
+async fn a_full_disk_stops_the_agent_and_loses_no_report(engine: Engine) {
+    let scope = Scope::new(engine, "fulldisk");
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let disk = SmallDisk::mount(scope.dir.join("small"));
     let mut agent = scope.agent_in(&disk.0, &receiver.url(), &[], &[]);
     agent.ready().await;
@@ -286,7 +308,7 @@ async fn a_full_disk_stops_the_agent_and_loses_no_report() {
         agent.stderr()
     );
     // Gone before the agent comes back: only the event, replayed from the cursor, tells.
-    docker(&["rm", "-f", &during]);
+    engine.docker(&["rm", "-f", &during]);
     std::fs::remove_file(filler).unwrap();
     let agent = scope.agent_in(&disk.0, &receiver.url(), &[], &[]);
     let report = receiver
@@ -297,7 +319,7 @@ async fn a_full_disk_stops_the_agent_and_loses_no_report() {
         .await;
     assert_eq!(
         report.url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
     drop(agent);
 }

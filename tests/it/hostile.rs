@@ -2,8 +2,8 @@
 //! through a recording proxy in front of the real engine, which can also play an engine
 //! whose answers are odd, incomplete or newer than the API model.
 
-use crate::common::proxy::{allowed, unversioned, EngineProxy, Rule};
-use crate::common::*;
+use deploytrack_test_support::proxy::{allowed, unversioned, EngineProxy, Rule};
+use deploytrack_test_support::*;
 
 /// The agent on the proxy, with an admin listener for its metrics.
 fn agent_on(
@@ -24,12 +24,12 @@ fn name_of(host: &str, container: &str) -> String {
     format!("{host}/{container}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_agent_only_reads_allowlisted_engine_paths() {
-    let scope = Scope::new("allowlist");
-    let proxy = EngineProxy::start(&scope.dir).await;
+engine_test!(the_agent_only_reads_allowlisted_engine_paths);
+async fn the_agent_only_reads_allowlisted_engine_paths(engine: Engine) {
+    let scope = Scope::new(engine, "allowlist");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let before = scope.name("before");
     scope.run(&["--name", &before], APP1);
     let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--report-stops"]);
@@ -42,7 +42,7 @@ async fn the_agent_only_reads_allowlisted_engine_paths() {
     receiver
         .accepted_report("a container started later", &name_of(&host, &started))
         .await;
-    docker(&["stop", "-t", "0", &started]);
+    engine.docker(&["stop", "-t", "0", &started]);
     eventually("its stop", || {
         receiver
             .accepted()
@@ -126,12 +126,12 @@ async fn the_agent_only_reads_allowlisted_engine_paths() {
     assert!(allowed("GET", "/v1.41/containers/abc/json"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
-    let scope = Scope::new("newer-engine");
-    let proxy = EngineProxy::start(&scope.dir).await;
+engine_test!(answers_the_api_model_rejects_still_report_and_never_end_the_stream);
+async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream(engine: Engine) {
+    let scope = Scope::new(engine, "newer-engine");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     // A newer engine: an event scope, a container state and a label type the model does not
     // know. bollard rejects each of these answers outright.
     proxy.add(Rule::Replace {
@@ -149,8 +149,8 @@ async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
     }));
     let (agent, listen) = agent_on(&scope, &proxy, &receiver, &[]);
     agent.ready().await;
-    let digest1 = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
-    let digest2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let digest1 = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let digest2 = engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     let first = scope.name("first");
     scope.run(&["--name", &first], APP1);
     let got = receiver
@@ -188,12 +188,12 @@ async fn answers_the_api_model_rejects_still_report_and_never_end_the_stream() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_fields_and_vanished_objects() {
-    let scope = Scope::new("missing");
-    let proxy = EngineProxy::start(&scope.dir).await;
+engine_test!(missing_fields_and_vanished_objects);
+async fn missing_fields_and_vanished_objects(engine: Engine) {
+    let scope = Scope::new(engine, "missing");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let (agent, listen) = agent_on(&scope, &proxy, &receiver, &[]);
     agent.ready().await;
 
@@ -207,7 +207,7 @@ async fn missing_fields_and_vanished_objects() {
             o.remove("Image");
         }
     }));
-    docker(&["start", &id]);
+    engine.docker(&["start", &id]);
     let got = receiver
         .accepted_report(
             "a container whose inspect lacks fields",
@@ -216,7 +216,7 @@ async fn missing_fields_and_vanished_objects() {
         .await;
     assert_eq!(
         got.url(),
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
 
     // The container vanished before its inspection: resolved from the start event.
@@ -227,7 +227,7 @@ async fn missing_fields_and_vanished_objects() {
         status: 404,
         body: format!("{{\"message\":\"No such container: {id}\"}}"),
     });
-    docker(&["start", &id]);
+    engine.docker(&["start", &id]);
     let got = receiver
         .accepted_report(
             "a container gone before its inspection",
@@ -236,7 +236,7 @@ async fn missing_fields_and_vanished_objects() {
         .await;
     assert_eq!(
         got.url(),
-        repo_digest(APP2, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app")
     );
 
     // The image was deleted between the event and the inspection: one warning, counted,
@@ -269,12 +269,12 @@ async fn missing_fields_and_vanished_objects() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
-    let scope = Scope::new("resync");
-    let proxy = EngineProxy::start(&scope.dir).await;
+engine_test!(an_inspection_the_engine_fails_is_caught_by_the_next_resync);
+async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync(engine: Engine) {
+    let scope = Scope::new(engine, "resync");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let (agent, _) = agent_on(&scope, &proxy, &receiver, &["--resync-interval", "2s"]);
     agent.ready().await;
     let busy = scope.name("busy");
@@ -284,7 +284,7 @@ async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
         status: 500,
         body: "{\"message\":\"engine busy\"}".into(),
     });
-    docker(&["start", &id]);
+    engine.docker(&["start", &id]);
     eventually("the failed inspection in the log", || {
         agent
             .stderr()
@@ -305,9 +305,9 @@ async fn an_inspection_the_engine_fails_is_caught_by_the_next_resync() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
-    let scope = Scope::new("odd-labels");
+engine_test!(huge_labels_odd_unicode_and_names_that_need_escaping);
+async fn huge_labels_odd_unicode_and_names_that_need_escaping(engine: Engine) {
+    let scope = Scope::new(engine, "odd-labels");
     let receiver = Receiver::start().await;
     let mut agent = scope.agent(&receiver.url(), &["--log-level", "trace"]);
     agent.ready().await;
@@ -335,7 +335,7 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
         .await;
     assert_eq!(
         got.url(),
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     assert_eq!(got.environment(), "staging-ü");
     // The log has the delivery too: everything the agent wrote about this container.
@@ -361,11 +361,11 @@ async fn huge_labels_odd_unicode_and_names_that_need_escaping() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_listing_is_tried_again_with_backoff() {
-    let scope = Scope::new("relist");
+engine_test!(a_failed_listing_is_tried_again_with_backoff);
+async fn a_failed_listing_is_tried_again_with_backoff(engine: Engine) {
+    let scope = Scope::new(engine, "relist");
     let receiver = Receiver::start().await;
-    let proxy = EngineProxy::start(&scope.dir.join("proxy")).await;
+    let proxy = EngineProxy::start(engine, &scope.dir.join("proxy")).await;
     let running = scope.name("running");
     scope.run(&["--name", &running], APP1);
     // The engine fails to list containers when the agent starts.
@@ -389,55 +389,26 @@ async fn a_failed_listing_is_tried_again_with_backoff() {
     receiver
         .accepted_report(
             "the running container, listed on a retry",
-            &name_of(&engine_host_name(), &running),
+            &name_of(&engine.host_name(), &running),
         )
         .await;
 }
 
-/// An image made here and never pushed, under `tag`: a commit of `LOCAL1` with a label of
-/// its own, so that no other image (nor another test's tag of `LOCAL1`) shares its digest.
-/// Removed on drop.
-struct MadeHere(String);
-
-impl MadeHere {
-    fn new(scope: &Scope, tag: &str) -> Self {
-        let source = scope.create(&[], LOCAL1);
-        docker(&[
-            "commit",
-            "--change",
-            &format!("LABEL deploytrack.test.made={tag}"),
-            &source,
-            tag,
-        ]);
-        MadeHere(tag.to_string())
-    }
-
-    fn id(&self) -> String {
-        docker(&["image", "inspect", "--format", "{{.Id}}", &self.0])
-    }
-}
-
-impl Drop for MadeHere {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "-f", &self.0])
-            .output();
-    }
-}
-
+engine_test!(a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repository);
 /// Docker 29.2 and later (API 1.53), played in front of the real engine: `/version` claims
 /// 1.53, every request is forwarded at the version the real engine speaks, events come in
 /// the 1.52 shape (without `status`, `id`, `from`) as `application/jsonl` (Docker 29.3), and
 /// image inspections carry `Identity` (containerd store only, as in moby).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repository() {
+async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repository(
+    engine: Engine,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    let scope = Scope::new("identity");
-    let proxy = EngineProxy::start(&scope.dir).await;
+    let scope = Scope::new(engine, "identity");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     let receiver = Receiver::start().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     proxy.play_api("1.53", "1.40", "29.2.1");
     // API 1.52 dropped the legacy fields of events; Docker 29.3 sends the stream as JSON lines.
     let legacy_dropped = Arc::new(AtomicUsize::new(0));
@@ -463,7 +434,7 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
     // inspections have `Identity`): the engine says the first was pulled from its repository,
     // written as containerd writes it, without the registry's port; the second has no
     // Identity, so nothing shows a registry holds it.
-    let containerd = test_engine() == TestEngine::Containerd;
+    let containerd = engine == Engine::Containerd;
     let repo = |which: &str| {
         format!(
             "localhost:5000/deploytrack-test/identity-{}",
@@ -472,8 +443,8 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
     };
     let (named_repo, unnamed_repo) = (repo("named"), repo("other"));
     let made = containerd.then(|| {
-        let named = MadeHere::new(&scope, &format!("{named_repo}:1"));
-        let unnamed = MadeHere::new(&scope, &format!("{unnamed_repo}:1"));
+        let named = scope.made_here(&format!("{named_repo}:1"));
+        let unnamed = scope.made_here(&format!("{unnamed_repo}:1"));
         let named_id = named.id();
         let pulled_from = named_repo.replacen("localhost:5000/", "localhost/", 1);
         proxy.add(Rule::edit("/images/", move |image| {
@@ -509,7 +480,7 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
         .await;
     assert_eq!(
         got.url(),
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     eventually("an event without its legacy fields", || {
         (legacy_dropped.load(Ordering::Relaxed) > 0).then_some(())
@@ -520,7 +491,7 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
     // the test ends with the version and the events above.
     if let Some((named, unnamed)) = &made {
         let by_identity = scope.name("by-identity");
-        scope.run(&["--name", &by_identity], &named.0);
+        scope.run(&["--name", &by_identity], named.tag());
         let got = receiver
             .accepted_report(
                 "the container of the image its Identity names",
@@ -528,9 +499,9 @@ async fn a_docker_29_engine_is_spoken_to_at_1_53_and_its_identity_names_the_repo
             )
             .await;
         // The repository with its port, as the image's repo digest has it.
-        assert_eq!(got.url(), repo_digest(&named.0, &named_repo));
+        assert_eq!(got.url(), engine.repo_digest(named.tag(), &named_repo));
         let without = scope.name("without-identity");
-        scope.run(&["--name", &without], &unnamed.0);
+        scope.run(&["--name", &without], unnamed.tag());
         agent
             .logged("the skip of the image without Identity", |l| {
                 l.contains("no evidence that a registry holds this image")

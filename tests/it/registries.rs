@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 const PRIVATE1: &str = "127.0.0.1:5002/deploytrack-test/private:1";
 const PRIVATE_REPO: &str = "127.0.0.1:5002/deploytrack-test/private";
@@ -17,37 +17,47 @@ const LOGGED_IN: &str = "/tmp/deploytrack-authreg/docker-config";
 const USER: &str = "deploytrack-test";
 const PASSWORD: &str = "Pr1vate-Pa55word";
 
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One test at a time per engine: the tests count the requests in the engine's registry log.
+async fn one_at_a_time(engine: Engine) -> tokio::sync::MutexGuard<'static, ()> {
+    static CLASSIC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static CONTAINERD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    match engine {
+        Engine::Classic => CLASSIC.lock().await,
+        Engine::Containerd => CONTAINERD.lock().await,
+    }
+}
 
 /// `docker` with the logged-in config.
-fn docker_logged_in(args: &[&str]) -> String {
+fn docker_logged_in(engine: Engine, args: &[&str]) -> String {
     let mut all = vec!["--config", LOGGED_IN];
     all.extend_from_slice(args);
-    run_ok("docker", &all, None)
+    engine.docker(&all)
 }
 
 /// Removes an image from the engine under test, also when the test fails.
-struct Image(String);
+struct Image(Engine, String);
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "-f", &self.0])
+        let _ = self
+            .0
+            .docker_command()
+            .args(["rmi", "-f", &self.1])
             .output();
     }
 }
 
 /// The registry's access log as the engine under test reaches it.
-fn registry_log() -> &'static str {
-    match test_engine() {
-        TestEngine::Classic => "/tmp/deploytrack-authreg.log",
-        TestEngine::Containerd => "/tmp/deploytrack-authreg-d28.log",
+fn registry_log(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Classic => "/tmp/deploytrack-authreg.log",
+        Engine::Containerd => "/tmp/deploytrack-authreg-d28.log",
     }
 }
 
 /// Requests for the manifests of `repository` (path in the registry) so far.
-fn manifest_requests(repository: &str) -> usize {
-    let log = std::fs::read_to_string(registry_log()).unwrap_or_default();
+fn manifest_requests(engine: Engine, repository: &str) -> usize {
+    let log = std::fs::read_to_string(registry_log(engine)).unwrap_or_default();
     let needle = format!(" /v2/{repository}/manifests/");
     log.lines()
         .filter(|l| l.contains(&needle) && (l.contains("\"GET") || l.contains("\"HEAD")))
@@ -77,8 +87,8 @@ fn auths_config(scope: &Scope) -> PathBuf {
 
 /// Pull PRIVATE1 as before the agent was installed: an agent's first subscription replays
 /// the last 5 s of events, so the pull must be older than that when the agent starts.
-fn pull_out_of_sight() {
-    docker_logged_in(&["pull", PRIVATE1]);
+fn pull_out_of_sight(engine: Engine) {
+    docker_logged_in(engine, &["pull", PRIVATE1]);
     std::thread::sleep(std::time::Duration::from_secs(6));
 }
 
@@ -86,15 +96,16 @@ fn path_of(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scope = Scope::new("pullseen");
+engine_test!(a_pull_seen_is_evidence_and_survives_a_restart_without_credentials);
+async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials(engine: Engine) {
+    let _one = one_at_a_time(engine).await;
+    let scope = Scope::new(engine, "pullseen");
     let receiver = Receiver::start().await;
-    let _ = std::process::Command::new("docker")
+    let _ = engine
+        .docker_command()
         .args(["rmi", "-f", PRIVATE1])
         .output();
-    let image = Image(PRIVATE1.to_string());
+    let image = Image(engine, PRIVATE1.to_string());
     let empty = no_credentials(&scope);
     let env = [("DOCKER_CONFIG", path_of(&empty))];
     let mut agent = scope.agent_in(
@@ -104,14 +115,14 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
         &env,
     );
     agent.ready().await;
-    docker_logged_in(&["pull", PRIVATE1]);
+    docker_logged_in(engine, &["pull", PRIVATE1]);
     agent
         .logged("the pull remembered as evidence", |l| {
             l.contains("remembered which repository holds the image") && l.contains(PRIVATE_REPO)
         })
         .await;
-    let want = repo_digest(PRIVATE1, PRIVATE_REPO);
-    let host = engine_host_name();
+    let want = engine.repo_digest(PRIVATE1, PRIVATE_REPO);
+    let host = engine.host_name();
     let first = scope.name("first");
     scope.run(&["--name", &first], PRIVATE1);
     let report = receiver
@@ -124,7 +135,7 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
 
     // Restarted, still without credentials: the queue file remembers the pull.
     agent.stop().await;
-    let manifests = manifest_requests("deploytrack-test/private");
+    let manifests = manifest_requests(engine, "deploytrack-test/private");
     let agent = scope.agent_in(&scope.state_dir(), &receiver.url(), &[], &env);
     agent.ready().await;
     let second = scope.name("second");
@@ -137,15 +148,15 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
         .await;
     assert_eq!(report.url(), want);
     assert_eq!(
-        manifest_requests("deploytrack-test/private"),
+        manifest_requests(engine, "deploytrack-test/private"),
         manifests,
         "a report backed by a pull seen asks the registry nothing"
     );
 
     // Retagged to a name no registry holds: still reported as the repository pulled from.
     let retag = format!("deploytrack-test/retag-private-{}:1", scope.name("r"));
-    let _retag = Image(retag.clone());
-    docker(&["tag", PRIVATE1, &retag]);
+    let _retag = Image(engine, retag.clone());
+    engine.docker(&["tag", PRIVATE1, &retag]);
     let retagged = scope.name("retagged");
     scope.run(&["--name", &retagged], &retag);
     let report = receiver
@@ -155,19 +166,19 @@ async fn a_pull_seen_is_evidence_and_survives_a_restart_without_credentials() {
     drop(image);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restarts() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scope = Scope::new("creds");
+engine_test!(credentials_confirm_an_image_pulled_before_the_agent_once_across_restarts);
+async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restarts(engine: Engine) {
+    let _one = one_at_a_time(engine).await;
+    let scope = Scope::new(engine, "creds");
     let receiver = Receiver::start().await;
-    let image = Image(PRIVATE1.to_string());
-    pull_out_of_sight();
-    let want = repo_digest(PRIVATE1, PRIVATE_REPO);
-    let host = engine_host_name();
+    let image = Image(engine, PRIVATE1.to_string());
+    pull_out_of_sight(engine);
+    let want = engine.repo_digest(PRIVATE1, PRIVATE_REPO);
+    let host = engine.host_name();
     let before = scope.name("before");
     scope.run(&["--name", &before], PRIVATE1);
 
-    if test_engine() == TestEngine::Containerd {
+    if engine == Engine::Containerd {
         // Without credentials the registry refuses the lookup: skipped, and the log says why.
         let empty = no_credentials(&scope);
         let state = scope.dir.join("state-none");
@@ -203,7 +214,7 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
         .await;
     assert_eq!(report.url(), want);
     agent.stop().await;
-    let lookups = manifest_requests("deploytrack-test/private");
+    let lookups = manifest_requests(engine, "deploytrack-test/private");
 
     // Restarted: the confirmation is in the queue file; the registry is not asked again.
     let agent = scope.agent(&receiver.url(), &["--docker-config", path_of(&config)]);
@@ -213,7 +224,10 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
     receiver
         .accepted_report("a container after the restart", &format!("{host}/{after}"))
         .await;
-    assert_eq!(manifest_requests("deploytrack-test/private"), lookups);
+    assert_eq!(
+        manifest_requests(engine, "deploytrack-test/private"),
+        lookups
+    );
     drop(agent);
 
     use base64::Engine as _;
@@ -240,15 +254,15 @@ async fn credentials_confirm_an_image_pulled_before_the_agent_once_across_restar
     drop(image);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_credential_helper_gives_the_credentials() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scope = Scope::new("helper");
+engine_test!(a_credential_helper_gives_the_credentials);
+async fn a_credential_helper_gives_the_credentials(engine: Engine) {
+    let _one = one_at_a_time(engine).await;
+    let scope = Scope::new(engine, "helper");
     let receiver = Receiver::start().await;
-    let image = Image(PRIVATE1.to_string());
-    pull_out_of_sight();
-    let want = repo_digest(PRIVATE1, PRIVATE_REPO);
-    let host = engine_host_name();
+    let image = Image(engine, PRIVATE1.to_string());
+    pull_out_of_sight(engine);
+    let want = engine.repo_digest(PRIVATE1, PRIVATE_REPO);
+    let host = engine.host_name();
     let name = scope.name("helped");
     scope.run(&["--name", &name], PRIVATE1);
     // A stub `docker-credential-dttest` on the agent's PATH, named by credHelpers.
@@ -295,16 +309,17 @@ async fn a_credential_helper_gives_the_credentials() {
     drop(image);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scope = Scope::new("pushed");
+engine_test!(an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to);
+async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(engine: Engine) {
+    let _one = one_at_a_time(engine).await;
+    let scope = Scope::new(engine, "pushed");
     let receiver = Receiver::start().await;
     let empty = no_credentials(&scope);
     let repo = format!("127.0.0.1:5002/deploytrack-test/pushed-{}", scope.name("p"));
     let tag = format!("{repo}:1");
-    let _image = Image(tag.clone());
-    docker(&["tag", LOCAL1, &tag]);
+    // An image of the test's own: a push of LOCAL1 itself would give it a repo digest, and
+    // other tests' containers of LOCAL1 would then be reported rather than skipped.
+    let _image = scope.made_here(&tag);
     let agent = scope.agent_in(
         &scope.state_dir(),
         &receiver.url(),
@@ -312,10 +327,10 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
         &[("DOCKER_CONFIG", path_of(&empty))],
     );
     agent.ready().await;
-    let host = engine_host_name();
+    let host = engine.host_name();
     let name = scope.name("built");
     scope.run(&["--name", &name], &tag);
-    if test_engine() == TestEngine::Containerd {
+    if engine == Engine::Containerd {
         // Not pushed yet: a local name, skipped.
         agent
             .logged("the skip of the image not yet pushed", |l| {
@@ -323,8 +338,8 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
             })
             .await;
     }
-    docker_logged_in(&["push", &tag]);
-    let want = repo_digest(&tag, &repo);
+    docker_logged_in(engine, &["push", &tag]);
+    let want = engine.repo_digest(&tag, &repo);
     let report = receiver
         .accepted_report(
             "the container of the pushed image",
@@ -334,17 +349,17 @@ async fn an_image_built_here_and_pushed_is_reported_as_the_repository_pushed_to(
     assert_eq!(report.url(), want);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_refused_lookup_is_not_asked_again_at_every_reconciliation() {
-    if test_engine() == TestEngine::Classic {
+engine_test!(a_refused_lookup_is_not_asked_again_at_every_reconciliation);
+async fn a_refused_lookup_is_not_asked_again_at_every_reconciliation(engine: Engine) {
+    if engine == Engine::Classic {
         // RepoDigests are the evidence there: no lookup at all, refused or not.
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scope = Scope::new("refused");
+    let _one = one_at_a_time(engine).await;
+    let scope = Scope::new(engine, "refused");
     let receiver = Receiver::start().await;
-    let image = Image(PRIVATE1.to_string());
-    pull_out_of_sight();
+    let image = Image(engine, PRIVATE1.to_string());
+    pull_out_of_sight(engine);
     let name = scope.name("refused");
     scope.run(&["--name", &name], PRIVATE1);
     let empty = no_credentials(&scope);
@@ -371,6 +386,6 @@ async fn a_refused_lookup_is_not_asked_again_at_every_reconciliation() {
     })
     .await;
     assert_eq!(metric(listen, refused).await, Some(1.0));
-    assert!(!receiver.reported(&format!("{}/{name}", engine_host_name())));
+    assert!(!receiver.reported(&format!("{}/{name}", engine.host_name())));
     drop(image);
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("GET");
@@ -10,9 +10,9 @@ async fn get(url: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn admin_endpoints_report_health_metrics_and_deployments() {
-    let scope = Scope::new("admin");
+engine_test!(admin_endpoints_report_health_metrics_and_deployments);
+async fn admin_endpoints_report_health_metrics_and_deployments(engine: Engine) {
+    let scope = Scope::new(engine, "admin");
     let receiver = Receiver::start().await;
     let listen = unused_addr();
     let agent = scope.agent(&receiver.url(), &["--listen", &listen.to_string()]);
@@ -27,9 +27,9 @@ async fn admin_endpoints_report_health_metrics_and_deployments() {
     let base = format!("http://{listen}");
     // The locally made image is skipped: for want of any repo digest on the classic store,
     // for want of a registry that confirms it on the containerd store.
-    let skipped = match test_engine() {
-        TestEngine::Classic => "deploytrack_containers_skipped_total{reason=\"no_digest\"} 1",
-        TestEngine::Containerd => "deploytrack_containers_skipped_total{reason=\"unverified\"} 1",
+    let skipped = match engine {
+        Engine::Classic => "deploytrack_containers_skipped_total{reason=\"no_digest\"} 1",
+        Engine::Containerd => "deploytrack_containers_skipped_total{reason=\"unverified\"} 1",
     };
     eventually_async("the local image to be skipped", || async {
         let (_, metrics) = get(&format!("{base}/metrics")).await;
@@ -62,17 +62,17 @@ async fn admin_endpoints_report_health_metrics_and_deployments() {
     let (status, deployments) = get(&format!("{base}/deployments")).await;
     assert_eq!(status, 200);
     let view: serde_json::Value = serde_json::from_str(&deployments).unwrap();
-    let key = format!("{}/{name}", engine_host_name());
+    let key = format!("{}/{name}", engine.host_name());
     assert_eq!(
         view["deployed"][&key]["image"],
-        repo_digest(APP1, "localhost:5000/deploytrack-test/app")
+        engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app")
     );
     assert_eq!(get(&format!("{base}/nope")).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn report_command_for_pipelines() {
-    let scope = Scope::new("report");
+    let scope = Scope::offline("report");
     let receiver = Receiver::start().await;
     let token = scope.token_file();
     let url = receiver.url();
@@ -161,9 +161,9 @@ async fn report_command_for_pipelines() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sync_once_delivers_and_exits() {
-    let scope = Scope::new("sync");
+engine_test!(sync_once_delivers_and_exits);
+async fn sync_once_delivers_and_exits(engine: Engine) {
+    let scope = Scope::new(engine, "sync");
     let receiver = Receiver::start().await;
     let url = receiver.url();
     for n in ["one", "two"] {
@@ -183,9 +183,9 @@ async fn sync_once_delivers_and_exits() {
     assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn check_reports_each_check() {
-    let scope = Scope::new("check");
+engine_test!(check_reports_each_check);
+async fn check_reports_each_check(engine: Engine) {
+    let scope = Scope::new(engine, "check");
     let receiver = Receiver::start().await;
     let token = scope.token_file();
     let state = scope.state_dir();
@@ -247,9 +247,10 @@ async fn check_reports_each_check() {
     )
     .unwrap();
     receiver.set_default(Answer::status(200));
-    let out = agent_command(&["--config", config.to_str().unwrap(), "check"])
+    let out = engine
+        .agent_command(&["--config", config.to_str().unwrap(), "check"])
         .env("DEPLOYTRACK_TOKEN", TOKEN)
-        .env("DOCKER_HOST", test_engine().host())
+        .env("DOCKER_HOST", engine.host())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -259,7 +260,7 @@ async fn check_reports_each_check() {
         "OK   token: from DEPLOYTRACK_TOKEN".to_string(),
         format!(
             "OK   engine: reachable at {} (from DOCKER_HOST)",
-            test_engine().host()
+            engine.host()
         ),
     ] {
         assert!(
@@ -307,13 +308,13 @@ async fn check_reports_each_check() {
     );
 }
 
+engine_test!(check_probes_without_side_effects_and_runs_every_check);
 /// `check` probes the endpoint with a POST of a report the API must refuse (no image.url):
 /// nothing is recorded, a refusal is the healthy answer, an endpoint that takes it is a
 /// warning. Every check runs, whatever failed before it, and one line sums them up.
-#[tokio::test(flavor = "multi_thread")]
-async fn check_probes_without_side_effects_and_runs_every_check() {
+async fn check_probes_without_side_effects_and_runs_every_check(engine: Engine) {
     use std::os::unix::fs::PermissionsExt;
-    let scope = Scope::new("probe");
+    let scope = Scope::new(engine, "probe");
     let receiver = Receiver::start().await;
     let token = scope.token_file();
     let state = scope.state_dir();
@@ -445,10 +446,19 @@ fn man_page_and_completions_come_from_the_cli() {
     assert!(out.stdout.contains("--label-selector"));
 }
 
+/// The tests and the benchmarks start the binary cargo built for them.
+#[test]
+fn the_support_library_starts_the_binary_cargo_built() {
+    assert_eq!(
+        agent_bin(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_deploytrack"))
+    );
+}
+
 #[test]
 fn systemd_unit_is_hardened() {
     // scripts/test-env.sh installs systemd-analyze (Debian's package systemd) when missing.
-    ensure_engine();
+    deploytrack_test_support::engine::ensure_test_env();
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/deploytrack.service");
     let out = std::process::Command::new("systemd-analyze")
         .args(["security", "--offline=true", unit.to_str().unwrap()])
@@ -475,11 +485,11 @@ fn systemd_unit_is_hardened() {
     assert!(score <= 4.0, "{line}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it() {
-    use crate::common::proxy::{EngineProxy, Rule};
-    let scope = Scope::new("hostname");
-    let proxy = EngineProxy::start(&scope.dir).await;
+engine_test!(check_warns_of_a_default_host_name_and_the_setting_replaces_it);
+async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it(engine: Engine) {
+    use deploytrack_test_support::proxy::{EngineProxy, Rule};
+    let scope = Scope::new(engine, "hostname");
+    let proxy = EngineProxy::start(engine, &scope.dir).await;
     // An engine on a host cloned from a stock image.
     proxy.add(Rule::edit("/info", |info| {
         info["Name"] = "raspberrypi".into()
@@ -525,12 +535,12 @@ async fn check_warns_of_a_default_host_name_and_the_setting_replaces_it() {
     assert_eq!(receiver.accepted().len(), 1, "{:#?}", receiver.accepted());
 }
 
+engine_test!(a_state_dir_remembers_the_settings_that_shape_names);
 /// A state dir remembers the settings that shape names: a `sync --once` whose settings
 /// differ refuses, naming both values, unless told to go on; `check` shows the difference;
 /// the agent says it once at start and remembers the new settings.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_state_dir_remembers_the_settings_that_shape_names() {
-    let scope = Scope::new("settings");
+async fn a_state_dir_remembers_the_settings_that_shape_names(engine: Engine) {
+    let scope = Scope::new(engine, "settings");
     let receiver = Receiver::start().await;
     let url = receiver.url();
     let state = scope.state_dir();
@@ -583,7 +593,7 @@ async fn a_state_dir_remembers_the_settings_that_shape_names() {
     let same = format!(
         "OK   settings: those {} last delivered with: --environment \"staging\", --name-template (the default), --host-name {:?}, --require-label false, --label-selector {selector:?}",
         state.display(),
-        engine_host_name()
+        engine.host_name()
     );
     assert!(out.lines().any(|l| l == same), "{out}");
 

@@ -2,24 +2,29 @@
 //! through updates and scaling, global services, stacks, and stops.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::common::*;
+use deploytrack_test_support::*;
 
 /// The test engine as a swarm manager. Left active: later runs (and other tests) reuse it.
-fn ensure_swarm() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) == "active" {
+fn ensure_swarm(engine: Engine) {
+    static CLASSIC: OnceLock<()> = OnceLock::new();
+    static CONTAINERD: OnceLock<()> = OnceLock::new();
+    let ready = match engine {
+        Engine::Classic => &CLASSIC,
+        Engine::Containerd => &CONTAINERD,
+    };
+    ready.get_or_init(|| {
+        if engine.docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]) == "active" {
             return;
         }
-        let out = Command::new("docker")
+        let out = engine
+            .docker_command()
             .args(["swarm", "init", "--advertise-addr", "127.0.0.1"])
             .output()
             .expect("run docker swarm init");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        // Another test binary may have won the race.
+        // Another test process may have won the race.
         assert!(
             out.status.success() || stderr.contains("already part of a swarm"),
             "docker swarm init failed: {stderr}"
@@ -36,9 +41,9 @@ struct Swarm {
 }
 
 impl Swarm {
-    fn new(test: &str) -> Swarm {
-        let scope = Scope::new(test);
-        ensure_swarm();
+    fn new(engine: Engine, test: &str) -> Swarm {
+        let scope = Scope::new(engine, test);
+        ensure_swarm(engine);
         Swarm {
             scope,
             services: Default::default(),
@@ -68,14 +73,14 @@ impl Swarm {
         args.extend_from_slice(extra);
         args.push(image);
         self.services.borrow_mut().push(name.clone());
-        docker(&args);
+        self.scope.docker(&args);
         name
     }
 
     /// `docker stack deploy` of `file`, named `stack`.
     fn stack(&self, stack: &str, file: &std::path::Path) {
         self.stacks.borrow_mut().push(stack.to_string());
-        docker(&[
+        self.scope.docker(&[
             "stack",
             "deploy",
             "--resolve-image",
@@ -89,13 +94,18 @@ impl Swarm {
 
 impl Drop for Swarm {
     fn drop(&mut self) {
+        let engine = self.scope.engine();
         for service in self.services.borrow().iter() {
-            let _ = Command::new("docker")
+            let _ = engine
+                .docker_command()
                 .args(["service", "rm", service])
                 .output();
         }
         for stack in self.stacks.borrow().iter() {
-            let _ = Command::new("docker").args(["stack", "rm", stack]).output();
+            let _ = engine
+                .docker_command()
+                .args(["stack", "rm", stack])
+                .output();
         }
     }
 }
@@ -119,30 +129,31 @@ fn last(receiver: &Receiver, name: &str) -> Option<receiver::Received> {
 }
 
 /// The ids of every task the service ever had (running or shut down).
-fn task_ids(service: &str) -> Vec<String> {
-    docker(&["service", "ps", "-q", "--no-trunc", service])
+fn task_ids(engine: Engine, service: &str) -> Vec<String> {
+    engine
+        .docker(&["service", "ps", "-q", "--no-trunc", service])
         .split_whitespace()
         .map(String::from)
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replicated_slots_keep_their_names_through_an_update_and_a_scale() {
-    let swarm = Swarm::new("swarm-replicated");
+engine_test!(replicated_slots_keep_their_names_through_an_update_and_a_scale);
+async fn replicated_slots_keep_their_names_through_an_update_and_a_scale(engine: Engine) {
+    let swarm = Swarm::new(engine, "swarm-replicated");
     let receiver = Receiver::start().await;
     let agent = swarm.scope.agent(&receiver.url(), &[]);
     agent.ready().await;
     let web = swarm.service("web", &["--replicas", "2"], APP1);
     let (one, two) = (format!("{web}.1"), format!("{web}.2"));
-    let app1 = repo_digest(APP1, "localhost:5000/deploytrack-test/app");
-    let app2 = repo_digest(APP2, "localhost:5000/deploytrack-test/app");
+    let app1 = engine.repo_digest(APP1, "localhost:5000/deploytrack-test/app");
+    let app2 = engine.repo_digest(APP2, "localhost:5000/deploytrack-test/app");
     for slot in [&one, &two] {
         let report = receiver.accepted_report("a report per slot", slot).await;
         assert_eq!(report.url(), app1);
     }
 
     // An update replaces every task: new containers, new task ids, the same two names.
-    docker(&[
+    engine.docker(&[
         "service",
         "update",
         "--detach",
@@ -159,7 +170,7 @@ async fn replicated_slots_keep_their_names_through_an_update_and_a_scale() {
     })
     .await;
     assert_eq!(names(&receiver), BTreeSet::from([one.clone(), two.clone()]));
-    let tasks = task_ids(&web);
+    let tasks = task_ids(engine, &web);
     assert!(tasks.len() >= 4, "{tasks:?}");
     for name in names(&receiver) {
         for task in &tasks {
@@ -168,16 +179,16 @@ async fn replicated_slots_keep_their_names_through_an_update_and_a_scale() {
     }
 
     // Scaling to three adds exactly one name.
-    docker(&["service", "scale", "--detach", &format!("{web}=3")]);
+    engine.docker(&["service", "scale", "--detach", &format!("{web}=3")]);
     let three = format!("{web}.3");
     let report = receiver.accepted_report("the third slot", &three).await;
     assert_eq!(report.url(), app2);
     assert_eq!(names(&receiver), BTreeSet::from([one, two, three]));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_global_service_is_named_by_its_host() {
-    let swarm = Swarm::new("swarm-global");
+engine_test!(a_global_service_is_named_by_its_host);
+async fn a_global_service_is_named_by_its_host(engine: Engine) {
+    let swarm = Swarm::new(engine, "swarm-global");
     let receiver = Receiver::start().await;
     let agent = swarm.scope.agent(&receiver.url(), &[]);
     // The same containers with the host named by the setting, from the environment.
@@ -192,7 +203,7 @@ async fn a_global_service_is_named_by_its_host() {
     agent.ready().await;
     overridden.ready().await;
     let agents = swarm.service("agents", &["--mode", "global"], APP1);
-    let host = engine_host_name();
+    let host = engine.host_name();
     let want = format!("{host}/{agents}");
     receiver.accepted_report("the global task", &want).await;
     renamed
@@ -205,9 +216,9 @@ async fn a_global_service_is_named_by_its_host() {
     assert_eq!(renamed.accepted().len(), 1, "{:#?}", renamed.accepted());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stack_fills_swarm_stack() {
-    let swarm = Swarm::new("swarm-stack");
+engine_test!(a_stack_fills_swarm_stack);
+async fn a_stack_fills_swarm_stack(engine: Engine) {
+    let swarm = Swarm::new(engine, "swarm-stack");
     let receiver = Receiver::start().await;
     let agent = swarm.scope.agent(
         &receiver.url(),
@@ -244,9 +255,9 @@ services:
     assert_eq!(names(&receiver), BTreeSet::from([want]));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn removing_a_service_stops_every_name() {
-    let swarm = Swarm::new("swarm-rm");
+engine_test!(removing_a_service_stops_every_name);
+async fn removing_a_service_stops_every_name(engine: Engine) {
+    let swarm = Swarm::new(engine, "swarm-rm");
     let receiver = Receiver::start().await;
     let agent = swarm.scope.agent(&receiver.url(), &["--report-stops"]);
     agent.ready().await;
@@ -255,7 +266,7 @@ async fn removing_a_service_stops_every_name() {
     for slot in &slots {
         receiver.accepted_report("a report per slot", slot).await;
     }
-    docker(&["service", "rm", &web]);
+    engine.docker(&["service", "rm", &web]);
     let state = |r: &receiver::Received| r.body["container"]["state"].as_str().map(String::from);
     eventually("every slot's last report to say stopped", || {
         slots

@@ -490,7 +490,7 @@ impl Lane {
         if stops {
             args.push("--report-stops".into());
         }
-        let agent = Agent::spawn(&scope.dir, &args, &[]);
+        let agent = scope.spawn_agent(&args, &[]);
         Lane {
             title,
             stops,
@@ -608,14 +608,14 @@ pub(super) struct LaneResult {
 
 /// The soak itself: start the private engine and the agents, churn, disturb, sample, then
 /// check and write the report.
-pub(super) async fn run() {
+pub(super) async fn run(engine: Engine) {
     let duration = soak_duration();
     let d = duration.as_secs_f64();
     let revision = revision();
     let marker = Marker::new();
-    let scope = Scope::new("soak");
+    let scope = Scope::new(engine, "soak");
     let load_before = load_average();
-    let mut engine = PrivateEngine::start().await;
+    let mut engine = PrivateEngine::start(engine).await;
     let label = scope.selector();
     let _cleanup = Cleanup {
         host: engine.host.clone(),

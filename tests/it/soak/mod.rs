@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::common::receiver::Received;
-use crate::common::*;
+use deploytrack_test_support::receiver::Received;
+use deploytrack_test_support::*;
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(30 * 60);
 const APP_REPO: &str = "localhost:5000/deploytrack-test/app";
@@ -183,8 +183,10 @@ use checks::*;
 use driver::*;
 use report::*;
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a soak of 30 minutes by default: run it with scripts/soak.sh"]
-async fn soak() {
-    driver::run().await;
+engine_test!(
+    #[ignore = "a soak of 30 minutes by default: run it with scripts/soak.sh"]
+    soak
+);
+async fn soak(engine: Engine) {
+    driver::run(engine).await;
 }

@@ -46,7 +46,7 @@ pub(super) fn machine() -> String {
 
 /// HEAD when the run starts (the binary was built just before it), and the binary's build time.
 pub(super) fn revision() -> String {
-    let revision = crate::support::git::revision();
+    let revision = deploytrack_test_support::git::revision();
     let head = revision.head.unwrap_or_default();
     let built = std::fs::metadata(env!("CARGO_BIN_EXE_deploytrack"))
         .and_then(|m| m.modified())

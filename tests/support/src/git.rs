@@ -10,9 +10,9 @@ pub struct Revision {
     pub dirty: bool,
 }
 
-/// The revision of the checkout at `CARGO_MANIFEST_DIR`.
+/// The revision of the checkout this library is part of (the project's root).
 pub fn revision() -> Revision {
-    let dir = env!("CARGO_MANIFEST_DIR");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let head = git(&["-C", dir, "rev-parse", "--short=12", "HEAD"]).filter(|h| !h.is_empty());
     let dirty = git(&[
         "-C",

@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use crate::Engine;
+
 type Edit = Arc<dyn Fn(&mut serde_json::Value) + Send + Sync>;
 
 /// What the proxy does to requests whose path contains `path`.
@@ -80,12 +82,14 @@ struct State {
 
 pub struct EngineProxy {
     pub socket: PathBuf,
+    engine: Engine,
     state: Arc<Mutex<State>>,
     cut: watch::Sender<u64>,
 }
 
 impl EngineProxy {
-    pub async fn start(dir: &Path) -> EngineProxy {
+    /// A proxy in front of `engine`, its socket in `dir`.
+    pub async fn start(engine: Engine, dir: &Path) -> EngineProxy {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("engine-proxy.sock");
         let _ = std::fs::remove_file(&socket);
@@ -101,7 +105,9 @@ impl EngineProxy {
                 let state = shared.clone();
                 let mut cut = cuts.subscribe();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(req, state.clone(), engine.socket())
+                    });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
@@ -111,7 +117,12 @@ impl EngineProxy {
                 });
             }
         });
-        EngineProxy { socket, state, cut }
+        EngineProxy {
+            socket,
+            engine,
+            state,
+            cut,
+        }
     }
 
     /// `--docker-host` for the agent.
@@ -132,7 +143,9 @@ impl EngineProxy {
     /// version the real engine speaks. Its answers keep that version's shape; rules that edit
     /// them give them the newer one.
     pub fn play_api(&self, max: &str, min: &str, release: &str) {
-        let real = super::docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        let real = self
+            .engine
+            .docker(&["version", "--format", "{{.Server.APIVersion}}"]);
         assert!(
             api_version(&real).is_some(),
             "the engine's API version {real:?}"
@@ -184,6 +197,7 @@ fn answer(status: u16, body: String) -> Response<ProxyBody> {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
+    socket: &'static str,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let rules: Vec<Rule> = {
@@ -208,7 +222,7 @@ async fn handle(
             }
         }
     }
-    let response = match forward(req).await {
+    let response = match forward(req, socket).await {
         Ok(r) => r,
         Err(e) => return Ok(answer(502, format!("{{\"message\":\"proxy: {e}\"}}"))),
     };
@@ -314,8 +328,8 @@ fn spoken_as(uri: &hyper::Uri, version: &str) -> Option<hyper::Uri> {
     format!("/v{version}{rest}{query}").parse().ok()
 }
 
-async fn forward(req: Request<Incoming>) -> Result<Response<Incoming>, String> {
-    let stream = UnixStream::connect(super::test_engine().socket())
+async fn forward(req: Request<Incoming>, socket: &str) -> Result<Response<Incoming>, String> {
+    let stream = UnixStream::connect(socket)
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -8,15 +8,9 @@
 //! target/bench/BENCHMARKS.partial.md (--quick or --only), and as JSON to
 //! target/bench/results.json (results.partial.json).
 
-#[path = "suite/real.rs"]
 mod real;
-#[path = "suite/report.rs"]
 mod report;
-#[path = "suite/simulated.rs"]
 mod simulated;
-#[path = "../tests/support/mod.rs"]
-mod support;
-#[path = "suite/util.rs"]
 mod util;
 
 use std::path::{Path, PathBuf};

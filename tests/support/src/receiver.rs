@@ -271,15 +271,15 @@ impl Receiver {
     }
 
     /// The first accepted report for `name` (image.name), once it arrives; the test fails
-    /// after `crate::support::PATIENCE`.
+    /// after `crate::PATIENCE`.
     pub async fn accepted_report(&self, what: &str, name: &str) -> Received {
         let start = Instant::now();
         loop {
             if let Some(r) = self.accepted().into_iter().find(|r| r.name() == name) {
                 return r;
             }
-            if start.elapsed() > super::PATIENCE {
-                panic!("timed out after {:?} waiting for: {what}", super::PATIENCE);
+            if start.elapsed() > crate::PATIENCE {
+                panic!("timed out after {:?} waiting for: {what}", crate::PATIENCE);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
