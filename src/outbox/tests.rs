@@ -123,24 +123,26 @@ async fn one_agent_per_state_dir() {
     assert!(matches!(second, Err(Error::Locked(_))));
 }
 
-#[tokio::test]
-async fn dead_letters_come_back() {
-    let dir = tempdir();
-    let outbox = open(&dir);
-    outbox
-        .enqueue(batch(vec![deployment("a", "1")]))
-        .await
-        .unwrap();
+/// Queue `d` and settle it as refused with `status`: a dead letter, on disk.
+async fn refused(outbox: &Outbox, d: Deployment, status: u16) {
+    outbox.enqueue(batch(vec![d])).await.unwrap();
     let (due, _) = outbox.due(10, true).await.unwrap();
     outbox.settle(
         due[0].key.clone(),
         due[0].version,
         Settle::Dead {
-            status: 400,
-            response: "bad".into(),
+            status,
+            response: "refused".into(),
         },
     );
     outbox.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_come_back() {
+    let dir = tempdir();
+    let outbox = open(&dir);
+    refused(&outbox, deployment("a", "1"), 400).await;
     let mut conn = open_file(&dir.join(DB_FILE)).unwrap();
     assert_eq!(operator::list_dead(&conn).unwrap().len(), 1);
     assert_eq!(operator::retry_dead(&mut conn).unwrap(), (1, 0));
@@ -151,20 +153,7 @@ async fn dead_letters_come_back() {
 async fn a_refused_report_is_not_queued_again_unchanged_until_an_operator_retries() {
     let dir = tempdir();
     let outbox = open(&dir);
-    outbox
-        .enqueue(batch(vec![deployment("a", "1")]))
-        .await
-        .unwrap();
-    let (due, _) = outbox.due(10, true).await.unwrap();
-    outbox.settle(
-        due[0].key.clone(),
-        due[0].version,
-        Settle::Dead {
-            status: 422,
-            response: "refused".into(),
-        },
-    );
-    outbox.flush().await.unwrap();
+    refused(&outbox, deployment("a", "1"), 422).await;
     // Each reconciliation finds the same container: the refused report stays a dead letter.
     for _ in 0..3 {
         let out = outbox
@@ -191,20 +180,7 @@ async fn a_refused_report_is_not_queued_again_unchanged_until_an_operator_retrie
 async fn a_new_image_for_a_refused_key_is_queued() {
     let dir = tempdir();
     let outbox = open(&dir);
-    outbox
-        .enqueue(batch(vec![deployment("a", "1")]))
-        .await
-        .unwrap();
-    let (due, _) = outbox.due(10, true).await.unwrap();
-    outbox.settle(
-        due[0].key.clone(),
-        due[0].version,
-        Settle::Dead {
-            status: 422,
-            response: "refused".into(),
-        },
-    );
-    outbox.flush().await.unwrap();
+    refused(&outbox, deployment("a", "1"), 422).await;
     let out = outbox
         .enqueue(batch(vec![deployment("a", "2")]))
         .await
