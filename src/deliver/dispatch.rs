@@ -22,8 +22,6 @@ use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
 
 #[cfg(test)]
-mod script;
-#[cfg(test)]
 mod tests;
 
 /// The dispatcher looks at the queue at least this often (operators may change it).

@@ -246,6 +246,10 @@ impl Sink for HttpSink {
         Box::pin(self.post(body))
     }
 
+    fn endpoint(&self) -> Option<String> {
+        Some(crate::config::redact_url(self.url.as_str()))
+    }
+
     fn with_token(&self, token: &Token) -> Result<Option<Arc<dyn Sink>>, Error> {
         Ok(self
             .rotated(token)?

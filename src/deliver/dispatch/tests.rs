@@ -4,8 +4,8 @@
 
 use tokio::task::JoinHandle;
 
-use super::script::{ms_since, ok, unavailable, Logs, MemoryQueue, ScriptedSink};
 use super::*;
+use crate::deliver::script::{ms_since, ok, unavailable, Logs, MemoryQueue, ScriptedSink};
 
 const S: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
