@@ -566,6 +566,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_endpoint_is_named_without_credentials() {
+        let sink = sink_to(
+            "https://deploy:s3cret@example.com/hook",
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            sink.endpoint().as_deref(),
+            Some("https://<redacted>@example.com/hook")
+        );
+        assert_eq!(DryRun.endpoint(), None);
+    }
+
     #[tokio::test]
     async fn a_redirect_is_not_followed() {
         let (addr, requests) = server(Some(
