@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::cli::{QueueAction, ReportArgs};
 use crate::config::{Config, ConfigError, Invalid};
-use crate::deliver::{HttpSink, Outcome};
+use crate::deliver::{HttpSink, Outcome, Sink};
 use crate::deployment::{Deployment, DeploymentKey, Platform, PlatformError, Selection};
 use crate::engine::evidence::Registries;
 use crate::engine::resolve::Resolver;
@@ -222,14 +223,19 @@ const KNOWN_ARCHITECTURES: &[&str] = &[
 ];
 
 /// Why `report` did not deliver.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
     #[error("the endpoint refused the report ({status}): {response}")]
     Refused { status: u16, response: String },
+    /// The endpoint (its URL without credentials) rejected the token.
     #[error(
-        "the endpoint rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN"
+        "the endpoint{} rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN",
+        at_url(endpoint)
     )]
-    Unauthorized { status: u16 },
+    Unauthorized {
+        status: u16,
+        endpoint: Option<String>,
+    },
     /// The endpoint cannot take reports until the configuration is fixed; the sentence
     /// names what to fix.
     #[error("{0}")]
@@ -244,6 +250,13 @@ pub enum ReportError {
     },
 }
 
+/// ` at <URL>`, when the sink has one.
+fn at_url(endpoint: &Option<String>) -> String {
+    endpoint
+        .as_deref()
+        .map_or_else(String::new, |url| format!(" at {url}"))
+}
+
 /// Why `report` makes no further attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GaveUp {
@@ -255,8 +268,8 @@ pub enum GaveUp {
     RetryAfterPastDeadline { wait: Duration, left: Duration },
 }
 
-/// Send one deployment and wait until it is delivered or `timeout` passes. A refusal, a
-/// rejected token or a misconfigured endpoint fail at once: retrying cannot help them.
+/// Send one deployment to the configured sink and wait until it is delivered or `timeout`
+/// passes.
 pub async fn report(
     deployment: Deployment,
     timeout: Duration,
@@ -264,38 +277,49 @@ pub async fn report(
 ) -> Result<(), Fatal> {
     let sink = crate::deliver::sink_for(&config).map_err(Fatal::Endpoint)?;
     let body = deployment.report_body();
+    send_until_delivered(sink.as_ref(), &body, timeout, config.retry).await?;
+    crate::deliver::log_delivered(&deployment.key, &body, sink.is_dry_run());
+    Ok(())
+}
+
+/// `report`'s attempts: again after each transient failure, with `retry`'s backoff and
+/// never before a `Retry-After`, until `timeout` passes. A refusal, a rejected token or a
+/// misconfigured endpoint fail at once: retrying cannot help them.
+async fn send_until_delivered(
+    sink: &dyn Sink,
+    body: &str,
+    timeout: Duration,
+    retry: Backoff,
+) -> Result<(), ReportError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let within = humantime::format_duration(timeout).to_string();
     let mut failures = 0;
     let mut last_reason: Option<String> = None;
     loop {
-        let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(&body)).await else {
+        let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(body)).await else {
             return Err(ReportError::NotDelivered {
                 within,
                 reason: last_reason.unwrap_or_else(|| "the endpoint did not answer in time".into()),
                 gave_up: GaveUp::Deadline,
-            }
-            .into());
+            });
         };
         match outcome {
-            Outcome::Delivered { .. } => {
-                crate::deliver::log_delivered(&deployment.key, &body, sink.is_dry_run());
-                return Ok(());
-            }
+            Outcome::Delivered { .. } => return Ok(()),
             Outcome::Rejected { status, response } => {
-                return Err(ReportError::Refused { status, response }.into())
+                return Err(ReportError::Refused { status, response })
             }
             Outcome::Unauthorized { status } => {
-                return Err(ReportError::Unauthorized { status }.into())
+                return Err(ReportError::Unauthorized {
+                    status,
+                    endpoint: sink.endpoint(),
+                })
             }
-            Outcome::Misconfigured { reason } => {
-                return Err(ReportError::Misconfigured(reason).into())
-            }
+            Outcome::Misconfigured { reason } => return Err(ReportError::Misconfigured(reason)),
             Outcome::Transient {
                 reason,
                 retry_after,
             } => {
-                let delay = config.retry.delay_at_least(failures, retry_after);
+                let delay = retry.delay_at_least(failures, retry_after);
                 failures += 1;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let delay = next_attempt(left, delay, retry_after).map_err(|gave_up| {
@@ -1296,6 +1320,179 @@ mod tests {
         }
         for name in ["edge-17", "raspberrypi-kitchen", "web1.example.com", "vm"] {
             assert!(!looks_like_a_default_host_name(name), "{name}");
+        }
+    }
+
+    /// `report`'s attempts over a scripted sink, on paused time: every instant is exact, in
+    /// milliseconds of test time.
+    mod attempts {
+        use super::*;
+        use crate::deliver::script::{ms_since, ok, unavailable, ScriptedSink, Step, URL};
+        use crate::deliver::wrong_endpoint;
+        use tokio::time::Instant;
+
+        const S: Duration = Duration::from_secs(1);
+        const MS: Duration = Duration::from_millis(1);
+        /// 1 s doubling up to a minute, without jitter, so that every wait is exact.
+        const RETRY: Backoff = Backoff::steady(Duration::from_secs(1), Duration::from_secs(60));
+        const UNAVAILABLE: &str = "the endpoint answered 503 Service Unavailable";
+
+        /// The sink answers from `steps`, then with `otherwise`; `report` tries for
+        /// `timeout`. What it came to, when (ms), and when each attempt started.
+        async fn report_over(
+            steps: Vec<Step>,
+            otherwise: Step,
+            timeout: Duration,
+        ) -> (Result<(), ReportError>, u64, Vec<u64>) {
+            let start = Instant::now();
+            let sink = ScriptedSink::new(start, steps, otherwise);
+            let result = send_until_delivered(sink.as_ref(), "app v1", timeout, RETRY).await;
+            (result, ms_since(start), sink.times())
+        }
+
+        fn not_delivered(within: &str, reason: &str, gave_up: GaveUp) -> ReportError {
+            ReportError::NotDelivered {
+                within: within.into(),
+                reason: reason.into(),
+                gave_up,
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn delivered_at_the_first_try() {
+            let (result, at, attempts) = report_over(vec![], (300 * MS, ok()), 120 * S).await;
+            assert_eq!((result, at, attempts), (Ok(()), 300, vec![0]));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn transient_failures_are_retried_with_backoff_until_delivered() {
+            // Each answer takes 100 ms; three fail, the fourth is delivered.
+            let fail = (100 * MS, unavailable(None));
+            let (result, at, attempts) =
+                report_over(vec![fail; 3], (100 * MS, ok()), 120 * S).await;
+            // 1, 2 and 4 s after each failure.
+            assert_eq!(
+                (result, at, attempts),
+                (Ok(()), 7400, vec![0, 1100, 3200, 7300])
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn retry_after_is_a_floor_under_the_backoff() {
+            // Asked for 5 s where the backoff says 1 s: 5 s. Then asked for 1 s where the
+            // backoff says 2 s: 2 s.
+            let steps = vec![
+                (Duration::ZERO, unavailable(Some(5 * S))),
+                (Duration::ZERO, unavailable(Some(S))),
+            ];
+            let (result, at, attempts) = report_over(steps, (Duration::ZERO, ok()), 120 * S).await;
+            assert_eq!((result, at, attempts), (Ok(()), 7000, vec![0, 5000, 7000]));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_retry_after_past_the_deadline_gives_up_at_once() {
+            // At 1 s, 9 s are left of 10: a Retry-After of 30 s ends it there.
+            let steps = vec![
+                (Duration::ZERO, unavailable(None)),
+                (Duration::ZERO, unavailable(Some(30 * S))),
+            ];
+            let (result, at, attempts) = report_over(steps, (Duration::ZERO, ok()), 10 * S).await;
+            let gave_up = GaveUp::RetryAfterPastDeadline {
+                wait: 30 * S,
+                left: 9 * S,
+            };
+            assert_eq!(
+                (result, at, attempts),
+                (
+                    Err(not_delivered("10s", UNAVAILABLE, gave_up)),
+                    1000,
+                    vec![0, 1000]
+                )
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_refused_report_fails_at_once() {
+            let refused = Outcome::Rejected {
+                status: 422,
+                response: "image.url is required".into(),
+            };
+            let (result, at, attempts) = report_over(vec![], (100 * MS, refused), 120 * S).await;
+            let refused = ReportError::Refused {
+                status: 422,
+                response: "image.url is required".into(),
+            };
+            assert_eq!((result, at, attempts), (Err(refused), 100, vec![0]));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn wrong_credentials_or_url_fail_at_once_naming_the_url() {
+            for status in [401, 403] {
+                // After a transient failure too: a rejection ends the retries.
+                let steps = vec![(100 * MS, unavailable(None))];
+                let answer = (100 * MS, Outcome::Unauthorized { status });
+                let (result, at, attempts) = report_over(steps, answer, 120 * S).await;
+                let err = result.unwrap_err();
+                assert_eq!(
+                    (&err, at, attempts),
+                    (
+                        &ReportError::Unauthorized {
+                            status,
+                            endpoint: Some(URL.into())
+                        },
+                        1200,
+                        vec![0, 1100]
+                    )
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!("the endpoint at {URL} rejected the API token ({status}): check --token-file or DEPLOYTRACK_TOKEN")
+                );
+            }
+            for status in [404, 410] {
+                // The reason as the HTTP sink gives it: the URL, then what it says of it.
+                let reason = format!("{URL}: {}", wrong_endpoint(status));
+                let answer = Outcome::Misconfigured {
+                    reason: reason.clone(),
+                };
+                let (result, at, attempts) = report_over(vec![], (100 * MS, answer), 120 * S).await;
+                let err = result.unwrap_err();
+                assert_eq!(
+                    (&err, at, attempts),
+                    (&ReportError::Misconfigured(reason), 100, vec![0])
+                );
+                assert!(err.to_string().starts_with(URL), "{err}");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_deadline_falls_during_the_backoff() {
+            // 1, 2 and 4 s after each failure; the next wait (8 s) is cut to what is left of
+            // 10 s, and the attempt made at the deadline has no time left to be answered.
+            let (result, at, attempts) =
+                report_over(vec![], (100 * MS, unavailable(None)), 10 * S).await;
+            assert_eq!(
+                (result, at, attempts),
+                (
+                    Err(not_delivered("10s", UNAVAILABLE, GaveUp::Deadline)),
+                    10_000,
+                    vec![0, 1100, 3200, 7300, 10_000]
+                )
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_endpoint_that_never_answers_ends_at_the_deadline() {
+            let (result, at, attempts) = report_over(vec![], (3600 * S, ok()), 10 * S).await;
+            let silent = "the endpoint did not answer in time";
+            assert_eq!(
+                (result, at, attempts),
+                (
+                    Err(not_delivered("10s", silent, GaveUp::Deadline)),
+                    10_000,
+                    vec![0]
+                )
+            );
         }
     }
 }

@@ -136,7 +136,10 @@ mod tests {
                 "/x/deploytrack.db",
             ))),
             Fatal::ChecksFailed { failed: 2 },
-            Fatal::from(ReportError::Unauthorized { status: 401 }),
+            Fatal::from(ReportError::Unauthorized {
+                status: 401,
+                endpoint: None,
+            }),
             Fatal::Runtime(std::io::Error::other("no threads")),
         ];
         for fatal in &failures {

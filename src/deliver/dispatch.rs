@@ -3,6 +3,16 @@
 //! endpoint-wide hold with one probe at a time; reminds while held; lets requests in flight
 //! finish within a grace period at shutdown.
 //!
+//! What ends a hold: a success that shows the endpoint takes reports now. The probe, sent
+//! when the hold's time is up and so after the hold began, always does. A request sent
+//! before the hold began (in flight when another failed) does too, unless the endpoint
+//! asked for the pause with `Retry-After`: that request was sent before the answer that
+//! asked, so its success says nothing of the endpoint since. `Retry-After` is a floor for
+//! the whole endpoint: nothing is sent before it, and only the probe's answer ends that
+//! hold. Without `Retry-After` (a timeout, a 5xx), and for a rejected token or a wrong URL,
+//! any success ends the hold: the endpoint took a report, with the same token at the same
+//! URL.
+//!
 //! Its timers are tokio's, and the queue's times are read on the queue's clock, so that
 //! its tests drive it with a scripted sink and an in-memory queue on paused time.
 
@@ -21,8 +31,6 @@ use crate::deployment::DeploymentKey;
 use crate::outbox::{Outbox, Pending, Settle};
 use crate::telemetry::Telemetry;
 
-#[cfg(test)]
-mod script;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +54,9 @@ struct Hold {
     /// The token could not be read again (said once per hold).
     token_unreadable: bool,
     misconfigured: bool,
+    /// The endpoint asked (`Retry-After`) not to be asked again before this: only the probe's
+    /// answer ends the hold.
+    asked_until: Option<Instant>,
     /// When the next reminder that the queue is held is due, and the interval after it.
     remind_at: Option<Instant>,
     remind_every: Duration,
@@ -315,7 +326,7 @@ fn token_unreadable(hold: &mut Hold, e: &dyn std::fmt::Display) {
 impl<Q: Queue> Dispatcher<Q> {
     fn settle(&self, pending: Pending, outcome: Outcome, probe: bool, hold: &mut Hold) {
         match outcome {
-            Outcome::Delivered { status } => self.delivered(pending, status, hold),
+            Outcome::Delivered { status } => self.delivered(pending, status, probe, hold),
             Outcome::Rejected { status, response } => {
                 self.telemetry.dead_lettered();
                 tracing::warn!(key = %pending.key, status, response = %response, "the endpoint refused this report; moved it to the dead letters (deploytrack queue dead)");
@@ -356,17 +367,28 @@ impl<Q: Queue> Dispatcher<Q> {
         }
     }
 
-    fn delivered(&self, pending: Pending, status: u16, hold: &mut Hold) {
+    /// `probe`: the request was sent while held, so after the hold began.
+    fn delivered(&self, pending: Pending, status: u16, probe: bool, hold: &mut Hold) {
         self.telemetry.delivered();
         log_delivered(&pending.key, &pending.body, self.sink.is_dry_run());
-        if hold.until.is_some() {
-            tracing::info!(
-                after_failures = hold.failures,
-                "the endpoint accepts reports again; draining the queue"
-            );
-            self.outbox.reset_backoff();
+        match hold.asked_until {
+            // Sent before the endpoint asked for a pause: the pause stands.
+            Some(asked_until) if !probe => tracing::debug!(
+                key = %pending.key,
+                wait = %crate::clock::human(asked_until.saturating_duration_since(Instant::now())),
+                "delivered a report sent before the endpoint asked to wait (Retry-After); the queue stays held"
+            ),
+            _ => {
+                if hold.until.is_some() {
+                    tracing::info!(
+                        after_failures = hold.failures,
+                        "the endpoint accepts reports again; draining the queue"
+                    );
+                    self.outbox.reset_backoff();
+                }
+                *hold = Hold::default();
+            }
         }
-        *hold = Hold::default();
         self.outbox
             .settle(pending.key, pending.version, Settle::Delivered { status });
     }
@@ -390,6 +412,10 @@ impl<Q: Queue> Dispatcher<Q> {
             tracing::debug!(reason = %reason, retry_in = %crate::clock::human(delay), "endpoint still failing");
         }
         self.retry_later(hold, probe, &pending, (delay, own_delay), reason);
+        if let Some(wait) = retry_after.filter(|wait| !wait.is_zero()) {
+            let asked_until = Instant::now() + wait;
+            hold.asked_until = Some(hold.asked_until.map_or(asked_until, |u| u.max(asked_until)));
+        }
     }
 
     /// A failed attempt: hold the queue for `hold_for`, and try this report again after

@@ -246,6 +246,10 @@ impl Sink for HttpSink {
         Box::pin(self.post(body))
     }
 
+    fn endpoint(&self) -> Option<String> {
+        Some(crate::config::redact_url(self.url.as_str()))
+    }
+
     fn with_token(&self, token: &Token) -> Result<Option<Arc<dyn Sink>>, Error> {
         Ok(self
             .rotated(token)?
@@ -560,6 +564,19 @@ mod tests {
                 )
             }
         );
+    }
+
+    #[test]
+    fn the_endpoint_is_named_without_credentials() {
+        let sink = sink_to(
+            "https://deploy:s3cret@example.com/hook",
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            sink.endpoint().as_deref(),
+            Some("https://<redacted>@example.com/hook")
+        );
+        assert_eq!(DryRun.endpoint(), None);
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@
 mod dispatch;
 mod http;
 mod queue;
+#[cfg(test)]
+pub(crate) mod script;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -87,6 +89,11 @@ pub trait Sink: Send + Sync {
     /// A dry run prints instead of sending.
     fn is_dry_run(&self) -> bool {
         false
+    }
+
+    /// Where reports go, for messages: the URL without credentials; none for the dry run.
+    fn endpoint(&self) -> Option<String> {
+        None
     }
 
     /// The same sink sending `token` (a rotated one) instead of its own; none when the token

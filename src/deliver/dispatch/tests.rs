@@ -4,8 +4,8 @@
 
 use tokio::task::JoinHandle;
 
-use super::script::{ms_since, ok, unavailable, Logs, MemoryQueue, ScriptedSink};
 use super::*;
+use crate::deliver::script::{ms_since, ok, unavailable, Logs, MemoryQueue, ScriptedSink};
 
 const S: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -157,6 +157,117 @@ async fn retry_after_is_a_floor_under_the_backoff() {
     assert_eq!(sink.times(), [0, 30_000, 32_000, 332_000]);
     assert_eq!(queue.memory().delivered, [("a".to_string(), 1)]);
     running.stop().await;
+}
+
+/// Retry-After is a floor for the whole endpoint: a request sent before the endpoint asked
+/// for the pause, and delivered after, does not end the hold; the probe, when the hold's
+/// time is up, does.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_before_a_retry_after_does_not_end_its_hold() {
+    let start = Instant::now();
+    let (logs, _guard) = Logs::capture(start);
+    let queue = MemoryQueue::new(start);
+    queue.push("a");
+    queue.push("b");
+    let sink = ScriptedSink::new(
+        start,
+        [
+            // a: 503 at 100 ms, asking for 10 s.
+            (100 * MS, unavailable(Some(10 * S))),
+            // b, sent with a: delivered at 300 ms.
+            (300 * MS, ok()),
+        ],
+        (Duration::ZERO, ok()),
+    );
+    let running = run(dispatcher(&queue, &sink, 4), 5 * S);
+    tokio::time::sleep(200 * MS).await;
+    // c comes while held: it waits for the Retry-After, b's success notwithstanding.
+    queue.push("c");
+    tokio::time::sleep(60 * S).await;
+    // The probe (c, due first) at 10.1 s ends the hold; then a.
+    assert_eq!(sink.times(), [0, 0, 10_100, 10_100]);
+    assert_eq!(sink.bodies(), ["a v1", "b v2", "c v3", "a v1"]);
+    assert_eq!(
+        logs.times("the endpoint accepts reports again; draining the queue"),
+        [10_100]
+    );
+    assert_eq!(queue.pending_names(), Vec::<String>::new());
+    running.stop().await;
+}
+
+/// A hold without Retry-After that another request in flight asks to extend with one: the
+/// floor holds for the rest of the hold.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_in_a_hold_already_begun_is_a_floor_too() {
+    let start = Instant::now();
+    let (_logs, _guard) = Logs::capture(start);
+    let queue = MemoryQueue::new(start);
+    for name in ["a", "b", "c"] {
+        queue.push(name);
+    }
+    let sink = ScriptedSink::new(
+        start,
+        [
+            // a: 503 at 100 ms, the hold begins (1 s of backoff).
+            (100 * MS, unavailable(None)),
+            // b: 429 at 200 ms, asking for 10 s.
+            (200 * MS, unavailable(Some(10 * S))),
+            // c: delivered at 300 ms.
+            (300 * MS, ok()),
+        ],
+        (Duration::ZERO, ok()),
+    );
+    let running = run(dispatcher(&queue, &sink, 4), 5 * S);
+    tokio::time::sleep(60 * S).await;
+    // Not at 1.1 s nor at 300 ms: the probe (a) at 10.2 s, then b.
+    assert_eq!(sink.times(), [0, 0, 0, 10_200, 10_200]);
+    assert_eq!(sink.bodies(), ["a v1", "b v2", "c v3", "a v1", "b v2"]);
+    assert_eq!(queue.pending_names(), Vec::<String>::new());
+    running.stop().await;
+}
+
+/// Without Retry-After (a 5xx, a rejected token, a wrong URL), a success of a request sent
+/// before the hold proves the endpoint takes reports: the hold ends at once and what waits
+/// is sent.
+#[tokio::test(start_paused = true)]
+async fn without_retry_after_a_success_in_flight_ends_the_hold() {
+    for failure in [
+        unavailable(None),
+        Outcome::Unauthorized { status: 401 },
+        Outcome::Misconfigured {
+            reason: "no endpoint at this URL (404): is --url mistyped?".into(),
+        },
+    ] {
+        let start = Instant::now();
+        let (logs, guard) = Logs::capture(start);
+        let queue = MemoryQueue::new(start);
+        queue.push("a");
+        queue.push("b");
+        let sink = ScriptedSink::new(
+            start,
+            [(100 * MS, failure.clone()), (300 * MS, ok())],
+            (Duration::ZERO, ok()),
+        );
+        let running = run(dispatcher(&queue, &sink, 4), 5 * S);
+        tokio::time::sleep(200 * MS).await;
+        queue.push("c");
+        tokio::time::sleep(60 * S).await;
+        // b delivered at 300 ms: a (its backoff reset) and c are sent at once.
+        assert_eq!(sink.times(), [0, 0, 300, 300], "{failure:?}");
+        assert_eq!(
+            sink.bodies(),
+            ["a v1", "b v2", "a v1", "c v3"],
+            "{failure:?}"
+        );
+        assert_eq!(
+            logs.times("the endpoint accepts reports again; draining the queue"),
+            [300],
+            "{failure:?}"
+        );
+        assert_eq!(queue.pending_names(), Vec::<String>::new());
+        running.stop().await;
+        drop(guard);
+    }
 }
 
 /// 401 and 403 (the token), 404 and 410 (the URL, as `classify` reads them): every report

@@ -1,4 +1,4 @@
-//! Test doubles for the dispatcher: a sink that answers from a script and records each call
+//! Test doubles for delivery (the dispatcher, `report`'s retries): a sink that answers from a script and records each call
 //! on the paused clock, a queue in memory that keeps the outbox's rules, and a capture of
 //! the log lines.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::super::{Error, Outcome, Queue, Sending, Sink};
+use super::{Error, Outcome, Queue, Sending, Sink};
 use crate::config::Token;
 use crate::deployment::DeploymentKey;
 use crate::outbox::{Pending, Settle, Stats};
@@ -29,6 +29,9 @@ pub struct Call {
     pub at: u64,
     pub ended: Option<u64>,
 }
+
+/// Where the scripted sink says it sends.
+pub const URL: &str = "http://endpoint.test/atomist/resource";
 
 /// How the sink answers a call: after this long, this.
 pub type Step = (Duration, Outcome);
@@ -159,6 +162,10 @@ impl Sink for ScriptedSink {
             self.record().calls[index].ended = Some(ms_since(self.shared.start));
             outcome
         })
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(URL.into())
     }
 
     fn with_token(&self, token: &Token) -> Result<Option<Arc<dyn Sink>>, Error> {
