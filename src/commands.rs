@@ -277,23 +277,43 @@ pub async fn report(
 ) -> Result<(), Fatal> {
     let sink = crate::deliver::sink_for(&config).map_err(Fatal::Endpoint)?;
     let body = deployment.report_body();
-    send_until_delivered(sink.as_ref(), &body, timeout, config.retry).await?;
+    let attempts = Attempts {
+        timeout,
+        retry: config.retry,
+        answer_within: config.request_timeout,
+    };
+    send_until_delivered(sink.as_ref(), &body, attempts).await?;
     crate::deliver::log_delivered(&deployment.key, &body, sink.is_dry_run());
     Ok(())
 }
 
-/// `report`'s attempts: again after each transient failure, with `retry`'s backoff and
-/// never before a `Retry-After`, until `timeout` passes. A refusal, a rejected token or a
+/// How `report` tries: for `timeout`, with `retry`'s backoff.
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    timeout: Duration,
+    retry: Backoff,
+    /// How long one request may take (`--request-timeout`): the last attempt starts early
+    /// enough to have it before the deadline.
+    answer_within: Duration,
+}
+
+/// `report`'s attempts: again after each transient failure, with the backoff and never
+/// before a `Retry-After`, until the timeout passes. A refusal, a rejected token or a
 /// misconfigured endpoint fail at once: retrying cannot help them.
 async fn send_until_delivered(
     sink: &dyn Sink,
     body: &str,
-    timeout: Duration,
-    retry: Backoff,
+    attempts: Attempts,
 ) -> Result<(), ReportError> {
+    let Attempts {
+        timeout,
+        retry,
+        answer_within,
+    } = attempts;
     let deadline = tokio::time::Instant::now() + timeout;
     let within = humantime::format_duration(timeout).to_string();
     let mut failures = 0;
+    let mut last_made = false;
     let mut last_reason: Option<String> = None;
     loop {
         let Ok(outcome) = tokio::time::timeout_at(deadline, sink.send(body)).await else {
@@ -322,13 +342,16 @@ async fn send_until_delivered(
                 let delay = retry.delay_at_least(failures, retry_after);
                 failures += 1;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let delay = next_attempt(left, delay, retry_after).map_err(|gave_up| {
-                    ReportError::NotDelivered {
-                        within: within.clone(),
-                        reason: reason.clone(),
-                        gave_up,
-                    }
+                let next = match next_attempt(left, delay, retry_after, answer_within) {
+                    Ok(_) if last_made => Err(GaveUp::Deadline),
+                    next => next,
+                };
+                let Next { delay, last } = next.map_err(|gave_up| ReportError::NotDelivered {
+                    within: within.clone(),
+                    reason: reason.clone(),
+                    gave_up,
                 })?;
+                last_made = last;
                 tracing::warn!(reason = %reason, retry_in = %crate::clock::human(delay), "report not delivered yet; retrying");
                 last_reason = Some(reason);
                 tokio::time::sleep(delay).await;
@@ -337,19 +360,36 @@ async fn send_until_delivered(
     }
 }
 
+/// When `report` tries again, and whether that is its last attempt.
+#[derive(Debug, PartialEq, Eq)]
+struct Next {
+    delay: Duration,
+    last: bool,
+}
+
 /// How long `report` waits before it tries again, with `left` until `--timeout`: the
-/// backoff's `delay` (never shorter than a `Retry-After`), the last attempt falling on the
-/// deadline rather than being skipped. An endpoint that asked to be left alone past the
-/// deadline is not asked again before its time: `report` gives up at once, saying why.
+/// backoff's `delay` (never shorter than a `Retry-After`). Where that attempt could not be
+/// answered within `answer_within` before the deadline, one last attempt goes early enough
+/// to be (never before a `Retry-After`), rather than none, or one cut off at the deadline.
+/// An endpoint that asked to be left alone past the deadline is not asked again before its
+/// time: `report` gives up at once, saying why.
 fn next_attempt(
     left: Duration,
     delay: Duration,
     retry_after: Option<Duration>,
-) -> Result<Duration, GaveUp> {
+    answer_within: Duration,
+) -> Result<Next, GaveUp> {
     match retry_after {
         _ if left.is_zero() => Err(GaveUp::Deadline),
         Some(wait) if wait > left => Err(GaveUp::RetryAfterPastDeadline { wait, left }),
-        _ => Ok(delay.min(left)),
+        _ if delay + answer_within <= left => Ok(Next { delay, last: false }),
+        _ => Ok(Next {
+            delay: left
+                .saturating_sub(answer_within)
+                .min(delay)
+                .max(retry_after.unwrap_or_default()),
+            last: true,
+        }),
     }
 }
 
@@ -1228,11 +1268,19 @@ mod tests {
     #[test]
     fn the_last_attempt_of_report_respects_retry_after() {
         let s = Duration::from_secs;
-        // The backoff's delay, the last attempt falling on the deadline.
-        assert_eq!(next_attempt(s(3), s(5), None), Ok(s(3)));
-        assert_eq!(next_attempt(s(10), s(7), Some(s(7))), Ok(s(7)));
+        let next = |delay, last| Ok(Next { delay, last });
+        // The backoff's delay, with time for an answer before the deadline.
+        assert_eq!(next_attempt(s(30), s(5), None, s(15)), next(s(5), false));
+        // Else one last attempt, early enough to be answered, or at once...
+        assert_eq!(next_attempt(s(30), s(20), None, s(15)), next(s(15), true));
+        assert_eq!(next_attempt(s(3), s(5), None, s(15)), next(s(0), true));
+        // ...but never before a Retry-After.
+        assert_eq!(
+            next_attempt(s(10), s(7), Some(s(7)), s(15)),
+            next(s(7), true)
+        );
         // Asked to wait past the deadline: give up now, saying so.
-        let why = next_attempt(s(3), s(7), Some(s(7))).unwrap_err();
+        let why = next_attempt(s(3), s(7), Some(s(7)), s(15)).unwrap_err();
         assert_eq!(
             why,
             GaveUp::RetryAfterPastDeadline {
@@ -1245,7 +1293,7 @@ mod tests {
             ", and it asked to wait 7s (Retry-After), longer than what is left of --timeout (3s); try again later, or give a longer --timeout"
         );
         assert_eq!(
-            next_attempt(Duration::ZERO, s(1), None),
+            next_attempt(Duration::ZERO, s(1), None, s(15)),
             Err(GaveUp::Deadline)
         );
         assert_eq!(GaveUp::Deadline.to_string(), "");
@@ -1336,6 +1384,8 @@ mod tests {
         /// 1 s doubling up to a minute, without jitter, so that every wait is exact.
         const RETRY: Backoff = Backoff::steady(Duration::from_secs(1), Duration::from_secs(60));
         const UNAVAILABLE: &str = "the endpoint answered 503 Service Unavailable";
+        /// `--request-timeout` (the scripted sink's answers come sooner, or never).
+        const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
         /// The sink answers from `steps`, then with `otherwise`; `report` tries for
         /// `timeout`. What it came to, when (ms), and when each attempt started.
@@ -1346,7 +1396,12 @@ mod tests {
         ) -> (Result<(), ReportError>, u64, Vec<u64>) {
             let start = Instant::now();
             let sink = ScriptedSink::new(start, steps, otherwise);
-            let result = send_until_delivered(sink.as_ref(), "app v1", timeout, RETRY).await;
+            let attempts = Attempts {
+                timeout,
+                retry: RETRY,
+                answer_within: ANSWER_WITHIN,
+            };
+            let result = send_until_delivered(sink.as_ref(), "app v1", attempts).await;
             (result, ms_since(start), sink.times())
         }
 
@@ -1467,17 +1522,28 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn the_deadline_falls_during_the_backoff() {
-            // 1, 2 and 4 s after each failure; the next wait (8 s) is cut to what is left of
-            // 10 s, and the attempt made at the deadline has no time left to be answered.
+            // 1, 2 and 4 s after each failure; the next wait (8 s) would leave no time for an
+            // answer: the last attempt goes 1 s (--request-timeout) before the deadline, and
+            // its failure ends the attempts.
             let (result, at, attempts) =
                 report_over(vec![], (100 * MS, unavailable(None)), 10 * S).await;
             assert_eq!(
                 (result, at, attempts),
                 (
                     Err(not_delivered("10s", UNAVAILABLE, GaveUp::Deadline)),
-                    10_000,
-                    vec![0, 1100, 3200, 7300, 10_000]
+                    9_100,
+                    vec![0, 1100, 3200, 7300, 9_000]
                 )
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_last_attempt_has_time_to_be_delivered() {
+            let fail = (100 * MS, unavailable(None));
+            let (result, at, attempts) = report_over(vec![fail; 4], (100 * MS, ok()), 10 * S).await;
+            assert_eq!(
+                (result, at, attempts),
+                (Ok(()), 9_100, vec![0, 1100, 3200, 7300, 9_000])
             );
         }
 
