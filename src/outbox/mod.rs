@@ -256,7 +256,7 @@ impl Outbox {
                 .and_then(KeySettings::from_json),
             moved_aside: opened.moved_aside,
         };
-        let mut store = Store::new(opened.conn, max_entries, telemetry).map_err(sql_err)?;
+        let store = Store::new(opened.conn, max_entries, telemetry).map_err(sql_err)?;
         let (tx, rx) = std_mpsc::channel();
         let work = Arc::new(Notify::new());
         let notify = work.clone();
@@ -264,8 +264,13 @@ impl Outbox {
         std::thread::Builder::new()
             .name("deploytrack-outbox".into())
             .spawn(move || {
-                // The state dir stays locked for as long as the queue thread runs.
+                // The state dir stays locked for as long as the queue thread runs, and until
+                // its connection is closed: locals drop in reverse order, so `store` (the
+                // connection) goes before `_lock`. (A captured `store` would drop with the
+                // closure, after the lock: the next agent could open the file while this
+                // connection still closes it.)
                 let _lock = lock;
+                let mut store = store;
                 store.serve(rx, &notify)
             })
             .map_err(|source| Error::StateDir {
