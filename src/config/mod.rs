@@ -289,10 +289,7 @@ impl Config {
         let s = Sources { args, file };
         let mut invalid = Vec::new();
         let url = keep(&mut invalid, "url", s.url()).flatten();
-        // An invalid URL is not a wish for a dry run: the token is still needed.
-        let url_given = url.is_some() || args.url.is_some() || file.url.is_some();
-        let explicit_dry_run = args.dry_run.or(file.dry_run).unwrap_or(false);
-        let dry_run = explicit_dry_run || !url_given;
+        let (dry_run, explicit_dry_run) = s.dry_run(url.is_some());
         let environment = keep(&mut invalid, "environment", s.environment())
             .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
         let state_dir = keep(&mut invalid, "state_dir", s.state_dir(dry_run)).flatten();
@@ -313,10 +310,6 @@ impl Config {
         let mut warnings: Vec<Warning> = url
             .as_ref()
             .and_then(plain_http_warning)
-            .map(|message| Warning {
-                about: "endpoint",
-                message,
-            })
             .into_iter()
             .collect();
         let ca_certificates =
@@ -326,22 +319,13 @@ impl Config {
         } else {
             None
         };
-        let token = keep(&mut invalid, "token", s.token(&mut warnings, &docker_host));
-        let (token, token_source) = token.clone().unwrap_or_default();
-        if !dry_run && token.is_none() && !invalid.iter().any(|i| i.key == "token") {
-            invalid.push(Invalid {
-                key: "token",
-                error: ConfigError::new(
-                    "token",
-                    "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
-                ),
-            });
-        }
-        if let (Some(url), Some(source)) = (&url, &token_source) {
-            if let Err(error) = s.one_credential(url, source) {
-                invalid.push(Invalid { key: "url", error });
-            }
-        }
+        let (token, token_source) = s.checked_token(
+            &mut invalid,
+            &mut warnings,
+            &docker_host,
+            dry_run,
+            url.as_ref(),
+        );
         let config = Config {
             url,
             token,
@@ -713,6 +697,44 @@ impl Sources<'_> {
 
     /// The file the token was read from (`source`), as `load_token` chose it: the token file,
     /// else none for `DEPLOYTRACK_TOKEN`, else the systemd credential.
+    /// Whether this is a dry run, and whether it was asked for: without an endpoint it is
+    /// one. An invalid URL is not a wish for a dry run: the token is still needed.
+    fn dry_run(&self, valid_url: bool) -> (bool, bool) {
+        let url_given = valid_url || self.args.url.is_some() || self.file.url.is_some();
+        let explicit = self.args.dry_run.or(self.file.dry_run).unwrap_or(false);
+        (explicit || !url_given, explicit)
+    }
+
+    /// The token and its source, where a token is needed (not a dry run) and there is one,
+    /// and where the URL does not carry credentials of its own beside it; each fault is
+    /// added to `invalid`.
+    fn checked_token(
+        &self,
+        invalid: &mut Vec<Invalid>,
+        warnings: &mut Vec<Warning>,
+        docker_host: &str,
+        dry_run: bool,
+        url: Option<&reqwest::Url>,
+    ) -> (Option<Token>, Option<String>) {
+        let token = keep(invalid, "token", self.token(warnings, docker_host));
+        let (token, token_source) = token.unwrap_or_default();
+        if !dry_run && token.is_none() && !invalid.iter().any(|i| i.key == "token") {
+            invalid.push(Invalid {
+                key: "token",
+                error: ConfigError::new(
+                    "token",
+                    "no API token: give --token-file, set DEPLOYTRACK_TOKEN, or load the systemd credential `token`",
+                ),
+            });
+        }
+        if let (Some(url), Some(source)) = (url, &token_source) {
+            if let Err(error) = self.one_credential(url, source) {
+                invalid.push(Invalid { key: "url", error });
+            }
+        }
+        (token, token_source)
+    }
+
     fn token_reload(&self, source: Option<&str>) -> Option<TokenFile> {
         let source = source?.to_string();
         let (token_file, _) = pick!(self, "--token-file", token_file);
@@ -753,12 +775,13 @@ impl Sources<'_> {
 }
 
 /// An endpoint reached over plain http:// beyond this host.
-fn plain_http_warning(url: &reqwest::Url) -> Option<String> {
-    (url.scheme() == "http" && !is_loopback(url)).then(|| {
-        format!(
+fn plain_http_warning(url: &reqwest::Url) -> Option<Warning> {
+    (url.scheme() == "http" && !is_loopback(url)).then(|| Warning {
+        about: "endpoint",
+        message: format!(
             "the endpoint {} is plain http:// to a host that is not loopback: the token and the reports cross the network unencrypted",
             redact_url(url.as_str())
-        )
+        ),
     })
 }
 
