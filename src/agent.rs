@@ -61,33 +61,14 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
     log_start(config, &host, store);
     log_credentials(config);
     let settings = (restored.settings, KeySettings::of(config, &host));
-    let selection = Selection {
-        require_label: config.require_label,
-        selector: config.label_selector.clone(),
-    };
-    let label_filters = selection.selector.engine_filters();
-    let resolver = Arc::new(
-        Resolver::new(
-            engine.clone(),
-            host,
-            config.environment.clone(),
-            config.name_template.clone(),
-            selection,
-            config.report_stops,
-        )
-        .with_report_unverified(config.report_unverified)
-        .with_registries(
-            Registries::new(
-                Ledger::restore(restored.evidence, restored.refusals),
-                Some(outbox.clone()),
-                config.registry_credentials.clone(),
-            )
-            .with_telemetry(telemetry.clone()),
-        )
-        .with_store(store)
-        .with_host_name(config.host_name.clone())
-        .with_telemetry(telemetry.clone()),
-    );
+    let label_filters = config.label_selector.engine_filters();
+    let registries = Registries::new(
+        Ledger::restore(restored.evidence, restored.refusals),
+        Some(outbox.clone()),
+        config.registry_credentials.clone(),
+    )
+    .with_telemetry(telemetry.clone());
+    let resolver = resolver(config, &engine, host, store, registries, &telemetry);
     let sink = crate::deliver::sink_for(config).map_err(Fatal::Endpoint)?;
     let view = Arc::new(View::restore(restored.running));
     let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
@@ -125,6 +106,36 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
         telemetry,
         outbox,
     })
+}
+
+/// What turns a container into a report, as the config says, on the engine found.
+fn resolver(
+    config: &Config,
+    engine: &Engine,
+    host: String,
+    store: ImageStore,
+    registries: Registries,
+    telemetry: &Arc<Telemetry>,
+) -> Arc<Resolver> {
+    let selection = Selection {
+        require_label: config.require_label,
+        selector: config.label_selector.clone(),
+    };
+    Arc::new(
+        Resolver::new(
+            engine.clone(),
+            host,
+            config.environment.clone(),
+            config.name_template.clone(),
+            selection,
+            config.report_stops,
+        )
+        .with_report_unverified(config.report_unverified)
+        .with_registries(registries)
+        .with_store(store)
+        .with_host_name(config.host_name.clone())
+        .with_telemetry(telemetry.clone()),
+    )
 }
 
 /// Compare the settings that shape keys with those the state dir last delivered with, and
