@@ -3,6 +3,7 @@
 //! asserted exactly, in milliseconds of test time.
 
 use tokio::task::JoinHandle;
+use tracing::subscriber::DefaultGuard;
 
 use super::*;
 use crate::deliver::script::{ms_since, ok, unavailable, Logs, MemoryQueue, ScriptedSink};
@@ -28,6 +29,14 @@ fn dispatcher(
         reminder: REMINDER_FIRST,
         token_reload: None,
     }
+}
+
+/// Test time's start, the log lines from then on (until the guard drops), and an empty
+/// queue on that clock.
+fn begin() -> (Instant, Logs, DefaultGuard, MemoryQueue) {
+    let start = Instant::now();
+    let (logs, guard) = Logs::capture(start);
+    (start, logs, guard, MemoryQueue::new(start))
 }
 
 /// The dispatcher running as the agent runs it; a shutdown gives `grace` to the requests
@@ -91,9 +100,7 @@ fn a_day_long_outage_writes_a_few_dozen_reminders() {
 
 #[tokio::test(start_paused = true)]
 async fn one_probe_at_a_time_while_held_and_the_backoff_escalates_once_per_failed_probe() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     for name in ["a", "b", "c", "d"] {
         queue.push(name);
     }
@@ -136,9 +143,7 @@ async fn one_probe_at_a_time_while_held_and_the_backoff_escalates_once_per_faile
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_a_floor_under_the_backoff() {
-    let start = Instant::now();
-    let (_logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, _logs, _guard, queue) = begin();
     queue.push("a");
     let sink = ScriptedSink::new(
         start,
@@ -164,9 +169,7 @@ async fn retry_after_is_a_floor_under_the_backoff() {
 /// time is up, does.
 #[tokio::test(start_paused = true)]
 async fn a_request_sent_before_a_retry_after_does_not_end_its_hold() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     queue.push("a");
     queue.push("b");
     let sink = ScriptedSink::new(
@@ -199,9 +202,7 @@ async fn a_request_sent_before_a_retry_after_does_not_end_its_hold() {
 /// floor holds for the rest of the hold.
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_in_a_hold_already_begun_is_a_floor_too() {
-    let start = Instant::now();
-    let (_logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, _logs, _guard, queue) = begin();
     for name in ["a", "b", "c"] {
         queue.push(name);
     }
@@ -238,9 +239,7 @@ async fn without_retry_after_a_success_in_flight_ends_the_hold() {
             reason: "no endpoint at this URL (404): is --url mistyped?".into(),
         },
     ] {
-        let start = Instant::now();
-        let (logs, guard) = Logs::capture(start);
-        let queue = MemoryQueue::new(start);
+        let (start, logs, guard, queue) = begin();
         queue.push("a");
         queue.push("b");
         let sink = ScriptedSink::new(
@@ -291,9 +290,7 @@ async fn credentials_and_wrong_urls_hold_the_queue_without_dead_letters() {
         (wrong_url(404), url_wrong, " reason=no endpoint at this URL (404): is --url mistyped? retry_in=1s"),
         (wrong_url(410), url_wrong, " reason=the endpoint at this URL is gone (410): was it deleted? set --url to the new one retry_in=1s"),
     ] {
-        let start = Instant::now();
-        let (logs, guard) = Logs::capture(start);
-        let queue = MemoryQueue::new(start);
+        let (start, logs, guard, queue) = begin();
         for name in ["a", "b", "c"] {
             queue.push(name);
         }
@@ -325,9 +322,7 @@ async fn credentials_and_wrong_urls_hold_the_queue_without_dead_letters() {
 /// depth, the oldest report's age and the last error; none once the endpoint is back.
 #[tokio::test(start_paused = true)]
 async fn a_held_queue_is_reminded_at_doubling_intervals_until_the_endpoint_is_back() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     queue.push("a");
     queue.push("b");
     let refused = (Duration::ZERO, Outcome::Unauthorized { status: 401 });
@@ -354,9 +349,7 @@ async fn a_held_queue_is_reminded_at_doubling_intervals_until_the_endpoint_is_ba
 
 #[tokio::test(start_paused = true)]
 async fn requests_run_concurrently_up_to_the_limit() {
-    let start = Instant::now();
-    let (_logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, _logs, _guard, queue) = begin();
     for name in ["a", "b", "c", "d", "e", "f", "g"] {
         queue.push(name);
     }
@@ -373,9 +366,7 @@ async fn requests_run_concurrently_up_to_the_limit() {
 /// while a report for another key goes at once.
 #[tokio::test(start_paused = true)]
 async fn never_two_requests_for_one_key_at_once() {
-    let start = Instant::now();
-    let (_logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, _logs, _guard, queue) = begin();
     queue.push("a");
     let sink = ScriptedSink::new(start, [(10 * S, ok())], (S, ok()));
     let running = run(dispatcher(&queue, &sink, 4), 5 * S);
@@ -409,9 +400,7 @@ async fn never_two_requests_for_one_key_at_once() {
 /// is recorded, one still in flight at its end is abandoned and stays queued.
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_requests_in_flight_finish_within_the_grace_and_keeps_the_rest() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     for name in ["a", "b", "c"] {
         queue.push(name);
     }
@@ -452,9 +441,7 @@ async fn shutdown_lets_requests_in_flight_finish_within_the_grace_and_keeps_the_
 /// then, not at its end.
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_no_longer_than_the_requests_in_flight() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     queue.push("a");
     let sink = ScriptedSink::new(start, [], (2 * S, ok()));
     let running = run(dispatcher(&queue, &sink, 2), 5 * S);
@@ -469,9 +456,7 @@ async fn shutdown_waits_no_longer_than_the_requests_in_flight() {
 /// the others go on at once.
 #[tokio::test(start_paused = true)]
 async fn a_refused_report_is_dead_lettered_and_never_sent_again() {
-    let start = Instant::now();
-    let (logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, logs, _guard, queue) = begin();
     queue.push("bad");
     queue.push("good");
     let refused = Outcome::Rejected {
@@ -505,9 +490,7 @@ async fn a_refused_report_is_dead_lettered_and_never_sent_again() {
 /// `sync --once`: the dispatcher returns once nothing is pending, not before.
 #[tokio::test(start_paused = true)]
 async fn until_empty_returns_once_everything_is_delivered() {
-    let start = Instant::now();
-    let (_logs, _guard) = Logs::capture(start);
-    let queue = MemoryQueue::new(start);
+    let (start, _logs, _guard, queue) = begin();
     queue.push("a");
     let sink = ScriptedSink::new(
         start,
