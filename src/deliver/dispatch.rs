@@ -104,9 +104,18 @@ impl Flights {
 
     /// When the loop must look again, at the latest; `now_ms` on the queue's clock.
     fn wake_at(&self, now_ms: i64) -> Instant {
+        let now = Instant::now();
         let wake = match (self.stopping, self.hold.until) {
             (Some(deadline), _) => deadline,
-            (None, Some(until)) if !self.hold.probing => until,
+            // Held: the probe goes when the hold's time is up...
+            (None, Some(until))
+                if !self.hold.probing && (until > now || self.inflight.is_empty()) =>
+            {
+                until
+            }
+            // ...or, with a probe or an earlier request still in flight, once that ends
+            // (the loop wakes on it); until then, nothing to do.
+            (None, Some(_)) => now + IDLE_POLL,
             _ => {
                 let poll = Instant::now() + IDLE_POLL;
                 match self.next_due {

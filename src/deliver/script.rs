@@ -211,7 +211,13 @@ pub struct MemoryQueue {
     start_ms: i64,
     memory: Arc<Mutex<Memory>>,
     work: Arc<Notify>,
+    /// How often the dispatcher read the clock: once per turn of its loop.
+    turns: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// More turns of the dispatcher's loop than any test needs: it spins (on paused time a
+/// spinning loop would stop the clock, and the test would hang rather than fail).
+const TURNS_MAX: u64 = 100_000;
 
 impl MemoryQueue {
     pub fn new(start: Instant) -> Self {
@@ -220,6 +226,7 @@ impl MemoryQueue {
             start_ms: 1_700_000_000_000,
             memory: Arc::default(),
             work: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -271,6 +278,10 @@ impl Queue for MemoryQueue {
     }
 
     fn now_ms(&self) -> i64 {
+        let turns = self
+            .turns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(turns < TURNS_MAX, "the dispatcher spins: {turns} turns");
         self.start_ms + ms_since(self.start) as i64
     }
 

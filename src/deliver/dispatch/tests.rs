@@ -164,6 +164,32 @@ async fn retry_after_is_a_floor_under_the_backoff() {
     running.stop().await;
 }
 
+/// A hold whose time is up while a request sent before it is still in flight: the probe
+/// waits for that request to end, and the loop sleeps meanwhile (it does not spin).
+#[tokio::test(start_paused = true)]
+async fn a_hold_over_while_a_request_is_in_flight_waits_for_it() {
+    let (start, _logs, _guard, queue) = begin();
+    queue.push("a");
+    queue.push("b");
+    queue.push("c");
+    let sink = ScriptedSink::new(
+        start,
+        [
+            // a: 503 at 100 ms; b: delivered at 30 s; c: the probe.
+            (100 * MS, unavailable(None)),
+            (30 * S, ok()),
+        ],
+        (100 * MS, ok()),
+    );
+    let running = run(dispatcher(&queue, &sink, 2), 5 * S);
+    tokio::time::sleep(60 * S).await;
+    // The hold (1 s from 100 ms) is over at 1.1 s, but b is in flight until 30 s: b's
+    // delivery ends the hold, and a and c go then.
+    assert_eq!(sink.times(), [0, 0, 30_000, 30_000]);
+    assert_eq!(queue.pending_names(), Vec::<String>::new());
+    running.stop().await;
+}
+
 /// Retry-After is a floor for the whole endpoint: a request sent before the endpoint asked
 /// for the pause, and delivered after, does not end the hold; the probe, when the hold's
 /// time is up, does.
