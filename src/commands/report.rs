@@ -253,7 +253,7 @@ fn at_url(endpoint: &Option<String>) -> String {
 /// Why `report` makes no further attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GaveUp {
-    /// Nothing is left of `--timeout`.
+    /// No further attempt could be answered before `--timeout` passes.
     #[error("")]
     Deadline,
     /// The endpoint asked to be left alone (`Retry-After`) past the deadline.
@@ -363,9 +363,11 @@ struct Next {
 /// How long `report` waits before it tries again, with `left` until `--timeout`: the
 /// backoff's `delay` (never shorter than a `Retry-After`). Where that attempt could not be
 /// answered within `answer_within` before the deadline, one last attempt goes early enough
-/// to be (never before a `Retry-After`), rather than none, or one cut off at the deadline.
-/// An endpoint that asked to be left alone past the deadline is not asked again before its
-/// time: `report` gives up at once, saying why.
+/// to be (never before a `Retry-After`), rather than one cut off at the deadline. With less
+/// left than an answer may take (a `--timeout` shorter than `--request-timeout`), the
+/// backoff goes on while its next attempt falls before the deadline. An endpoint that asked
+/// to be left alone past the deadline is not asked again before its time: `report` gives
+/// up at once, saying why.
 fn next_attempt(
     left: Duration,
     delay: Duration,
@@ -376,13 +378,12 @@ fn next_attempt(
         _ if left.is_zero() => Err(GaveUp::Deadline),
         Some(wait) if wait > left => Err(GaveUp::RetryAfterPastDeadline { wait, left }),
         _ if delay + answer_within <= left => Ok(Next { delay, last: false }),
-        _ => Ok(Next {
-            delay: left
-                .saturating_sub(answer_within)
-                .min(delay)
-                .max(retry_after.unwrap_or_default()),
+        _ if left > answer_within => Ok(Next {
+            delay: (left - answer_within).max(retry_after.unwrap_or_default()),
             last: true,
         }),
+        _ if delay < left => Ok(Next { delay, last: false }),
+        _ => Err(GaveUp::Deadline),
     }
 }
 
@@ -513,14 +514,20 @@ mod tests {
         let next = |delay, last| Ok(Next { delay, last });
         // The backoff's delay, with time for an answer before the deadline.
         assert_eq!(next_attempt(s(30), s(5), None, s(15)), next(s(5), false));
-        // Else one last attempt, early enough to be answered, or at once...
+        // Else one last attempt, early enough to be answered...
         assert_eq!(next_attempt(s(30), s(20), None, s(15)), next(s(15), true));
-        assert_eq!(next_attempt(s(3), s(5), None, s(15)), next(s(0), true));
         // ...but never before a Retry-After.
         assert_eq!(
-            next_attempt(s(10), s(7), Some(s(7)), s(15)),
+            next_attempt(s(20), s(7), Some(s(7)), s(15)),
             next(s(7), true)
         );
+        // Less left than an answer may take: the backoff, while it falls before the deadline.
+        assert_eq!(
+            next_attempt(s(10), s(7), Some(s(7)), s(15)),
+            next(s(7), false)
+        );
+        assert_eq!(next_attempt(s(3), s(2), None, s(15)), next(s(2), false));
+        assert_eq!(next_attempt(s(3), s(5), None, s(15)), Err(GaveUp::Deadline));
         // Asked to wait past the deadline: give up now, saying so.
         let why = next_attempt(s(3), s(7), Some(s(7)), s(15)).unwrap_err();
         assert_eq!(
@@ -564,12 +571,22 @@ mod tests {
             otherwise: Step,
             timeout: Duration,
         ) -> (Result<(), ReportError>, u64, Vec<u64>) {
+            report_within(steps, otherwise, timeout, ANSWER_WITHIN).await
+        }
+
+        /// `report_over` with `--request-timeout` at `answer_within`.
+        async fn report_within(
+            steps: Vec<Step>,
+            otherwise: Step,
+            timeout: Duration,
+            answer_within: Duration,
+        ) -> (Result<(), ReportError>, u64, Vec<u64>) {
             let start = Instant::now();
             let sink = ScriptedSink::new(start, steps, otherwise);
             let attempts = Attempts {
                 timeout,
                 retry: RETRY,
-                answer_within: ANSWER_WITHIN,
+                answer_within,
             };
             let result = send_until_delivered(sink.as_ref(), "app v1", attempts).await;
             (result, ms_since(start), sink.times())
@@ -703,6 +720,22 @@ mod tests {
                     Err(not_delivered("10s", UNAVAILABLE, GaveUp::Deadline)),
                     9_100,
                     vec![0, 1100, 3200, 7300, 9_000]
+                )
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_timeout_shorter_than_an_answer_may_take_keeps_the_backoff() {
+            // --timeout 10s, --request-timeout 15s: 1, 2 and 4 s after each failure; the
+            // next (8 s) would fall past the deadline: it ends there, with 2.6 s left.
+            let (result, at, attempts) =
+                report_within(vec![], (100 * MS, unavailable(None)), 10 * S, 15 * S).await;
+            assert_eq!(
+                (result, at, attempts),
+                (
+                    Err(not_delivered("10s", UNAVAILABLE, GaveUp::Deadline)),
+                    7_400,
+                    vec![0, 1100, 3200, 7300]
                 )
             );
         }
