@@ -180,9 +180,9 @@ pub struct RunArgs {
     pub shutdown_timeout: Option<String>,
     pub resync_interval: Option<String>,
     pub listen: Option<String>,
-    /// The command asks registries about images (`run`, `sync`, `check`): only then are the
-    /// Docker CLI's registry credentials read, so that `report` does not depend on them.
-    pub asks_registries: bool,
+    /// The command asks no registry about images (`report`): the Docker CLI's registry
+    /// credentials are not read, so that it does not depend on them.
+    pub skips_registries: bool,
     /// The settings above whose value came from their environment variable: (flag, variable).
     pub from_env: Vec<(String, String)>,
 }
@@ -441,7 +441,7 @@ impl Cli {
             }
             _ => return None,
         }
-        s.asks_registries = !matches!(self.command, Command::Report(_));
+        s.skips_registries = matches!(self.command, Command::Report(_));
         s.from_env = self.from_env.clone();
         Some(s)
     }

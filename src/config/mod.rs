@@ -56,6 +56,8 @@ pub enum Reason {
     Image(#[from] ReferenceError),
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 impl From<String> for Reason {
@@ -314,10 +316,10 @@ impl Config {
             .collect();
         let ca_certificates =
             keep(&mut invalid, "ca_file", s.ca_certificates()).unwrap_or_default();
-        let registry_credentials = if args.asks_registries {
-            keep(&mut invalid, "docker_config", s.registry_credentials()).flatten()
-        } else {
+        let registry_credentials = if args.skips_registries {
             None
+        } else {
+            keep(&mut invalid, "docker_config", s.registry_credentials()).flatten()
         };
         let (token, token_source) = s.checked_token(
             &mut invalid,
@@ -668,7 +670,7 @@ impl Sources<'_> {
         };
         loaded
             .map(|c| c.map(Arc::new))
-            .map_err(|e| ConfigError::new(origin, e.to_string()))
+            .map_err(|e| ConfigError::new(origin, e))
     }
 
     /// The token and where it came from; a token file every user can read draws a warning.

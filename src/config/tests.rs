@@ -115,7 +115,11 @@ fn the_file_keys_are_the_config_fields() {
 
 #[test]
 fn registry_credentials_are_read_only_by_the_commands_that_ask_registries() {
-    let dir = std::env::temp_dir().join(format!("deploytrack-cfg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "deploytrack-cfg-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.json");
     std::fs::write(&config, "not json").unwrap();
@@ -124,13 +128,20 @@ fn registry_credentials_are_read_only_by_the_commands_that_ask_registries() {
         "/etc/d.toml",
     )
     .unwrap();
-    // `report` sends one report to the endpoint: a broken Docker CLI config is not its.
-    let built = Config::build(&args(), &file).unwrap();
-    assert!(built.registry_credentials.is_none());
-    let mut a = args();
-    a.asks_registries = true;
-    let err = Config::build(&a, &file).unwrap_err();
+    let err = Config::build(&args(), &file).unwrap_err();
     assert_eq!(err.setting, "/etc/d.toml: key docker_config");
+    assert!(
+        matches!(
+            &err.reason,
+            Reason::Credentials(CredentialsError::Json { line: 1, .. })
+        ),
+        "{err}"
+    );
+    // `report` sends one report to the endpoint: a broken Docker CLI config is not its.
+    let mut a = args();
+    a.skips_registries = true;
+    let built = Config::build(&a, &file).unwrap();
+    assert!(built.registry_credentials.is_none());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -10,7 +10,7 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 
-use super::{Error, Outcome, Sending, Sink};
+use super::{Error, Outcome, RequestFailure, Sending, Sink};
 use crate::config::Token;
 
 pub const USER_AGENT_VALUE: &str = concat!("deploytrack/", env!("CARGO_PKG_VERSION"));
@@ -279,11 +279,11 @@ fn no_answer(e: reqwest::Error) -> Error {
         cause = next;
     }
     let kind = if e.is_timeout() {
-        "timed out"
+        RequestFailure::TimedOut
     } else if e.is_connect() {
-        "cannot connect"
+        RequestFailure::Connect
     } else {
-        "request failed"
+        RequestFailure::Other
     };
     Error::Request {
         kind,
@@ -534,7 +534,7 @@ mod tests {
             matches!(
                 &probe,
                 Error::Request {
-                    kind: "cannot connect",
+                    kind: RequestFailure::Connect,
                     ..
                 }
             ),

@@ -63,17 +63,27 @@ pub enum Error {
     #[error("the token holds characters an HTTP header cannot carry")]
     TokenNotAHeader,
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(reqwest::Error),
     /// The TLS client read a plain-HTTP answer: the URL's scheme is wrong.
     #[error("{}", http::PLAIN_HTTP_ANSWER)]
     PlainHttp,
-    /// No answer: what failed (`timed out`, `cannot connect`, `request failed`) and the
-    /// innermost cause, without the URL.
+    /// No answer: what failed, and the innermost cause's words, without the URL.
     #[error("{kind}: {cause}")]
-    Request { kind: &'static str, cause: String },
+    Request { kind: RequestFailure, cause: String },
     /// The queue under the dispatcher failed.
     #[error(transparent)]
     Queue(#[from] crate::outbox::Error),
+}
+
+/// How a request that got no HTTP answer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestFailure {
+    #[error("timed out")]
+    TimedOut,
+    #[error("cannot connect")]
+    Connect,
+    #[error("request failed")]
+    Other,
 }
 
 /// A sink's answer to come: boxed, so that the dispatcher holds any sink as `dyn Sink` (the
