@@ -7,6 +7,10 @@
 //!   probe at a time, backoff with `Retry-After` as a floor, reminders while held, and the
 //!   shutdown grace. It never touches the network, so it is tested in-process with a
 //!   scripted sink and paused time.
+//!
+//! The dispatcher reads the queue through the `Queue` trait (`queue`): the outbox in the
+//! agent, an in-memory queue in the tests (`script`, with the scripted sink, which the
+//! tests of `report`'s attempts use too).
 
 mod dispatch;
 mod http;

@@ -265,10 +265,9 @@ impl Outbox {
             .name("deploytrack-outbox".into())
             .spawn(move || {
                 // The state dir stays locked for as long as the queue thread runs, and until
-                // its connection is closed: locals drop in reverse order, so `store` (the
-                // connection) goes before `_lock`. (A captured `store` would drop with the
-                // closure, after the lock: the next agent could open the file while this
-                // connection still closes it.)
+                // its connection is closed, so that the next agent never opens the file
+                // while this connection still closes it: locals drop in reverse order, so
+                // `store` (the connection) goes before `_lock`.
                 let _lock = lock;
                 let mut store = store;
                 store.serve(rx, &notify)

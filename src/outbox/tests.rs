@@ -177,6 +177,30 @@ async fn a_refused_report_is_not_queued_again_unchanged_until_an_operator_retrie
 }
 
 #[tokio::test]
+async fn a_key_back_on_its_delivered_image_after_a_refused_one_is_queued() {
+    let dir = tempdir();
+    let outbox = open(&dir);
+    outbox
+        .enqueue(batch(vec![deployment("a", "1")]))
+        .await
+        .unwrap();
+    let (due, _) = outbox.due(10, true).await.unwrap();
+    outbox.settle(
+        due[0].key.clone(),
+        due[0].version,
+        Settle::Delivered { status: 202 },
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    refused(&outbox, deployment("a", "2"), 422).await;
+    // The last answer for the key is the refusal of image 2: image 1 again is news.
+    let out = outbox
+        .enqueue(batch(vec![deployment("a", "1")]))
+        .await
+        .unwrap();
+    assert_eq!((out.queued, out.unchanged), (1, 0));
+}
+
+#[tokio::test]
 async fn a_new_image_for_a_refused_key_is_queued() {
     let dir = tempdir();
     let outbox = open(&dir);
