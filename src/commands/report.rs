@@ -365,7 +365,7 @@ struct Next {
 /// answered within `answer_within` before the deadline, one last attempt goes early enough
 /// to be (never before a `Retry-After`), rather than one cut off at the deadline. With less
 /// left than an answer may take (a `--timeout` shorter than `--request-timeout`), the
-/// backoff goes on while its next attempt falls before the deadline. An endpoint that asked
+/// backoff goes on, its last attempt falling on the deadline. An endpoint that asked
 /// to be left alone past the deadline is not asked again before its time: `report` gives
 /// up at once, saying why.
 fn next_attempt(
@@ -383,7 +383,10 @@ fn next_attempt(
             last: true,
         }),
         _ if delay < left => Ok(Next { delay, last: false }),
-        _ => Err(GaveUp::Deadline),
+        _ => Ok(Next {
+            delay: left,
+            last: true,
+        }),
     }
 }
 
@@ -531,7 +534,7 @@ mod tests {
             next(s(7), false)
         );
         assert_eq!(next_attempt(s(3), s(2), None, s(15)), next(s(2), false));
-        assert_eq!(next_attempt(s(3), s(5), None, s(15)), Err(GaveUp::Deadline));
+        assert_eq!(next_attempt(s(3), s(5), None, s(15)), next(s(3), true));
         // Asked to wait past the deadline: give up now, saying so.
         let why = next_attempt(s(3), s(7), Some(s(7)), s(15)).unwrap_err();
         assert_eq!(
@@ -731,15 +734,16 @@ mod tests {
         #[tokio::test(start_paused = true)]
         async fn a_timeout_shorter_than_an_answer_may_take_keeps_the_backoff() {
             // --timeout 10s, --request-timeout 15s: 1, 2 and 4 s after each failure; the
-            // next (8 s) would fall past the deadline: it ends there, with 2.6 s left.
+            // next (8 s) would fall past the deadline: the last attempt falls on it, and
+            // `report` gives up at the time limit, not before it.
             let (result, at, attempts) =
                 report_within(vec![], (100 * MS, unavailable(None)), 10 * S, 15 * S).await;
             assert_eq!(
                 (result, at, attempts),
                 (
                     Err(not_delivered("10s", UNAVAILABLE, GaveUp::Deadline)),
-                    7_400,
-                    vec![0, 1100, 3200, 7300]
+                    10_000,
+                    vec![0, 1100, 3200, 7300, 10_000]
                 )
             );
         }
