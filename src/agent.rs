@@ -80,6 +80,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
             outbox: outbox.clone(),
             telemetry: telemetry.clone(),
             view,
+            retired: Arc::default(),
             report_stops: config.report_stops,
             force,
             reconciled: Arc::new(reconciled_tx),

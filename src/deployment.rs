@@ -136,6 +136,12 @@ pub fn time_from_nanos(time_nano: i64) -> Option<String> {
 /// An engine's timestamp (`State.StartedAt`: RFC 3339, `Z` or an offset) in the form of
 /// `time_from_nanos`; `None` for the zero time of a container never started, or an odd one.
 pub fn time_from_engine(text: &str) -> Option<String> {
+    time_from_nanos(nanos_from_engine(text)?)
+}
+
+/// An engine's timestamp (RFC 3339, `Z` or an offset) in Unix nanoseconds, as its events
+/// carry them; `None` for the zero time, a time before 1970, or an odd one.
+pub fn nanos_from_engine(text: &str) -> Option<i64> {
     let text = text.trim();
     // humantime reads UTC only: apply an offset such as +02:00 by hand.
     // (The text is untrusted: split only at a character boundary, read the offset as ASCII.)
@@ -162,7 +168,7 @@ pub fn time_from_engine(text: &str) -> Option<String> {
         at.checked_sub(std::time::Duration::from_secs(offset_secs.unsigned_abs()))?
     };
     let nanos = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-    time_from_nanos(i64::try_from(nanos).ok()?)
+    i64::try_from(nanos).ok().filter(|t| *t > 0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

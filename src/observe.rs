@@ -2,7 +2,7 @@
 //! their results are applied in event order, so a start is always seen before its stop.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bollard::query_parameters::ListContainersOptions;
 use futures_util::stream::{self, StreamExt};
@@ -89,7 +89,54 @@ impl View {
 }
 
 /// Every running container in scope, each resolved (or not).
-type Snapshot = Vec<(String, Result<Resolution, EngineError>)>;
+pub struct Snapshot {
+    /// The engine's clock just before it listed them (Unix nanoseconds, as its events carry
+    /// times), if it said.
+    pub listed_at: Option<i64>,
+    pub running: Vec<(String, Result<Resolution, EngineError>)>,
+}
+
+/// Past this many retired containers, all are forgotten (a start older than the
+/// reconciliation that retired its container is then applied, as any other).
+const RETIRED_MAX: usize = 4096;
+
+/// The containers a reconciliation retired (in the view, no longer running), by id: when it
+/// listed, by the engine's clock.
+///
+/// The reader forwards a reconciliation in stream order, but the listing runs when the
+/// observer gets to it: events that happened before the listing may still be behind it in
+/// the channel. A start among them is superseded by the listing: applied, it would report
+/// as running a container the reconciliation just reported stopped (and its die or destroy
+/// would report the stop a second time).
+#[derive(Default)]
+pub struct Retired(Mutex<HashMap<String, i64>>);
+
+impl Retired {
+    fn retire(&self, id: &str, listed_at: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= RETIRED_MAX && !m.contains_key(id) {
+                m.clear();
+            }
+            m.insert(id.to_string(), listed_at);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(id);
+        }
+    }
+
+    /// True if an event of container `id` at `time_nano` happened before the listing that
+    /// retired it. An event without a time is never older.
+    fn superseded(&self, id: &str, time_nano: i64) -> bool {
+        time_nano > 0
+            && self
+                .0
+                .lock()
+                .is_ok_and(|m| m.get(id).is_some_and(|listed| time_nano <= *listed))
+    }
+}
 
 enum Outcome {
     Snapshot(Result<Snapshot, EngineError>),
@@ -109,6 +156,8 @@ pub struct Observer {
     pub outbox: Outbox,
     pub telemetry: Arc<Telemetry>,
     pub view: Arc<View>,
+    /// What reconciliations retired, for the events behind them (see `Retired`).
+    pub retired: Arc<Retired>,
     pub report_stops: bool,
     /// Replaced by `sync --force`: re-send what the endpoint already has.
     pub force: bool,
@@ -160,7 +209,7 @@ impl Observer {
             }
             // The containers a reconciliation found; what it queued is known once written.
             let running = chunk.iter().rev().find_map(|o| match o {
-                Outcome::Snapshot(Ok(running)) => Some(running.len()),
+                Outcome::Snapshot(Ok(snapshot)) => Some(snapshot.running.len()),
                 _ => None,
             });
             let batch = self.apply(chunk);
@@ -235,18 +284,18 @@ impl Observer {
     }
 
     /// List and resolve every running (or paused, or restarting) container in scope.
-    pub async fn snapshot(
-        &self,
-    ) -> Result<Vec<(String, Result<Resolution, EngineError>)>, EngineError> {
+    pub async fn snapshot(&self) -> Result<Snapshot, EngineError> {
         let engine = self.resolver.engine();
         self.resolver.forget_unseen();
-        if let Ok((host, store)) = engine.host_facts().await {
+        let mut listed_at = None;
+        if let Ok((host, store, clock)) = engine.host_facts_and_clock().await {
             self.resolver.set_host(host);
             self.resolver.set_store(store);
+            listed_at = clock;
         }
         let ids = running_ids(engine, self.resolver.selection()).await?;
         let resolver = self.resolver.clone();
-        Ok(stream::iter(ids)
+        let running = stream::iter(ids)
             .map(|id| {
                 let resolver = resolver.clone();
                 async move {
@@ -256,7 +305,8 @@ impl Observer {
             })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
-            .await)
+            .await;
+        Ok(Snapshot { listed_at, running })
     }
 
     /// Apply outcomes in order to the view and collect what must be queued.
@@ -267,7 +317,13 @@ impl Observer {
         };
         for outcome in outcomes {
             match outcome {
+                Outcome::Started(ev, _) if self.retired.superseded(&ev.id, ev.time_nano) => {
+                    tracing::debug!(container = %ev.id, action = ev.action.name(), "a start from before the reconciliation that found the container stopped; not applied");
+                    batch.cursor = Some(ev.cursor().encode());
+                }
                 Outcome::Started(ev, mut result) => {
+                    // Newer than what retired it: the container ran again.
+                    self.retired.forget(&ev.id);
                     // A container removed before its inspection has no start time but its event's.
                     if let Ok(Resolution::Report(d) | Resolution::Recalled(d)) = &mut result {
                         if let Some(c) = d.container.as_mut().filter(|c| c.since.is_none()) {
@@ -280,6 +336,7 @@ impl Observer {
                 Outcome::Stopped(ev) => {
                     if ev.action == Action::Destroy {
                         self.telemetry.container_removed(&ev.id);
+                        self.retired.forget(&ev.id);
                     }
                     self.stopped(&ev.id, ev.exit_code, ev.time_nano, &mut batch);
                     batch.cursor = Some(ev.cursor().encode());
@@ -296,15 +353,19 @@ impl Observer {
                 }
                 // Logged, and tried again, by `run`.
                 Outcome::Snapshot(Err(_)) => {}
-                Outcome::Snapshot(Ok(running)) => {
+                Outcome::Snapshot(Ok(Snapshot { listed_at, running })) => {
                     let seen: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
                     // No event tells when: a time of 0 is sent as none.
                     for (id, result) in running {
+                        self.retired.forget(&id);
                         self.started(&id, result, 0, &mut batch);
                     }
                     for id in self.view.ids() {
                         if !seen.contains(&id) {
                             self.stopped(&id, None, 0, &mut batch);
+                            if let Some(listed_at) = listed_at {
+                                self.retired.retire(&id, listed_at);
+                            }
                         }
                     }
                 }
@@ -463,6 +524,7 @@ mod tests {
             outbox,
             telemetry,
             view: Arc::new(View::default()),
+            retired: Arc::default(),
             report_stops,
             force: false,
             reconciled: Arc::new(tokio::sync::watch::channel(false).0),
@@ -659,7 +721,10 @@ mod tests {
         // Its start, a reconciliation that lists it, and a restart: one container.
         o.apply(vec![
             Outcome::Started(event("local", Action::Start, None), skip()),
-            Outcome::Snapshot(Ok(vec![("local".to_string(), skip())])),
+            Outcome::Snapshot(Ok(Snapshot {
+                listed_at: None,
+                running: vec![("local".to_string(), skip())],
+            })),
         ]);
         o.apply(vec![Outcome::Started(
             event("local", Action::Start, None),
@@ -679,14 +744,100 @@ mod tests {
         assert_eq!(o.telemetry.totals().2, 2);
     }
 
+    fn at(outcome: Outcome, time_nano: i64) -> Outcome {
+        match outcome {
+            Outcome::Started(mut ev, r) => {
+                ev.time_nano = time_nano;
+                Outcome::Started(ev, r)
+            }
+            Outcome::Stopped(mut ev) => {
+                ev.time_nano = time_nano;
+                Outcome::Stopped(ev)
+            }
+            other => other,
+        }
+    }
+
+    fn states(batch: &Batch) -> Vec<(&str, ContainerState)> {
+        batch
+            .reports
+            .iter()
+            .map(|d| (d.key.name.as_str(), d.container.as_ref().unwrap().state))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_start_behind_the_reconciliation_that_retired_it_is_not_applied() {
+        let o = observer(true);
+        o.apply(vec![started("c1", true)]);
+        // Unpaused at 50 and removed at 60; the reconciliation forwarded before those events
+        // listed at 100, and found it gone.
+        let nothing_runs = || {
+            Outcome::Snapshot(Ok(Snapshot {
+                listed_at: Some(100),
+                running: Vec::new(),
+            }))
+        };
+        let batch = o.apply(vec![nothing_runs()]);
+        assert_eq!(states(&batch), vec![("host/c1", ContainerState::Stopped)]);
+        // Its events, behind the reconciliation: the unpause (resolved from the event, the
+        // container being gone) neither runs it again nor lets the die report a second stop.
+        let gone = Ok(Resolution::Recalled(deployment("c1", true)));
+        let batch = o.apply(vec![
+            at(
+                Outcome::Started(event("c1", Action::Unpause, None), gone),
+                50,
+            ),
+            at(Outcome::Stopped(event("c1", Action::Die, Some(137))), 60),
+        ]);
+        assert!(batch.reports.is_empty(), "{:?}", batch.reports);
+        assert!(batch.running.is_empty() && o.view.ids().is_empty());
+        assert!(batch.cursor.is_some(), "the cursor still moves");
+
+        // A start after the listing is a new run: reported, and its stop too.
+        let batch = o.apply(vec![
+            at(started("c1", true), 150),
+            at(Outcome::Stopped(event("c1", Action::Die, Some(0))), 160),
+        ]);
+        assert_eq!(
+            states(&batch),
+            vec![
+                ("host/c1", ContainerState::Running),
+                ("host/c1", ContainerState::Stopped)
+            ]
+        );
+
+        // A start without a time, or of a container no reconciliation retired, is applied.
+        o.apply(vec![started("c2", true)]);
+        o.apply(vec![nothing_runs()]);
+        let batch = o.apply(vec![
+            at(started("c2", true), 0),
+            at(started("c3", true), 50),
+        ]);
+        assert_eq!(batch.reports.len(), 2, "{:?}", batch.reports);
+
+        // A reconciliation that cannot read the engine's clock retires nothing.
+        let o = observer(true);
+        o.apply(vec![started("c1", true)]);
+        o.apply(vec![Outcome::Snapshot(Ok(Snapshot {
+            listed_at: None,
+            running: Vec::new(),
+        }))]);
+        let batch = o.apply(vec![at(started("c1", true), 50)]);
+        assert_eq!(batch.reports.len(), 1);
+    }
+
     #[tokio::test]
     async fn a_snapshot_retires_what_no_longer_runs() {
         let o = observer(true);
         o.apply(vec![started("old", true)]);
-        let batch = o.apply(vec![Outcome::Snapshot(Ok(vec![(
-            "new".to_string(),
-            Ok(Resolution::Report(deployment("new", true))),
-        )]))]);
+        let batch = o.apply(vec![Outcome::Snapshot(Ok(Snapshot {
+            listed_at: None,
+            running: vec![(
+                "new".to_string(),
+                Ok(Resolution::Report(deployment("new", true))),
+            )],
+        }))]);
         assert_eq!(batch.gone, vec!["old".to_string()]);
         assert_eq!(o.view.ids(), vec!["new".to_string()]);
         assert!(batch.reports.iter().any(|d| d.key.name == "host/old"

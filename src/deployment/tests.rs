@@ -274,6 +274,12 @@ fn event_and_engine_times() {
         time_from_engine("2023-11-14T20:13:20-02:00").as_deref(),
         Some("2023-11-14T22:13:20.000000000Z")
     );
+    // The engine's clock (`/info`'s SystemTime) as its events carry times.
+    assert_eq!(
+        nanos_from_engine("2023-11-15T00:13:20.5+02:00"),
+        Some(1_700_000_000_500_000_000)
+    );
+    assert_eq!(nanos_from_engine("0001-01-01T00:00:00Z"), None);
     // The zero time of a container never started, and nonsense.
     assert_eq!(time_from_engine("0001-01-01T00:00:00Z"), None);
     assert_eq!(time_from_engine("yesterday"), None);

@@ -357,6 +357,16 @@ impl Engine {
 
     /// The engine's host name and its image store, from `/info`.
     pub async fn host_facts(&self) -> Result<(String, evidence::ImageStore), EngineError> {
+        self.host_facts_and_clock()
+            .await
+            .map(|(name, store, _)| (name, store))
+    }
+
+    /// `host_facts`, and the engine's clock when it answered (`SystemTime`, in Unix
+    /// nanoseconds as its events carry them), if it says.
+    pub async fn host_facts_and_clock(
+        &self,
+    ) -> Result<(String, evidence::ImageStore, Option<i64>), EngineError> {
         let info = self
             .api
             .info()
@@ -374,7 +384,11 @@ impl Engine {
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "unknown-host".into());
-        Ok((name, store))
+        let clock = info
+            .system_time
+            .as_deref()
+            .and_then(crate::deployment::nanos_from_engine);
+        Ok((name, store, clock))
     }
 
     /// `GET path` with the negotiated version: the status and the whole answer. For the few
