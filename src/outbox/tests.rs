@@ -123,19 +123,21 @@ async fn one_agent_per_state_dir() {
     assert!(matches!(second, Err(Error::Locked(_))));
 }
 
-/// Queue `d` and settle it as refused with `status`: a dead letter, on disk.
-async fn refused(outbox: &Outbox, d: Deployment, status: u16) {
+/// Queue `d` alone and settle it as `settle` says, on disk.
+async fn answered(outbox: &Outbox, d: Deployment, settle: Settle) {
     outbox.enqueue(batch(vec![d])).await.unwrap();
     let (due, _) = outbox.due(10, true).await.unwrap();
-    outbox.settle(
-        due[0].key.clone(),
-        due[0].version,
-        Settle::Dead {
-            status,
-            response: "refused".into(),
-        },
-    );
+    outbox.settle(due[0].key.clone(), due[0].version, settle);
     outbox.flush().await.unwrap();
+}
+
+/// Queue `d` and settle it as refused with `status`: a dead letter, on disk.
+async fn refused(outbox: &Outbox, d: Deployment, status: u16) {
+    let refusal = Settle::Dead {
+        status,
+        response: "refused".into(),
+    };
+    answered(outbox, d, refusal).await;
 }
 
 #[tokio::test]
@@ -180,16 +182,12 @@ async fn a_refused_report_is_not_queued_again_unchanged_until_an_operator_retrie
 async fn a_key_back_on_its_delivered_image_after_a_refused_one_is_queued() {
     let dir = tempdir();
     let outbox = open(&dir);
-    outbox
-        .enqueue(batch(vec![deployment("a", "1")]))
-        .await
-        .unwrap();
-    let (due, _) = outbox.due(10, true).await.unwrap();
-    outbox.settle(
-        due[0].key.clone(),
-        due[0].version,
+    answered(
+        &outbox,
+        deployment("a", "1"),
         Settle::Delivered { status: 202 },
-    );
+    )
+    .await;
     std::thread::sleep(Duration::from_millis(5));
     refused(&outbox, deployment("a", "2"), 422).await;
     // The last answer for the key is the refusal of image 2: image 1 again is news.
@@ -519,16 +517,12 @@ async fn an_upgrade_re_sends_nothing_the_receiver_already_keeps() {
 async fn a_new_start_of_the_same_container_is_sent_when_both_say_since_when() {
     let dir = tempdir();
     let outbox = open(&dir);
-    outbox
-        .enqueue(batch(vec![running("a", "c1")]))
-        .await
-        .unwrap();
-    let (due, _) = outbox.due(10, true).await.unwrap();
-    outbox.settle(
-        due[0].key.clone(),
-        due[0].version,
+    answered(
+        &outbox,
+        running("a", "c1"),
         Settle::Delivered { status: 200 },
-    );
+    )
+    .await;
     // The same container started again (a restart whose stop was coalesced away): a
     // receiver ordering reports by `since` must see the later start.
     let mut again = running("a", "c1");

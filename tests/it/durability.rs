@@ -501,7 +501,15 @@ async fn a_dry_run_with_a_state_dir_does_not_silence_the_real_run(engine: Engine
         args.extend(extra.iter().map(String::as_str));
         let sent_before = receiver.received().len();
         let mut dry = dry_run_agent(&scope, &args);
-        eventually("every report printed", || printed_all(&dry).then_some(())).await;
+        // Printed on stdout, then logged on stderr once settled: wait for both.
+        eventually("every report printed and logged", || {
+            (printed_all(&dry)
+                && dry
+                    .stderr()
+                    .contains("dry run: deployment printed, not sent"))
+            .then_some(())
+        })
+        .await;
         let stderr = dry.stderr();
         assert!(stderr.contains("deploytrack started: dry run"), "{stderr}");
         assert!(
