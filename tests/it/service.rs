@@ -566,23 +566,8 @@ async fn a_state_dir_remembers_the_settings_that_shape_names(engine: Engine) {
     assert_eq!(receiver.received().len(), 1, "{:#?}", receiver.received());
 
     // `check` shows it, and agrees when the settings are the same.
-    let token = scope.token_file();
     let selector = scope.selector();
-    let check = |extra: &[&str]| {
-        let mut args = vec![
-            "check",
-            "--url",
-            &url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--label-selector",
-            &selector,
-        ];
-        args.extend_from_slice(extra);
-        scope.command(&args).stdout
-    };
+    let check = |extra: &[&str]| scope.scoped_command("check", &url, extra).stdout;
     let out = check(&[]);
     let warned = format!(
         "WARN settings: {} last delivered with --environment \"staging\", and these have --environment \"deployed\": ",

@@ -133,9 +133,25 @@ impl Scope {
     /// `run` as the scope's agents run: reporting to `url` with `token`, the queue in
     /// `state`, watching only this scope's containers, retrying fast; then `extra`.
     pub fn run_args(&self, state: &Path, token: &Path, url: &str, extra: &[&str]) -> Vec<String> {
+        let fast = ["--retry-initial", "200ms", "--retry-max", "2s"];
+        let mut args = self.scoped_args("run", state, token, url, &fast);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// `command` reporting to `url` with `token`, the queue in `state`, watching only this
+    /// scope's containers; then `extra`.
+    fn scoped_args(
+        &self,
+        command: &str,
+        state: &Path,
+        token: &Path,
+        url: &str,
+        extra: &[&str],
+    ) -> Vec<String> {
         let selector = self.selector();
-        let mut args: Vec<String> = [
-            "run",
+        let scoped = [
+            command,
             "--url",
             url,
             "--token-file",
@@ -144,16 +160,17 @@ impl Scope {
             state.to_str().unwrap(),
             "--label-selector",
             &selector,
-            "--retry-initial",
-            "200ms",
-            "--retry-max",
-            "2s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        ];
+        scoped.iter().chain(extra).map(|s| s.to_string()).collect()
+    }
+
+    /// `deploytrack <command>` (`sync --once`, `check`) to `url` for this scope's
+    /// containers, with the scope's token, the queue in `state_dir()`, and `extra`
+    /// arguments, to completion.
+    pub fn scoped_command(&self, command: &str, url: &str, extra: &[&str]) -> Output {
+        let args = self.scoped_args(command, &self.state_dir(), &self.token_file(), url, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(&args)
     }
 
     /// The agent binary with any arguments, to completion.
@@ -164,23 +181,11 @@ impl Scope {
     /// `deploytrack sync --once` to `url` for this scope's containers, with the queue in
     /// `state_dir()`, and `extra` arguments, to completion.
     pub fn sync_once(&self, url: &str, extra: &[&str]) -> Output {
-        let token = self.token_file();
-        let state = self.state_dir();
-        let selector = self.selector();
-        let mut args = vec![
-            "sync",
-            "--once",
-            "--url",
-            url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--label-selector",
-            &selector,
-        ];
-        args.extend_from_slice(extra);
-        self.command(&args)
+        let once: Vec<&str> = ["--once"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        self.scoped_command("sync", url, &once)
     }
 
     /// The agent binary to completion, without an engine or a scope.
