@@ -69,7 +69,7 @@ async fn assemble(config: &Config, force: bool, reminder: Duration) -> Result<Pa
     )
     .with_telemetry(telemetry.clone());
     let resolver = resolver(config, &engine, host, store, registries, &telemetry);
-    let sink = crate::deliver::sink_for(config).map_err(Fatal::Endpoint)?;
+    let sink = crate::deliver::sink_for(config)?;
     let view = Arc::new(View::restore(restored.running));
     let cursor = restored.cursor.as_deref().and_then(EventCursor::decode);
     let cursor_time = cursor.as_ref().map(|c| c.time_nano).filter(|t| *t > 0);

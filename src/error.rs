@@ -52,12 +52,10 @@ pub enum Fatal {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// The endpoint's client cannot be set up (the token, the HTTP client).
+    /// Delivery failed: its client cannot be set up (the token, the HTTP client), or the
+    /// queue under `sync --once`'s dispatcher failed.
     #[error(transparent)]
-    Endpoint(deliver::Error),
-    /// `sync --once`'s delivery failed (its queue).
-    #[error(transparent)]
-    Delivery(deliver::Error),
+    Delivery(#[from] deliver::Error),
     /// The dispatcher of the agent stopped on a failure of the queue.
     #[error("delivery stopped: {0}")]
     DeliveryStopped(deliver::Error),
@@ -89,7 +87,6 @@ impl Fatal {
             | Fatal::SettingsNotRemembered(_)
             | Fatal::Engine(_)
             | Fatal::Listen(_)
-            | Fatal::Endpoint(_)
             | Fatal::Delivery(_)
             | Fatal::DeliveryStopped(_)
             | Fatal::SyncGaveUp { .. }

@@ -268,7 +268,7 @@ pub async fn report(
     timeout: Duration,
     config: Config,
 ) -> Result<(), Fatal> {
-    let sink = crate::deliver::sink_for(&config).map_err(Fatal::Endpoint)?;
+    let sink = crate::deliver::sink_for(&config)?;
     let body = deployment.report_body();
     let attempts = Attempts {
         timeout,

@@ -117,11 +117,11 @@ impl Flights {
             // (the loop wakes on it); until then, nothing to do.
             (None, Some(_)) => now + IDLE_POLL,
             _ => {
-                let poll = Instant::now() + IDLE_POLL;
+                let poll = now + IDLE_POLL;
                 match self.next_due {
                     Some(ms) if self.buffer.is_empty() => {
                         let wait = Duration::from_millis((ms - now_ms).max(0) as u64);
-                        poll.min(Instant::now() + wait)
+                        poll.min(now + wait)
                     }
                     _ => poll,
                 }
