@@ -57,6 +57,9 @@ pub(super) fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
             response TEXT NOT NULL,
             failed_ms INTEGER NOT NULL
         );
+        -- The last refusal of a key, read for every report queued (an index, not a scan of
+        -- every dead letter; earlier releases ignore it).
+        CREATE INDEX IF NOT EXISTS dead_key ON dead (environment, name, failed_ms);
         CREATE TABLE IF NOT EXISTS running (
             container_id TEXT PRIMARY KEY,
             environment TEXT NOT NULL,
