@@ -459,27 +459,18 @@ impl Cli {
 /// do (`report --listen`): which command it belongs to. From clap's error kind and context;
 /// none for any other error.
 pub fn flag_of_another_command(e: &clap::Error, command: &str) -> Option<String> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::error::ErrorKind;
     use clap::CommandFactory;
     if e.kind() != ErrorKind::UnknownArgument {
         return None;
     }
-    let Some(ContextValue::String(argument)) = e.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
-    let flag = argument.split([' ', '=']).next()?;
+    let flag = flag_named(e);
     let long = flag.strip_prefix("--")?;
     let cli = Cli::command();
-    let takes = |c: &clap::Command| c.get_arguments().any(|a| a.get_long() == Some(long));
-    if takes(cli.find_subcommand(command)?) {
+    if takes(cli.find_subcommand(command)?, long) {
         return None;
     }
-    let owners: Vec<&str> = cli
-        .get_subcommands()
-        .filter(|c| takes(c))
-        .map(|c| c.get_name())
-        .collect();
+    let owners = commands_taking(&cli, long);
     let (last, others) = owners.split_last()?;
     let owners = match others {
         [] => format!("`{last}` only"),
@@ -490,12 +481,37 @@ pub fn flag_of_another_command(e: &clap::Error, command: &str) -> Option<String>
     ))
 }
 
+/// The flag clap's error names, alone: `--dry-run` of `--dry-run [<BOOL>]` or `--url=x`;
+/// empty when it names none.
+fn flag_named(e: &clap::Error) -> &str {
+    use clap::error::{ContextKind, ContextValue};
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(argument)) => {
+            argument.split([' ', '=']).next().unwrap_or_default()
+        }
+        _ => "",
+    }
+}
+
+/// Whether `command` takes the flag `--long`.
+fn takes(command: &clap::Command, long: &str) -> bool {
+    command.get_arguments().any(|a| a.get_long() == Some(long))
+}
+
+/// The subcommands that take the flag `--long`, in the order of `--help`.
+fn commands_taking<'a>(cli: &'a clap::Command, long: &str) -> Vec<&'a str> {
+    cli.get_subcommands()
+        .filter(|c| takes(c, long))
+        .map(|c| c.get_name())
+        .collect()
+}
+
 /// A command-line error in one line, from clap's error kind and context (never its
 /// rendered text): the sentence, the accepted values and clap's tips; plus where a flag
 /// belongs and which environment variable an invalid value came from. `args`: the command
 /// line, without the program's name.
 pub fn command_line_error(e: &clap::Error, args: &[String]) -> String {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::error::ErrorKind;
     use clap::CommandFactory;
     let command = Cli::command();
     let given = args
@@ -505,20 +521,10 @@ pub fn command_line_error(e: &clap::Error, args: &[String]) -> String {
         return sentence;
     }
     let mut parts = one_line_parts(e);
-    let argument = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => arg.as_str(),
-        _ => "",
-    };
-    // `--dry-run [<BOOL>]` or `--url=x`: the flag's name alone.
-    let flag = argument.split([' ', '=']).next().unwrap_or_default();
+    let flag = flag_named(e);
     match e.kind() {
         ErrorKind::UnknownArgument if flag.starts_with("--") => {
-            let long = flag.trim_start_matches("--");
-            let owners: Vec<&str> = command
-                .get_subcommands()
-                .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
-                .map(|c| c.get_name())
-                .collect();
+            let owners = commands_taking(&command, flag.trim_start_matches("--"));
             let misplaced = given.is_none_or(|c| owners.contains(&c.as_str()));
             if let (Some(first), true) = (owners.first(), misplaced) {
                 let example = given.map_or(*first, String::as_str);
